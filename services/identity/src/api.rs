@@ -1,0 +1,376 @@
+//! Identity's gRPC API: parses requests into domain types, authenticates callers,
+//! and answers with users and tokens.
+
+use std::{collections::HashMap, sync::Arc};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use bank_kit::{
+    ServiceError,
+    auth::{AUDIENCE, Claims, ISSUER, Principal, SERVICE_SUBJECT_PREFIX, TYPE_ACCESS, TYPE_SERVICE, TokenVerifier},
+    time::to_rfc3339,
+};
+use bank_proto::identity::v1::{self as pb, identity_service_server::IdentityService};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{Email, FullName, IdentityError, MAX_PASSWORD_BYTES, NewPassword, Role, User},
+    keys::KeyRing,
+    passwords::PasswordHasherPool,
+    store::{IdentityStore, RevokeReason, Rotation, SessionPolicy},
+};
+
+/// Lifetime of access and service tokens.
+pub const ACCESS_TOKEN_TTL_SECONDS: i64 = 15 * 60;
+
+pub struct IdentityApi {
+    pub(crate) store: Arc<IdentityStore>,
+    pub(crate) keys: Arc<KeyRing>,
+    pub(crate) hasher: PasswordHasherPool,
+    pub(crate) verifier: TokenVerifier,
+    pub(crate) sessions: SessionPolicy,
+    /// SHA-256 of each service client's secret, by client id.
+    pub(crate) service_clients: HashMap<String, [u8; 32]>,
+}
+
+/// Hashes a service client's secret for constant-time comparison.
+pub fn client_secret_digest(secret: &SecretString) -> [u8; 32] {
+    Sha256::digest(secret.expose_secret().as_bytes()).into()
+}
+
+fn refresh_token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn new_refresh_token() -> Result<String, IdentityError> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| IdentityError::Signing("no randomness".into()))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+impl IdentityApi {
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, ServiceError> {
+        self.verifier.authenticate(request).await
+    }
+
+    fn access_token(&self, user: &User, session_id: &str) -> Result<String, IdentityError> {
+        let now = chrono::Utc::now().timestamp();
+        self.keys.sign(&Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: user.user_id.clone(),
+            exp: now + ACCESS_TOKEN_TTL_SECONDS,
+            nbf: now,
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            roles: user.role_names(),
+            typ: TYPE_ACCESS.into(),
+            sid: Some(session_id.to_owned()),
+        })
+    }
+
+    fn token_pair(&self, user: &User, session_id: &str, refresh_token: String) -> Result<pb::TokenPair, IdentityError> {
+        Ok(pb::TokenPair {
+            access_token: self.access_token(user, session_id)?,
+            refresh_token,
+            token_type: "Bearer".into(),
+            expires_in: ACCESS_TOKEN_TTL_SECONDS,
+        })
+    }
+
+    async fn current_user(&self, principal: &Principal) -> Result<User, ServiceError> {
+        let user_id = principal.require_user()?;
+        match self.store.user_by_id(user_id).await? {
+            Some(user) if user.enabled => Ok(user),
+            _ => Err(ServiceError::unauthenticated("invalid or expired access token")),
+        }
+    }
+
+    /// Creates the operator named by the bootstrap variables, or makes sure the
+    /// existing user with that email is an enabled operator.
+    pub async fn ensure_operator(&self, email: &Email, password: &NewPassword) -> Result<(), IdentityError> {
+        if let Some((user, _)) = self.store.user_by_email(email).await? {
+            if !user.roles.contains(&Role::Operator) || !user.enabled {
+                let mut roles = user.roles.clone();
+                roles.push(Role::Operator);
+                let roles = Role::parse_set(roles.iter().map(|role| role.as_str()))?;
+                self.store.set_roles(&user.user_id, &roles).await?;
+                self.store.set_enabled(&user.user_id, true).await?;
+                self.store.audit("operator_bootstrapped", Some(&user.user_id), "existing user").await?;
+            }
+            return Ok(());
+        }
+        let user = User {
+            user_id: uuid::Uuid::new_v4().to_string(),
+            email: email.clone(),
+            full_name: "Operator".into(),
+            roles: vec![Role::Customer, Role::Operator],
+            enabled: true,
+            created_at: bank_kit::time::now(),
+        };
+        let hash = self.hasher.hash(password.as_str()).await?;
+        match self.store.insert_user(&user, &hash).await {
+            // Another replica created it first.
+            Ok(()) | Err(IdentityError::EmailTaken) => {}
+            Err(error) => return Err(error),
+        }
+        self.store.audit("operator_bootstrapped", Some(&user.user_id), "new user").await?;
+        Ok(())
+    }
+
+    async fn target_user(&self, principal: &Principal, user_id: &str) -> Result<User, ServiceError> {
+        principal.require_operator()?;
+        let user_id = uuid::Uuid::try_parse(user_id)
+            .map_err(|_| ServiceError::invalid("user_id must be a UUID"))?
+            .to_string();
+        Ok(self
+            .store
+            .user_by_id(&user_id)
+            .await?
+            .ok_or(IdentityError::UserNotFound)?)
+    }
+}
+
+fn user_to_proto(user: &User) -> pb::User {
+    pb::User {
+        user_id: user.user_id.clone(),
+        email: user.email.to_string(),
+        full_name: user.full_name.clone(),
+        roles: user.role_names(),
+        enabled: user.enabled,
+        created_at: to_rfc3339(user.created_at),
+    }
+}
+
+#[tonic::async_trait]
+impl IdentityService for IdentityApi {
+    #[tracing::instrument(name = "identity.register", skip_all)]
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let body = request.into_inner();
+        let email = Email::parse(&body.email)?;
+        let full_name = FullName::parse(&body.full_name)?;
+        let password = NewPassword::parse(&body.password)?;
+        let user = User {
+            user_id: uuid::Uuid::new_v4().to_string(),
+            email,
+            full_name: full_name.as_str().to_owned(),
+            roles: vec![Role::Customer],
+            enabled: true,
+            created_at: bank_kit::time::now(),
+        };
+        let hash = self.hasher.hash(password.as_str()).await?;
+        self.store.insert_user(&user, &hash).await?;
+        self.store.audit("user_registered", Some(&user.user_id), "").await?;
+        tracing::info!(user_id = %user.user_id, "user registered");
+        Ok(Response::new(pb::RegisterResponse { user: Some(user_to_proto(&user)) }))
+    }
+
+    #[tracing::instrument(name = "identity.login", skip_all)]
+    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let body = request.into_inner();
+        if body.password.len() > MAX_PASSWORD_BYTES {
+            return Err(IdentityError::InvalidCredentials.into());
+        }
+        let found = match Email::parse(&body.email) {
+            Ok(email) => self.store.user_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let Some((user, stored_hash)) = found else {
+            // Same work as a real check, so response time does not reveal whether
+            // the email is registered.
+            self.hasher.verify_dummy(&body.password).await?;
+            self.store.audit("login_failed", None, "unknown email").await?;
+            return Err(IdentityError::InvalidCredentials.into());
+        };
+        let verified = self.hasher.verify(&body.password, &stored_hash).await?;
+        if !verified.matches {
+            self.store.audit("login_failed", Some(&user.user_id), "wrong password").await?;
+            return Err(IdentityError::InvalidCredentials.into());
+        }
+        if !user.enabled {
+            self.store.audit("login_failed", Some(&user.user_id), "user disabled").await?;
+            return Err(IdentityError::InvalidCredentials.into());
+        }
+        if verified.needs_rehash {
+            let hash = self.hasher.hash(&body.password).await?;
+            self.store.set_password_hash(&user.user_id, &hash).await?;
+        }
+        let refresh_token = new_refresh_token()?;
+        let session_id = self
+            .store
+            .create_session(&user.user_id, &refresh_token_digest(&refresh_token), self.sessions)
+            .await?;
+        self.store.audit("login_succeeded", Some(&user.user_id), "").await?;
+        let tokens = self.token_pair(&user, &session_id, refresh_token)?;
+        Ok(Response::new(pb::LoginResponse { tokens: Some(tokens) }))
+    }
+
+    #[tracing::instrument(name = "identity.refresh", skip_all)]
+    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::RefreshResponse>, Status> {
+        let presented = request.into_inner().refresh_token;
+        if presented.is_empty() || presented.len() > 128 {
+            return Err(IdentityError::InvalidRefreshToken.into());
+        }
+        let replacement = new_refresh_token()?;
+        let rotation = self
+            .store
+            .rotate_refresh_token(&refresh_token_digest(&presented), &refresh_token_digest(&replacement), self.sessions)
+            .await?;
+        match rotation {
+            Rotation::Rotated { session_id, user_id } => {
+                let user = match self.store.user_by_id(&user_id).await? {
+                    Some(user) if user.enabled => user,
+                    _ => return Err(IdentityError::InvalidRefreshToken.into()),
+                };
+                let tokens = self.token_pair(&user, &session_id, replacement)?;
+                Ok(Response::new(pb::RefreshResponse { tokens: Some(tokens) }))
+            }
+            Rotation::ReuseDetected { session_id, user_id } => {
+                tracing::warn!(%user_id, %session_id, "refresh token reuse: session revoked");
+                self.store
+                    .audit("refresh_token_reused", Some(&user_id), &format!("session {session_id} revoked"))
+                    .await?;
+                Err(IdentityError::InvalidRefreshToken.into())
+            }
+            Rotation::Invalid => Err(IdentityError::InvalidRefreshToken.into()),
+        }
+    }
+
+    #[tracing::instrument(name = "identity.logout", skip_all)]
+    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let user_id = principal.require_user()?.to_owned();
+        let token = request.into_inner().refresh_token;
+        if !token.is_empty() && token.len() <= 128 {
+            self.store.revoke_session_of_token(&refresh_token_digest(&token), &user_id).await?;
+        }
+        self.store.audit("logout", Some(&user_id), "").await?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.get_current_user", skip_all)]
+    async fn get_current_user(
+        &self,
+        request: Request<pb::GetCurrentUserRequest>,
+    ) -> Result<Response<pb::GetCurrentUserResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let user = self.current_user(&principal).await?;
+        Ok(Response::new(pb::GetCurrentUserResponse { user: Some(user_to_proto(&user)) }))
+    }
+
+    #[tracing::instrument(name = "identity.change_password", skip_all)]
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let user = self.current_user(&principal).await?;
+        let body = request.into_inner();
+        let new_password = NewPassword::parse(&body.new_password)?;
+        let stored = self
+            .store
+            .password_hash(&user.user_id)
+            .await?
+            .ok_or(IdentityError::UserNotFound)?;
+        let current_ok = body.current_password.len() <= MAX_PASSWORD_BYTES
+            && self.hasher.verify(&body.current_password, &stored).await?.matches;
+        if !current_ok {
+            self.store.audit("password_change_failed", Some(&user.user_id), "wrong current password").await?;
+            return Err(ServiceError::invalid("current_password is incorrect").into());
+        }
+        let hash = self.hasher.hash(new_password.as_str()).await?;
+        self.store.set_password_hash(&user.user_id, &hash).await?;
+        let revoked = self
+            .store
+            .revoke_sessions_of_user(&user.user_id, principal.session_id(), RevokeReason::PasswordChanged)
+            .await?;
+        self.store
+            .audit("password_changed", Some(&user.user_id), &format!("{revoked} other sessions revoked"))
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
+    }
+
+    #[tracing::instrument(name = "identity.get_jwks", skip_all)]
+    async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse { keys: self.keys.jwks() }))
+    }
+
+    #[tracing::instrument(name = "identity.disable_user", skip_all)]
+    async fn disable_user(
+        &self,
+        request: Request<pb::DisableUserRequest>,
+    ) -> Result<Response<pb::DisableUserResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let mut user = self.target_user(&principal, &request.get_ref().user_id).await?;
+        if principal.user_id() == Some(user.user_id.as_str()) {
+            return Err(ServiceError::invalid("operators cannot disable themselves").into());
+        }
+        self.store.set_enabled(&user.user_id, false).await?;
+        self.store
+            .revoke_sessions_of_user(&user.user_id, None, RevokeReason::UserDisabled)
+            .await?;
+        let actor = principal.user_id().unwrap_or_default().to_owned();
+        self.store.audit("user_disabled", Some(&user.user_id), &format!("by {actor}")).await?;
+        user.enabled = false;
+        Ok(Response::new(pb::DisableUserResponse { user: Some(user_to_proto(&user)) }))
+    }
+
+    #[tracing::instrument(name = "identity.set_user_roles", skip_all)]
+    async fn set_user_roles(
+        &self,
+        request: Request<pb::SetUserRolesRequest>,
+    ) -> Result<Response<pb::SetUserRolesResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let body = request.get_ref();
+        let roles = Role::parse_set(body.roles.iter().map(String::as_str))?;
+        let mut user = self.target_user(&principal, &body.user_id).await?;
+        self.store.set_roles(&user.user_id, &roles).await?;
+        let actor = principal.user_id().unwrap_or_default().to_owned();
+        let names: Vec<&str> = roles.iter().map(|role| role.as_str()).collect();
+        self.store
+            .audit("roles_changed", Some(&user.user_id), &format!("{} by {actor}", names.join(",")))
+            .await?;
+        user.roles = roles;
+        Ok(Response::new(pb::SetUserRolesResponse { user: Some(user_to_proto(&user)) }))
+    }
+
+    #[tracing::instrument(name = "identity.issue_service_token", skip_all)]
+    async fn issue_service_token(
+        &self,
+        request: Request<pb::IssueServiceTokenRequest>,
+    ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        let body = request.into_inner();
+        let presented: [u8; 32] = Sha256::digest(body.client_secret.as_bytes()).into();
+        let known = self
+            .service_clients
+            .get(&body.client_id)
+            .is_some_and(|expected| bool::from(expected.ct_eq(&presented)));
+        if !known {
+            tracing::warn!(client_id = %body.client_id, "service token refused");
+            return Err(IdentityError::InvalidClient.into());
+        }
+        let now = chrono::Utc::now().timestamp();
+        let access_token = self.keys.sign(&Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: format!("{SERVICE_SUBJECT_PREFIX}{}", body.client_id),
+            exp: now + ACCESS_TOKEN_TTL_SECONDS,
+            nbf: now,
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+            roles: Vec::new(),
+            typ: TYPE_SERVICE.into(),
+            sid: None,
+        })?;
+        Ok(Response::new(pb::IssueServiceTokenResponse {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in: ACCESS_TOKEN_TTL_SECONDS,
+        }))
+    }
+}

@@ -1,0 +1,248 @@
+//! Identity's domain: users, roles, and the rules for emails, names and passwords.
+//! No IO, no tonic, no SQL.
+
+use std::fmt;
+
+use bank_kit::auth::{ROLE_CUSTOMER, ROLE_OPERATOR};
+use chrono::{DateTime, Utc};
+
+/// A normalised email address: trimmed and lower-cased, so that one mailbox maps
+/// to one user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email(String);
+
+impl Email {
+    pub const MAX_LEN: usize = 254;
+
+    pub fn parse(raw: &str) -> Result<Email, IdentityError> {
+        let normalised = raw.trim().to_lowercase();
+        let invalid = || IdentityError::Invalid("email must be a valid address".into());
+        if normalised.len() > Self::MAX_LEN || normalised.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid());
+        }
+        let (local, domain) = normalised.rsplit_once('@').ok_or_else(invalid)?;
+        let domain_ok = domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains("..")
+            && !domain.contains('@');
+        if local.is_empty() || local.len() > 64 || !domain_ok {
+            return Err(invalid());
+        }
+        Ok(Email(normalised))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FullName(String);
+
+impl FullName {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(raw: &str) -> Result<FullName, IdentityError> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.chars().count() > Self::MAX_CHARS {
+            return Err(IdentityError::Invalid(
+                "full_name must be 1 to 200 characters".into(),
+            ));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(IdentityError::Invalid(
+                "full_name must not contain control characters".into(),
+            ));
+        }
+        Ok(FullName(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A password that satisfies the policy (NIST SP 800-63B): 12 to 256 characters,
+/// no composition rules, not on the list of commonly used passwords.
+pub struct NewPassword(String);
+
+const COMMON_PASSWORDS: &str = include_str!("common_passwords.txt");
+
+impl NewPassword {
+    pub const MIN_CHARS: usize = 12;
+    pub const MAX_CHARS: usize = 256;
+
+    pub fn parse(raw: &str) -> Result<NewPassword, IdentityError> {
+        let chars = raw.chars().count();
+        if chars < Self::MIN_CHARS {
+            return Err(IdentityError::Invalid(
+                "password must be at least 12 characters".into(),
+            ));
+        }
+        if chars > Self::MAX_CHARS {
+            return Err(IdentityError::Invalid(
+                "password must be at most 256 characters".into(),
+            ));
+        }
+        let lowered = raw.to_lowercase();
+        if COMMON_PASSWORDS.lines().any(|common| common == lowered) {
+            return Err(IdentityError::Invalid(
+                "password is too common, choose another".into(),
+            ));
+        }
+        Ok(NewPassword(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The largest password, in bytes, that is ever handed to the hasher. Longer input
+/// is refused before any work is done, so it cannot be used to burn CPU.
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Customer,
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => ROLE_CUSTOMER,
+            Role::Operator => ROLE_OPERATOR,
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Role, IdentityError> {
+        match raw {
+            ROLE_CUSTOMER => Ok(Role::Customer),
+            ROLE_OPERATOR => Ok(Role::Operator),
+            _ => Err(IdentityError::Invalid(format!(
+                "unknown role; roles are {ROLE_CUSTOMER} and {ROLE_OPERATOR}"
+            ))),
+        }
+    }
+
+    /// Parses a complete role set: non-empty, known roles, deduplicated, sorted.
+    pub fn parse_set<'a>(raw: impl IntoIterator<Item = &'a str>) -> Result<Vec<Role>, IdentityError> {
+        let mut roles = raw.into_iter().map(Role::parse).collect::<Result<Vec<_>, _>>()?;
+        roles.sort();
+        roles.dedup();
+        if roles.is_empty() {
+            return Err(IdentityError::Invalid("a user needs at least one role".into()));
+        }
+        Ok(roles)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub user_id: String,
+    pub email: Email,
+    pub full_name: String,
+    pub roles: Vec<Role>,
+    pub enabled: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl User {
+    pub fn role_names(&self) -> Vec<String> {
+        self.roles.iter().map(|role| role.as_str().to_owned()).collect()
+    }
+}
+
+/// Everything identity can refuse, by cause.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("invalid or expired refresh token")]
+    InvalidRefreshToken,
+    #[error("invalid client credentials")]
+    InvalidClient,
+    #[error("a user with this email already exists")]
+    EmailTaken,
+    #[error("user not found")]
+    UserNotFound,
+    #[error("database error: {0}")]
+    Storage(#[from] sea_orm::DbErr),
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+    #[error("token signing failed: {0}")]
+    Signing(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<IdentityError> for bank_kit::ServiceError {
+    fn from(error: IdentityError) -> Self {
+        use bank_kit::ServiceError;
+        match error {
+            IdentityError::Invalid(message) => ServiceError::invalid(message),
+            IdentityError::InvalidCredentials
+            | IdentityError::InvalidRefreshToken
+            | IdentityError::InvalidClient => ServiceError::unauthenticated(error.to_string()),
+            IdentityError::EmailTaken => ServiceError::conflict(error.to_string()),
+            IdentityError::UserNotFound => ServiceError::not_found(error.to_string()),
+            IdentityError::Storage(_)
+            | IdentityError::Hashing(_)
+            | IdentityError::Signing(_)
+            | IdentityError::Corrupt(_) => ServiceError::internal(&error),
+        }
+    }
+}
+
+impl From<IdentityError> for tonic::Status {
+    fn from(error: IdentityError) -> tonic::Status {
+        bank_kit::ServiceError::from(error).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised() {
+        assert_eq!(Email::parse("  Alice@Example.COM ").map(|e| e.to_string()).ok(), Some("alice@example.com".into()));
+    }
+
+    #[test]
+    fn malformed_emails_are_refused() {
+        for raw in ["", "alice", "alice@", "@example.com", "alice@example", "a b@example.com", "alice@.com", "alice@example..com"] {
+            assert!(Email::parse(raw).is_err(), "{raw:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn passwords_follow_the_length_policy() {
+        assert!(NewPassword::parse("short").is_err());
+        assert!(NewPassword::parse(&"x".repeat(257)).is_err());
+        assert!(NewPassword::parse("correct horse battery").is_ok());
+    }
+
+    #[test]
+    fn common_passwords_are_refused() {
+        assert!(NewPassword::parse("password1234").is_err());
+        assert!(NewPassword::parse("Password1234").is_err());
+    }
+
+    #[test]
+    fn role_sets_are_known_non_empty_and_deduplicated() {
+        assert_eq!(Role::parse_set(["operator", "customer", "operator"]).ok(), Some(vec![Role::Customer, Role::Operator]));
+        assert!(Role::parse_set([]).is_err());
+        assert!(Role::parse_set(["admin"]).is_err());
+    }
+}

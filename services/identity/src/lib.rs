@@ -1,0 +1,146 @@
+//! The identity service: users, credentials (Argon2id), sessions with rotating
+//! refresh tokens, EdDSA-signed access tokens and the JWKS that verifies them.
+
+pub mod api;
+pub mod domain;
+pub mod keys;
+pub mod passwords;
+pub mod store;
+
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use bank_kit::{
+    auth::TokenVerifier,
+    config::{ConfigError, Env},
+    db,
+    grpc::{self, GrpcApp},
+};
+use bank_proto::identity::v1::identity_service_server::IdentityServiceServer;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::domain::{Email, NewPassword};
+
+/// The operator ensured at start.
+#[derive(Clone)]
+pub struct BootstrapOperator {
+    pub email: String,
+    pub password: SecretString,
+}
+
+impl std::fmt::Debug for BootstrapOperator {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("BootstrapOperator")
+            .field("email", &self.email)
+            .field("password", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Identity's configuration, read once at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub database_url: String,
+    /// Directory of the PEM signing keys; generated there when empty.
+    pub signing_keys_dir: PathBuf,
+    pub bootstrap_operator: Option<BootstrapOperator>,
+    /// Service principals allowed to use IssueServiceToken: client id -> secret.
+    pub service_clients: HashMap<String, SecretString>,
+    pub session_idle_timeout: chrono::Duration,
+    pub session_absolute_lifetime: chrono::Duration,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
+        let bootstrap_operator = match (
+            env.optional("BANK_BOOTSTRAP_OPERATOR_EMAIL"),
+            env.secret("BANK_BOOTSTRAP_OPERATOR_PASSWORD"),
+        ) {
+            (None, None) => None,
+            (Some(email), Some(password)) => {
+                Email::parse(&email).map_err(|error| {
+                    ConfigError::new("BANK_BOOTSTRAP_OPERATOR_EMAIL", error.to_string())
+                })?;
+                NewPassword::parse(password.expose_secret()).map_err(|error| {
+                    ConfigError::new("BANK_BOOTSTRAP_OPERATOR_PASSWORD", error.to_string())
+                })?;
+                Some(BootstrapOperator { email, password })
+            }
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "BANK_BOOTSTRAP_OPERATOR_PASSWORD",
+                    "must be set together with BANK_BOOTSTRAP_OPERATOR_EMAIL",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "BANK_BOOTSTRAP_OPERATOR_EMAIL",
+                    "must be set together with BANK_BOOTSTRAP_OPERATOR_PASSWORD",
+                ));
+            }
+        };
+        Ok(Config {
+            listen_addr: env.socket_addr("IDENTITY_LISTEN_ADDR", "127.0.0.1:50051")?,
+            database_url: env.database_url("IDENTITY_DATABASE_URL", "sqlite://var/identity.db?mode=rwc")?,
+            signing_keys_dir: PathBuf::from(env.string("IDENTITY_SIGNING_KEYS_DIR", "var/identity-keys")),
+            bootstrap_operator,
+            service_clients: parse_service_clients(env)?,
+            session_idle_timeout: chrono::Duration::minutes(env.parse("IDENTITY_SESSION_IDLE_MINUTES", 30)?),
+            session_absolute_lifetime: chrono::Duration::hours(env.parse("IDENTITY_SESSION_LIFETIME_HOURS", 12)?),
+        })
+    }
+}
+
+/// `IDENTITY_SERVICE_CLIENTS`: comma-separated `client_id=secret` pairs.
+fn parse_service_clients(env: &Env) -> Result<HashMap<String, SecretString>, ConfigError> {
+    const VAR: &str = "IDENTITY_SERVICE_CLIENTS";
+    let mut clients = HashMap::new();
+    let Some(raw) = env.optional(VAR) else {
+        return Ok(clients);
+    };
+    for pair in raw.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+        let (id, secret) = pair
+            .split_once('=')
+            .ok_or_else(|| ConfigError::new(VAR, "expected client_id=secret pairs separated by commas"))?;
+        if id.is_empty() || secret.len() < 16 {
+            return Err(ConfigError::new(VAR, "each client needs an id and a secret of at least 16 characters"));
+        }
+        clients.insert(id.to_owned(), SecretString::from(secret.to_owned()));
+    }
+    Ok(clients)
+}
+
+/// Connects, migrates, loads the signing keys, ensures the bootstrap operator,
+/// and binds identity's gRPC server.
+pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
+    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
+    let keys = Arc::new(keys::KeyRing::load_or_generate(&config.signing_keys_dir)?);
+    let api = api::IdentityApi {
+        store: Arc::new(store::IdentityStore::new(connection)),
+        verifier: TokenVerifier::fixed(&keys.jwks()),
+        keys,
+        hasher: passwords::PasswordHasherPool::new()?,
+        sessions: store::SessionPolicy {
+            idle_timeout: config.session_idle_timeout,
+            absolute_lifetime: config.session_absolute_lifetime,
+        },
+        service_clients: config
+            .service_clients
+            .iter()
+            .map(|(id, secret)| (id.clone(), api::client_secret_digest(secret)))
+            .collect(),
+    };
+    if let Some(operator) = &config.bootstrap_operator {
+        let email = Email::parse(&operator.email)?;
+        let password = NewPassword::parse(operator.password.expose_secret())?;
+        api.ensure_operator(&email, &password).await?;
+        tracing::info!(email = %email, "bootstrap operator ensured");
+    }
+    let service_name = grpc::service_name::<IdentityServiceServer<api::IdentityApi>>();
+    let service_routes = grpc::service_routes(service_name).await?;
+    let server = IdentityServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    let routes = service_routes.routes.add_service(server);
+    grpc::mark_serving(&service_routes.health, service_name).await;
+    Ok(GrpcApp::bind(config.listen_addr, routes).await?)
+}

@@ -1,0 +1,391 @@
+//! Identity's storage: users, sessions, refresh tokens and audit events. Every SQL
+//! statement identity runs lives here.
+
+pub mod migrations;
+
+use chrono::{DateTime, Duration, Utc};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, TransactionTrait, Value,
+};
+use tokio::sync::{Mutex, MutexGuard};
+
+use crate::domain::{Email, IdentityError, Role, User};
+
+const USER_COLUMNS: &str = "user_id, email, full_name, roles, enabled, created_at";
+
+pub struct IdentityStore {
+    db: DatabaseConnection,
+    /// SQLite allows one writer per file; multi-statement write transactions
+    /// queue here instead of failing with SQLITE_BUSY.
+    sqlite_writer: Option<Mutex<()>>,
+}
+
+/// Why a session stopped being usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeReason {
+    Logout,
+    PasswordChanged,
+    UserDisabled,
+    RefreshTokenReused,
+}
+
+impl RevokeReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            RevokeReason::Logout => "logout",
+            RevokeReason::PasswordChanged => "password_changed",
+            RevokeReason::UserDisabled => "user_disabled",
+            RevokeReason::RefreshTokenReused => "refresh_token_reused",
+        }
+    }
+}
+
+/// Lifetimes of a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPolicy {
+    /// A session not refreshed for this long is dead.
+    pub idle_timeout: Duration,
+    /// No session lives longer than this, however often it is refreshed.
+    pub absolute_lifetime: Duration,
+}
+
+/// What presenting a refresh token led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    Rotated { session_id: String, user_id: String },
+    /// The token had already been spent: the whole session is now revoked.
+    ReuseDetected { session_id: String, user_id: String },
+    Invalid,
+}
+
+impl IdentityStore {
+    pub fn new(db: DatabaseConnection) -> IdentityStore {
+        let sqlite_writer = (db.get_database_backend() == DbBackend::Sqlite).then(|| Mutex::new(()));
+        IdentityStore { db, sqlite_writer }
+    }
+
+    fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    async fn writer(&self) -> Option<MutexGuard<'_, ()>> {
+        match &self.sqlite_writer {
+            Some(mutex) => Some(mutex.lock().await),
+            None => None,
+        }
+    }
+
+    pub async fn insert_user(&self, user: &User, password_hash: &str) -> Result<(), IdentityError> {
+        let result = self
+            .db
+            .execute_raw(statement(
+                self.backend(),
+                "INSERT INTO users (user_id, email, full_name, password_hash, roles, enabled, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                [
+                    user.user_id.clone().into(),
+                    user.email.as_str().into(),
+                    user.full_name.clone().into(),
+                    password_hash.into(),
+                    roles_to_column(&user.roles).into(),
+                    user.enabled.into(),
+                    user.created_at.into(),
+                ],
+            ))
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) if bank_kit::db::is_unique_violation(&error) => Err(IdentityError::EmailTaken),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The user and their password hash.
+    pub async fn user_by_email(&self, email: &Email) -> Result<Option<(User, String)>, IdentityError> {
+        let row = self
+            .db
+            .query_one_raw(statement(
+                self.backend(),
+                &format!("SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1"),
+                [email.as_str().into()],
+            ))
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let hash: String = row.try_get("", "password_hash")?;
+                Ok(Some((user_from_row(&row)?, hash)))
+            }
+        }
+    }
+
+    pub async fn user_by_id(&self, user_id: &str) -> Result<Option<User>, IdentityError> {
+        let row = self
+            .db
+            .query_one_raw(statement(
+                self.backend(),
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"),
+                [user_id.into()],
+            ))
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    pub async fn password_hash(&self, user_id: &str) -> Result<Option<String>, IdentityError> {
+        let row = self
+            .db
+            .query_one_raw(statement(
+                self.backend(),
+                "SELECT password_hash FROM users WHERE user_id = $1",
+                [user_id.into()],
+            ))
+            .await?;
+        Ok(row.map(|row| row.try_get("", "password_hash")).transpose()?)
+    }
+
+    pub async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), IdentityError> {
+        self.db
+            .execute_raw(statement(
+                self.backend(),
+                "UPDATE users SET password_hash = $1, updated_at = $2 WHERE user_id = $3",
+                [hash.into(), bank_kit::time::now().into(), user_id.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_enabled(&self, user_id: &str, enabled: bool) -> Result<(), IdentityError> {
+        self.db
+            .execute_raw(statement(
+                self.backend(),
+                "UPDATE users SET enabled = $1, updated_at = $2 WHERE user_id = $3",
+                [enabled.into(), bank_kit::time::now().into(), user_id.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<(), IdentityError> {
+        self.db
+            .execute_raw(statement(
+                self.backend(),
+                "UPDATE users SET roles = $1, updated_at = $2 WHERE user_id = $3",
+                [roles_to_column(roles).into(), bank_kit::time::now().into(), user_id.into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Starts a session whose first refresh token has hash `token_hash`.
+    pub async fn create_session(
+        &self,
+        user_id: &str,
+        token_hash: &str,
+        policy: SessionPolicy,
+    ) -> Result<String, IdentityError> {
+        let _writer = self.writer().await;
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let now = bank_kit::time::now();
+        let txn = self.db.begin().await?;
+        txn.execute_raw(statement(
+            self.backend(),
+            "INSERT INTO sessions (session_id, user_id, created_at, last_used_at, expires_at)
+             VALUES ($1, $2, $3, $3, $4)",
+            [
+                session_id.clone().into(),
+                user_id.into(),
+                now.into(),
+                (now + policy.absolute_lifetime).into(),
+            ],
+        ))
+        .await?;
+        txn.execute_raw(statement(
+            self.backend(),
+            "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",
+            [token_hash.into(), session_id.clone().into(), now.into()],
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(session_id)
+    }
+
+    /// Spends the refresh token with hash `presented` and issues `replacement` in
+    /// its place, if the token is live and its session is neither revoked, idle
+    /// nor past its absolute lifetime. A spent token revokes its whole session.
+    pub async fn rotate_refresh_token(
+        &self,
+        presented: &str,
+        replacement: &str,
+        policy: SessionPolicy,
+    ) -> Result<Rotation, IdentityError> {
+        let _writer = self.writer().await;
+        let backend = self.backend();
+        let now = bank_kit::time::now();
+        let txn = self.db.begin().await?;
+        let row = txn
+            .query_one_raw(statement(
+                backend,
+                "SELECT t.session_id, t.spent_at, s.user_id, s.last_used_at, s.expires_at, s.revoked_at
+                 FROM refresh_tokens t JOIN sessions s ON s.session_id = t.session_id
+                 WHERE t.token_hash = $1",
+                [presented.into()],
+            ))
+            .await?;
+        let Some(row) = row else {
+            return Ok(Rotation::Invalid);
+        };
+        let session_id: String = row.try_get("", "session_id")?;
+        let user_id: String = row.try_get("", "user_id")?;
+        let spent_at: Option<DateTime<Utc>> = row.try_get("", "spent_at")?;
+        let last_used_at: DateTime<Utc> = row.try_get("", "last_used_at")?;
+        let expires_at: DateTime<Utc> = row.try_get("", "expires_at")?;
+        let revoked_at: Option<DateTime<Utc>> = row.try_get("", "revoked_at")?;
+        if revoked_at.is_some() {
+            return Ok(Rotation::Invalid);
+        }
+        let spent_now = spent_at.is_none()
+            && txn
+                .execute_raw(statement(
+                    backend,
+                    "UPDATE refresh_tokens SET spent_at = $1 WHERE token_hash = $2 AND spent_at IS NULL",
+                    [now.into(), presented.into()],
+                ))
+                .await?
+                .rows_affected()
+                == 1;
+        if !spent_now {
+            revoke_session(&txn, &session_id, RevokeReason::RefreshTokenReused, now).await?;
+            txn.commit().await?;
+            return Ok(Rotation::ReuseDetected { session_id, user_id });
+        }
+        if now > expires_at || now > last_used_at + policy.idle_timeout {
+            return Ok(Rotation::Invalid);
+        }
+        txn.execute_raw(statement(
+            backend,
+            "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",
+            [replacement.into(), session_id.clone().into(), now.into()],
+        ))
+        .await?;
+        txn.execute_raw(statement(
+            backend,
+            "UPDATE sessions SET last_used_at = $1 WHERE session_id = $2",
+            [now.into(), session_id.clone().into()],
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(Rotation::Rotated { session_id, user_id })
+    }
+
+    /// Revokes the session the refresh token belongs to, if it is `user_id`'s.
+    pub async fn revoke_session_of_token(&self, token_hash: &str, user_id: &str) -> Result<(), IdentityError> {
+        self.db
+            .execute_raw(statement(
+                self.backend(),
+                "UPDATE sessions SET revoked_at = $1, revoked_reason = $2
+                 WHERE revoked_at IS NULL AND user_id = $3
+                   AND session_id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $4)",
+                [
+                    bank_kit::time::now().into(),
+                    RevokeReason::Logout.as_str().into(),
+                    user_id.into(),
+                    token_hash.into(),
+                ],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes every live session of `user_id` except `keep`.
+    pub async fn revoke_sessions_of_user(
+        &self,
+        user_id: &str,
+        keep: Option<&str>,
+        reason: RevokeReason,
+    ) -> Result<u64, IdentityError> {
+        let result = self
+            .db
+            .execute_raw(statement(
+                self.backend(),
+                "UPDATE sessions SET revoked_at = $1, revoked_reason = $2
+                 WHERE revoked_at IS NULL AND user_id = $3 AND session_id <> $4",
+                [
+                    bank_kit::time::now().into(),
+                    reason.as_str().into(),
+                    user_id.into(),
+                    keep.unwrap_or_default().into(),
+                ],
+            ))
+            .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// Appends to the audit trail. Details never contain secrets.
+    pub async fn audit(&self, kind: &str, user_id: Option<&str>, detail: &str) -> Result<(), IdentityError> {
+        self.db
+            .execute_raw(statement(
+                self.backend(),
+                "INSERT INTO audit_events (event_id, occurred_at, kind, user_id, detail) VALUES ($1, $2, $3, $4, $5)",
+                [
+                    uuid::Uuid::now_v7().to_string().into(),
+                    bank_kit::time::now().into(),
+                    kind.into(),
+                    user_id.map(str::to_owned).into(),
+                    detail.into(),
+                ],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// The kinds of the audit events recorded for `user_id`, oldest first.
+    pub async fn audit_kinds(&self, user_id: &str) -> Result<Vec<String>, IdentityError> {
+        let rows = self
+            .db
+            .query_all_raw(statement(
+                self.backend(),
+                "SELECT kind FROM audit_events WHERE user_id = $1 ORDER BY occurred_at, event_id",
+                [user_id.into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get("", "kind").map_err(IdentityError::from))
+            .collect()
+    }
+}
+
+async fn revoke_session(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    reason: RevokeReason,
+    now: DateTime<Utc>,
+) -> Result<(), IdentityError> {
+    db.execute_raw(statement(
+        db.get_database_backend(),
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = $2 WHERE session_id = $3 AND revoked_at IS NULL",
+        [now.into(), reason.as_str().into(), session_id.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+fn statement<const N: usize>(backend: DbBackend, sql: &str, values: [Value; N]) -> Statement {
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+fn roles_to_column(roles: &[Role]) -> String {
+    roles.iter().map(|role| role.as_str()).collect::<Vec<_>>().join(",")
+}
+
+fn user_from_row(row: &QueryResult) -> Result<User, IdentityError> {
+    let email: String = row.try_get("", "email")?;
+    let roles: String = row.try_get("", "roles")?;
+    Ok(User {
+        user_id: row.try_get("", "user_id")?,
+        email: Email::parse(&email).map_err(|_| IdentityError::Corrupt("email".into()))?,
+        full_name: row.try_get("", "full_name")?,
+        roles: Role::parse_set(roles.split(',')).map_err(|_| IdentityError::Corrupt("roles".into()))?,
+        enabled: row.try_get("", "enabled")?,
+        created_at: row.try_get("", "created_at")?,
+    })
+}

@@ -1,0 +1,71 @@
+//! Database connection and migration for both backends: SQLite (embedded default,
+//! WAL mode) and PostgreSQL (production).
+
+use std::time::Duration;
+
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm_migration::MigratorTrait;
+
+/// Opens a pool on `url`. For SQLite the parent directory of the file is created
+/// and the journal switched to WAL so readers never block the writer.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let is_sqlite = url.starts_with("sqlite:");
+    if is_sqlite {
+        create_sqlite_parent_dir(url)?;
+    }
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(if is_sqlite { 8 } else { 16 })
+        .min_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    let db = Database::connect(options).await?;
+    if db.get_database_backend() == DbBackend::Sqlite {
+        db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
+    }
+    Ok(db)
+}
+
+/// Connects and applies every pending migration of `M`.
+pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let db = connect(url).await?;
+    M::up(&db, None).await?;
+    Ok(db)
+}
+
+fn create_sqlite_parent_dir(url: &str) -> Result<(), DbErr> {
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(());
+    }
+    if let Some(parent) = std::path::Path::new(path).parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|error| DbErr::Custom(format!("cannot create database directory: {error}")))?;
+    }
+    Ok(())
+}
+
+/// Whether an error is a transient conflict worth retrying the whole transaction
+/// for: a PostgreSQL serialization failure or deadlock, or a busy SQLite file.
+pub fn is_retryable(error: &DbErr) -> bool {
+    let text = error.to_string();
+    ["40001", "40P01", "database is locked", "SQLITE_BUSY", "could not serialize"]
+        .iter()
+        .any(|marker| text.contains(marker))
+}
+
+/// Whether an error is a unique-constraint violation.
+pub fn is_unique_violation(error: &DbErr) -> bool {
+    matches!(
+        error.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}

@@ -1,0 +1,16 @@
+//! The shared service kit: everything the identity, account and ledger services and
+//! the gateway do the same way. Configuration parsing, telemetry, the gRPC server
+//! shell (health, reflection, limits, graceful shutdown), database connection and
+//! migration, the error-code table, money types, and JWT verification.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod money;
+pub mod telemetry;
+pub mod testing;
+pub mod time;
+
+pub use error::{ErrorCode, ServiceError};

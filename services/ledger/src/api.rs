@@ -1,0 +1,510 @@
+//! The ledger's gRPC API: authenticates the caller, parses the request into domain
+//! types, calls the store, and maps the result back to protobuf.
+
+use std::sync::Arc;
+
+use bank_kit::{
+    ServiceError,
+    auth::{Principal, TokenVerifier},
+    money::{Currency, PositiveAmount},
+    time::to_rfc3339,
+};
+use bank_proto::ledger::v1::{self as pb, ledger_service_server::LedgerService};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::{
+        AccountId, AccountKind, AccountStatus, Description, Entry, IdempotencyKey, LedgerAccount,
+        LedgerError, PostingRequest, Transfer, TransferId, TransferKind,
+    },
+    store::LedgerStore,
+};
+
+/// The principal name of the account service, the only caller of internal methods.
+pub const ACCOUNT_SERVICE: &str = "account";
+
+const DEFAULT_PAGE_SIZE: u64 = 50;
+const MAX_PAGE_SIZE: u64 = 100;
+
+pub struct LedgerApi {
+    store: Arc<LedgerStore>,
+    verifier: TokenVerifier,
+}
+
+impl LedgerApi {
+    pub fn new(store: Arc<LedgerStore>, verifier: TokenVerifier) -> LedgerApi {
+        LedgerApi { store, verifier }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, ServiceError> {
+        self.verifier.authenticate(request).await
+    }
+
+    /// The account if `principal` may see it; NOT_FOUND otherwise, so that other
+    /// users' accounts are indistinguishable from missing ones.
+    async fn visible_account(
+        &self,
+        principal: &Principal,
+        account_id: AccountId,
+    ) -> Result<LedgerAccount, ServiceError> {
+        let account = self
+            .store
+            .account(account_id)
+            .await?
+            .ok_or(LedgerError::AccountNotFound)?;
+        let visible = principal.is_operator()
+            || principal
+                .user_id()
+                .is_some_and(|user_id| account.is_owned_by(user_id));
+        if visible {
+            Ok(account)
+        } else {
+            Err(LedgerError::AccountNotFound.into())
+        }
+    }
+
+    async fn operator_posting(
+        &self,
+        principal: &Principal,
+        kind: TransferKind,
+        fields: OperatorPosting<'_>,
+    ) -> Result<Transfer, ServiceError> {
+        principal.require_operator()?;
+        let account_id = AccountId::parse(fields.account_id)?;
+        let amount = PositiveAmount::parse(fields.amount_minor)
+            .map_err(|error| ServiceError::invalid(error.to_string()))?;
+        let currency = parse_currency(fields.currency)?;
+        let reference = fields.reference.trim();
+        if reference.is_empty() {
+            return Err(ServiceError::invalid("reference is required"));
+        }
+        let settlement = AccountId::settlement(currency);
+        let (from_account_id, to_account_id) = match kind {
+            TransferKind::Withdrawal => (account_id, settlement),
+            _ => (settlement, account_id),
+        };
+        // Deposits and withdrawals only touch customer books.
+        let account = self
+            .store
+            .account(account_id)
+            .await?
+            .ok_or(LedgerError::AccountNotFound)?;
+        if account.kind != AccountKind::Customer {
+            return Err(LedgerError::AccountNotFound.into());
+        }
+        let request = PostingRequest {
+            kind,
+            from_account_id,
+            to_account_id,
+            amount,
+            currency,
+            description: Description::parse(reference)?,
+            reverses_transfer_id: None,
+            required_owner: None,
+            scope: principal.scope(),
+            idempotency_key: IdempotencyKey::parse(fields.idempotency_key)?,
+        };
+        Ok(self.store.post(&request).await?)
+    }
+}
+
+struct OperatorPosting<'a> {
+    account_id: &'a str,
+    amount_minor: i64,
+    currency: &'a str,
+    reference: &'a str,
+    idempotency_key: &'a str,
+}
+
+#[tonic::async_trait]
+impl LedgerService for LedgerApi {
+    #[tracing::instrument(name = "ledger.create_transfer", skip_all)]
+    async fn create_transfer(
+        &self,
+        request: Request<pb::CreateTransferRequest>,
+    ) -> Result<Response<pb::CreateTransferResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let user_id = principal.require_user()?.to_owned();
+        let body = request.into_inner();
+        let from_account_id = AccountId::parse(&body.from_account_id)?;
+        let to_account_id = AccountId::parse(&body.to_account_id)?;
+        if from_account_id == to_account_id {
+            return Err(ServiceError::invalid("cannot transfer to the same account").into());
+        }
+        let posting = PostingRequest {
+            kind: TransferKind::Transfer,
+            from_account_id,
+            to_account_id,
+            amount: PositiveAmount::parse(body.amount_minor)
+                .map_err(|error| ServiceError::invalid(error.to_string()))?,
+            currency: parse_currency(&body.currency)?,
+            description: Description::parse(&body.description)?,
+            reverses_transfer_id: None,
+            required_owner: Some(user_id),
+            scope: principal.scope(),
+            idempotency_key: IdempotencyKey::parse(&body.idempotency_key)?,
+        };
+        let transfer = self.store.post(&posting).await.map_err(ServiceError::from)?;
+        tracing::info!(transfer_id = %transfer.transfer_id, "transfer posted");
+        Ok(Response::new(pb::CreateTransferResponse {
+            transfer: Some(transfer_to_proto(&transfer)),
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.get_transfer", skip_all)]
+    async fn get_transfer(
+        &self,
+        request: Request<pb::GetTransferRequest>,
+    ) -> Result<Response<pb::GetTransferResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let transfer_id = TransferId::parse(&request.get_ref().transfer_id)?;
+        let transfer = self
+            .store
+            .transfer(transfer_id)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| ServiceError::from(LedgerError::TransferNotFound))?;
+        if !principal.is_operator() {
+            let user_id = principal.require_user()?;
+            let mut owns_a_side = false;
+            for side in [transfer.from_account_id, transfer.to_account_id] {
+                if let Some(account) = self.store.account(side).await.map_err(ServiceError::from)? {
+                    owns_a_side |= account.is_owned_by(user_id);
+                }
+            }
+            if !owns_a_side {
+                return Err(ServiceError::from(LedgerError::TransferNotFound).into());
+            }
+        }
+        Ok(Response::new(pb::GetTransferResponse {
+            transfer: Some(transfer_to_proto(&transfer)),
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.get_balance", skip_all)]
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let account_id = AccountId::parse(&request.get_ref().account_id)?;
+        let account = self.visible_account(&principal, account_id).await?;
+        Ok(Response::new(pb::GetBalanceResponse {
+            account_id: account.account_id.to_string(),
+            currency: account.currency.to_string(),
+            balance_minor: account.balance_minor,
+            available_minor: account.balance_minor,
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.list_account_entries", skip_all)]
+    async fn list_account_entries(
+        &self,
+        request: Request<pb::ListAccountEntriesRequest>,
+    ) -> Result<Response<pb::ListAccountEntriesResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let body = request.into_inner();
+        let account_id = AccountId::parse(&body.account_id)?;
+        let page_size = parse_page_size(body.page_size)?;
+        let before_seq = parse_page_token(&body.page_token)?;
+        self.visible_account(&principal, account_id).await?;
+        let mut entries = self
+            .store
+            .entries(account_id, before_seq, page_size + 1)
+            .await
+            .map_err(ServiceError::from)?;
+        let has_more = entries.len() as u64 > page_size;
+        entries.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+        let next_page_token = match entries.last() {
+            Some(last) if has_more => encode_page_token(last.account_seq),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListAccountEntriesResponse {
+            entries: entries.iter().map(entry_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.deposit", skip_all)]
+    async fn deposit(
+        &self,
+        request: Request<pb::DepositRequest>,
+    ) -> Result<Response<pb::DepositResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let body = request.get_ref();
+        let transfer = self
+            .operator_posting(
+                &principal,
+                TransferKind::Deposit,
+                OperatorPosting {
+                    account_id: &body.account_id,
+                    amount_minor: body.amount_minor,
+                    currency: &body.currency,
+                    reference: &body.reference,
+                    idempotency_key: &body.idempotency_key,
+                },
+            )
+            .await?;
+        tracing::info!(transfer_id = %transfer.transfer_id, "deposit posted");
+        Ok(Response::new(pb::DepositResponse {
+            transfer: Some(transfer_to_proto(&transfer)),
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.withdraw", skip_all)]
+    async fn withdraw(
+        &self,
+        request: Request<pb::WithdrawRequest>,
+    ) -> Result<Response<pb::WithdrawResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let body = request.get_ref();
+        let transfer = self
+            .operator_posting(
+                &principal,
+                TransferKind::Withdrawal,
+                OperatorPosting {
+                    account_id: &body.account_id,
+                    amount_minor: body.amount_minor,
+                    currency: &body.currency,
+                    reference: &body.reference,
+                    idempotency_key: &body.idempotency_key,
+                },
+            )
+            .await?;
+        tracing::info!(transfer_id = %transfer.transfer_id, "withdrawal posted");
+        Ok(Response::new(pb::WithdrawResponse {
+            transfer: Some(transfer_to_proto(&transfer)),
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.reverse_transfer", skip_all)]
+    async fn reverse_transfer(
+        &self,
+        request: Request<pb::ReverseTransferRequest>,
+    ) -> Result<Response<pb::ReverseTransferResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        principal.require_operator()?;
+        let body = request.into_inner();
+        let original_id = TransferId::parse(&body.transfer_id)?;
+        let idempotency_key = IdempotencyKey::parse(&body.idempotency_key)?;
+        let original = self
+            .store
+            .transfer(original_id)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| ServiceError::from(LedgerError::TransferNotFound))?;
+        if original.kind == TransferKind::Reversal {
+            return Err(ServiceError::invalid("a reversal cannot itself be reversed").into());
+        }
+        let reason = body.reason.trim();
+        let description = if reason.is_empty() {
+            format!("reversal of {original_id}")
+        } else {
+            reason.to_owned()
+        };
+        let posting = PostingRequest {
+            kind: TransferKind::Reversal,
+            from_account_id: original.to_account_id,
+            to_account_id: original.from_account_id,
+            amount: PositiveAmount::parse(original.amount_minor)
+                .map_err(|_| ServiceError::internal(&"stored transfer with a non-positive amount"))?,
+            currency: original.currency,
+            description: Description::parse(&description)?,
+            reverses_transfer_id: Some(original_id),
+            required_owner: None,
+            scope: principal.scope(),
+            idempotency_key,
+        };
+        let transfer = self.store.post(&posting).await.map_err(ServiceError::from)?;
+        tracing::info!(transfer_id = %transfer.transfer_id, reverses = %original_id, "reversal posted");
+        Ok(Response::new(pb::ReverseTransferResponse {
+            transfer: Some(transfer_to_proto(&transfer)),
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.verify_ledger", skip_all)]
+    async fn verify_ledger(
+        &self,
+        request: Request<pb::VerifyLedgerRequest>,
+    ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        principal.require_operator()?;
+        let report = self.store.verify().await.map_err(ServiceError::from)?;
+        if !report.mismatches.is_empty() {
+            tracing::error!(mismatches = report.mismatches.len(), "ledger verification found mismatches");
+        }
+        Ok(Response::new(pb::VerifyLedgerResponse {
+            ok: report.mismatches.is_empty(),
+            accounts_checked: report.accounts_checked,
+            entries_checked: report.entries_checked,
+            mismatches: report
+                .mismatches
+                .into_iter()
+                .map(|mismatch| pb::LedgerMismatch {
+                    account_id: mismatch.account_id,
+                    kind: mismatch.kind.to_owned(),
+                    detail: mismatch.detail,
+                })
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.open_ledger_account", skip_all)]
+    async fn open_ledger_account(
+        &self,
+        request: Request<pb::OpenLedgerAccountRequest>,
+    ) -> Result<Response<pb::OpenLedgerAccountResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        principal.require_service(ACCOUNT_SERVICE)?;
+        let body = request.into_inner();
+        let account_id = AccountId::parse(&body.account_id)?;
+        let owner_id = uuid::Uuid::try_parse(&body.owner_id)
+            .map_err(|_| ServiceError::invalid("owner id must be a UUID"))?;
+        let currency = parse_currency(&body.currency)?;
+        let account = self
+            .store
+            .open_account(account_id, &owner_id.to_string(), currency)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::OpenLedgerAccountResponse {
+            account_id: account.account_id.to_string(),
+            status: status_to_proto(account.status) as i32,
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.set_ledger_account_status", skip_all)]
+    async fn set_ledger_account_status(
+        &self,
+        request: Request<pb::SetLedgerAccountStatusRequest>,
+    ) -> Result<Response<pb::SetLedgerAccountStatusResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        principal.require_service(ACCOUNT_SERVICE)?;
+        let body = request.into_inner();
+        let account_id = AccountId::parse(&body.account_id)?;
+        let status = match pb::LedgerAccountStatus::try_from(body.status) {
+            Ok(pb::LedgerAccountStatus::Active) => AccountStatus::Active,
+            Ok(pb::LedgerAccountStatus::Frozen) => AccountStatus::Frozen,
+            Ok(pb::LedgerAccountStatus::Closed) => AccountStatus::Closed,
+            Ok(pb::LedgerAccountStatus::Unspecified) | Err(_) => {
+                return Err(ServiceError::invalid("status must be ACTIVE, FROZEN or CLOSED").into());
+            }
+        };
+        let account = self
+            .store
+            .set_status(account_id, status)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::SetLedgerAccountStatusResponse {
+            account_id: account.account_id.to_string(),
+            status: status_to_proto(account.status) as i32,
+        }))
+    }
+}
+
+impl From<LedgerError> for Status {
+    fn from(error: LedgerError) -> Status {
+        ServiceError::from(error).into()
+    }
+}
+
+fn parse_currency(raw: &str) -> Result<Currency, ServiceError> {
+    Currency::parse(raw).map_err(|error| ServiceError::invalid(error.to_string()))
+}
+
+fn parse_page_size(raw: i32) -> Result<u64, ServiceError> {
+    match raw {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        1.. if raw as u64 <= MAX_PAGE_SIZE => Ok(raw as u64),
+        _ => Err(ServiceError::invalid("page_size must be between 1 and 100")),
+    }
+}
+
+const PAGE_TOKEN_PREFIX: &str = "entries-before:";
+
+fn encode_page_token(account_seq: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{account_seq}"))
+}
+
+fn parse_page_token(raw: &str) -> Result<Option<i64>, ServiceError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || ServiceError::invalid("page_token is not valid");
+    let decoded = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
+    let text = String::from_utf8(decoded).map_err(|_| invalid())?;
+    let seq: i64 = text
+        .strip_prefix(PAGE_TOKEN_PREFIX)
+        .and_then(|number| number.parse().ok())
+        .ok_or_else(invalid)?;
+    if seq < 1 {
+        return Err(invalid());
+    }
+    Ok(Some(seq))
+}
+
+fn status_to_proto(status: AccountStatus) -> pb::LedgerAccountStatus {
+    match status {
+        AccountStatus::Active => pb::LedgerAccountStatus::Active,
+        AccountStatus::Frozen => pb::LedgerAccountStatus::Frozen,
+        AccountStatus::Closed => pb::LedgerAccountStatus::Closed,
+    }
+}
+
+fn transfer_to_proto(transfer: &Transfer) -> pb::Transfer {
+    let kind = match transfer.kind {
+        TransferKind::Transfer => pb::TransferKind::Transfer,
+        TransferKind::Deposit => pb::TransferKind::Deposit,
+        TransferKind::Withdrawal => pb::TransferKind::Withdrawal,
+        TransferKind::Reversal => pb::TransferKind::Reversal,
+    };
+    pb::Transfer {
+        transfer_id: transfer.transfer_id.to_string(),
+        from_account_id: transfer.from_account_id.to_string(),
+        to_account_id: transfer.to_account_id.to_string(),
+        amount_minor: transfer.amount_minor,
+        currency: transfer.currency.to_string(),
+        status: pb::TransferStatus::Posted as i32,
+        kind: kind as i32,
+        description: transfer.description.clone(),
+        reverses_transfer_id: transfer
+            .reverses_transfer_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        created_at: to_rfc3339(transfer.created_at),
+    }
+}
+
+fn entry_to_proto(entry: &Entry) -> pb::Entry {
+    pb::Entry {
+        transfer_id: entry.transfer_id.to_string(),
+        amount_minor: entry.amount_minor,
+        balance_after_minor: entry.balance_after_minor,
+        currency: entry.currency.to_string(),
+        counterparty_account_id: entry.counterparty_account_id.to_string(),
+        description: entry.description.clone(),
+        created_at: to_rfc3339(entry.created_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_tampering() {
+        let token = encode_page_token(42);
+        assert_eq!(parse_page_token(&token).ok(), Some(Some(42)));
+        assert!(parse_page_token("garbage!").is_err());
+        assert!(parse_page_token(&URL_SAFE_NO_PAD.encode("entries-before:-1")).is_err());
+        assert_eq!(parse_page_token("").ok(), Some(None));
+    }
+
+    #[test]
+    fn page_size_is_bounded() {
+        assert_eq!(parse_page_size(0).ok(), Some(DEFAULT_PAGE_SIZE));
+        assert_eq!(parse_page_size(100).ok(), Some(100));
+        assert!(parse_page_size(101).is_err());
+        assert!(parse_page_size(-1).is_err());
+    }
+}

@@ -1,0 +1,488 @@
+//! The ledger's domain: accounts' books, transfers, entries and the rules a posting
+//! must satisfy. No IO, no tonic, no SQL.
+
+use std::fmt;
+
+use bank_kit::money::{Currency, PositiveAmount};
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// The id of an account's book; the same UUID the account service gave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AccountId(Uuid);
+
+impl AccountId {
+    pub fn parse(raw: &str) -> Result<AccountId, LedgerError> {
+        Uuid::try_parse(raw)
+            .map(AccountId)
+            .map_err(|_| LedgerError::Invalid("account id must be a UUID".into()))
+    }
+
+    /// The bank's settlement account for `currency`: it mirrors money outside the
+    /// bank, so it is the other side of every deposit and withdrawal. Its id is
+    /// derived from the currency so every replica agrees on it.
+    pub fn settlement(currency: Currency) -> AccountId {
+        AccountId(Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            format!("bank.ledger.settlement.{currency}").as_bytes(),
+        ))
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TransferId(Uuid);
+
+impl TransferId {
+    pub fn new() -> TransferId {
+        TransferId(Uuid::now_v7())
+    }
+
+    pub fn parse(raw: &str) -> Result<TransferId, LedgerError> {
+        Uuid::try_parse(raw)
+            .map(TransferId)
+            .map_err(|_| LedgerError::Invalid("transfer id must be a UUID".into()))
+    }
+}
+
+impl Default for TransferId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TransferId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(formatter)
+    }
+}
+
+/// A client-chosen key that makes a posting request safe to retry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const MAX_LEN: usize = 128;
+
+    pub fn parse(raw: &str) -> Result<IdempotencyKey, LedgerError> {
+        let valid = !raw.is_empty()
+            && raw.len() <= Self::MAX_LEN
+            && raw.bytes().all(|byte| byte.is_ascii_graphic());
+        if valid {
+            Ok(IdempotencyKey(raw.to_owned()))
+        } else {
+            Err(LedgerError::Invalid(
+                "idempotency key is required: 1 to 128 visible ASCII characters".into(),
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Free text attached to a transfer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Description(String);
+
+impl Description {
+    pub const MAX_CHARS: usize = 140;
+
+    pub fn parse(raw: &str) -> Result<Description, LedgerError> {
+        let trimmed = raw.trim();
+        if trimmed.chars().count() > Self::MAX_CHARS {
+            return Err(LedgerError::Invalid(
+                "description must be at most 140 characters".into(),
+            ));
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(LedgerError::Invalid(
+                "description must not contain control characters".into(),
+            ));
+        }
+        Ok(Description(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountKind {
+    Customer,
+    Settlement,
+}
+
+impl AccountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::Customer => "customer",
+            AccountKind::Settlement => "settlement",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<AccountKind> {
+        match raw {
+            "customer" => Some(AccountKind::Customer),
+            "settlement" => Some(AccountKind::Settlement),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    Active,
+    Frozen,
+    Closed,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Active => "active",
+            AccountStatus::Frozen => "frozen",
+            AccountStatus::Closed => "closed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<AccountStatus> {
+        match raw {
+            "active" => Some(AccountStatus::Active),
+            "frozen" => Some(AccountStatus::Frozen),
+            "closed" => Some(AccountStatus::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// An account's book as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerAccount {
+    pub account_id: AccountId,
+    pub owner_id: Option<String>,
+    pub currency: Currency,
+    pub kind: AccountKind,
+    pub status: AccountStatus,
+    pub balance_minor: i64,
+    pub entry_count: i64,
+    pub last_entry_hash: String,
+}
+
+impl LedgerAccount {
+    /// Whether `user_id` may see this account.
+    pub fn is_owned_by(&self, user_id: &str) -> bool {
+        self.owner_id.as_deref() == Some(user_id)
+    }
+
+    /// Checks that the account may take part in a posting at all.
+    pub fn ensure_open(&self) -> Result<(), LedgerError> {
+        match self.status {
+            AccountStatus::Active => Ok(()),
+            AccountStatus::Frozen => Err(LedgerError::AccountFrozen(self.account_id)),
+            AccountStatus::Closed => Err(LedgerError::AccountClosed(self.account_id)),
+        }
+    }
+
+    /// The balance after applying `delta`, enforcing no overdraft on customer
+    /// accounts and refusing any overflow.
+    pub fn balance_after(&self, delta: i64) -> Result<i64, LedgerError> {
+        let after = self
+            .balance_minor
+            .checked_add(delta)
+            .ok_or(LedgerError::AmountOverflow)?;
+        if after < 0 && self.kind == AccountKind::Customer {
+            return Err(LedgerError::InsufficientFunds);
+        }
+        Ok(after)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferKind {
+    Transfer,
+    Deposit,
+    Withdrawal,
+    Reversal,
+}
+
+impl TransferKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferKind::Transfer => "transfer",
+            TransferKind::Deposit => "deposit",
+            TransferKind::Withdrawal => "withdrawal",
+            TransferKind::Reversal => "reversal",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<TransferKind> {
+        match raw {
+            "transfer" => Some(TransferKind::Transfer),
+            "deposit" => Some(TransferKind::Deposit),
+            "withdrawal" => Some(TransferKind::Withdrawal),
+            "reversal" => Some(TransferKind::Reversal),
+            _ => None,
+        }
+    }
+}
+
+/// A posted transfer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub transfer_id: TransferId,
+    pub kind: TransferKind,
+    pub from_account_id: AccountId,
+    pub to_account_id: AccountId,
+    pub amount_minor: i64,
+    pub currency: Currency,
+    pub description: String,
+    pub reverses_transfer_id: Option<TransferId>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One side of a posting, from its account's point of view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub account_id: AccountId,
+    pub account_seq: i64,
+    pub transfer_id: TransferId,
+    pub amount_minor: i64,
+    pub balance_after_minor: i64,
+    pub currency: Currency,
+    pub counterparty_account_id: AccountId,
+    pub description: String,
+    pub prev_hash: String,
+    pub entry_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The hash of the first entry's predecessor.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The hash that chains an entry to its account's previous entry. Any change to a
+/// stored entry, or a removed or inserted one, breaks every later hash.
+pub fn entry_hash(entry: &Entry) -> String {
+    let mut hasher = Sha256::new();
+    for field in [
+        entry.prev_hash.as_str(),
+        &entry.account_id.to_string(),
+        &entry.account_seq.to_string(),
+        &entry.transfer_id.to_string(),
+        &entry.amount_minor.to_string(),
+        &entry.balance_after_minor.to_string(),
+        entry.currency.as_str(),
+        &entry.counterparty_account_id.to_string(),
+        entry.description.as_str(),
+        &entry.created_at.timestamp_micros().to_string(),
+    ] {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// What a posting asks for, after parsing.
+#[derive(Debug, Clone)]
+pub struct PostingRequest {
+    pub kind: TransferKind,
+    pub from_account_id: AccountId,
+    pub to_account_id: AccountId,
+    pub amount: PositiveAmount,
+    pub currency: Currency,
+    pub description: Description,
+    pub reverses_transfer_id: Option<TransferId>,
+    /// When set, `from_account_id` must belong to this user.
+    pub required_owner: Option<String>,
+    /// Who asked: scopes the idempotency key.
+    pub scope: String,
+    pub idempotency_key: IdempotencyKey,
+}
+
+impl PostingRequest {
+    /// A fingerprint of what the request asks for, so that a reused idempotency key
+    /// with a different request is told apart from a retry.
+    pub fn fingerprint(&self) -> String {
+        let mut hasher = Sha256::new();
+        let reverses = self
+            .reverses_transfer_id
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        for field in [
+            self.kind.as_str(),
+            &self.from_account_id.to_string(),
+            &self.to_account_id.to_string(),
+            &self.amount.minor().to_string(),
+            self.currency.as_str(),
+            self.description.as_str(),
+            &reverses,
+        ] {
+            hasher.update((field.len() as u64).to_be_bytes());
+            hasher.update(field.as_bytes());
+        }
+        hex::encode(hasher.finalize())
+    }
+}
+
+/// One inconsistency found while verifying the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    pub account_id: String,
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VerifyReport {
+    pub accounts_checked: i64,
+    pub entries_checked: i64,
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// Everything a ledger operation can refuse, by cause.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("account not found")]
+    AccountNotFound,
+    #[error("transfer not found")]
+    TransferNotFound,
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("account {0} is frozen")]
+    AccountFrozen(AccountId),
+    #[error("account {0} is closed")]
+    AccountClosed(AccountId),
+    #[error("currency does not match the account's currency")]
+    CurrencyMismatch,
+    #[error("idempotency key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error("the amount would overflow the balance")]
+    AmountOverflow,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Storage(#[from] sea_orm::DbErr),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<LedgerError> for bank_kit::ServiceError {
+    fn from(error: LedgerError) -> Self {
+        use bank_kit::{ErrorCode, ServiceError};
+        match error {
+            LedgerError::Invalid(message) => ServiceError::invalid(message),
+            LedgerError::AccountNotFound | LedgerError::TransferNotFound => {
+                ServiceError::not_found(error.to_string())
+            }
+            LedgerError::InsufficientFunds => {
+                ServiceError::new(ErrorCode::InsufficientFunds, error.to_string())
+            }
+            LedgerError::AccountFrozen(_) => {
+                ServiceError::new(ErrorCode::AccountFrozen, error.to_string())
+            }
+            LedgerError::AccountClosed(_) => {
+                ServiceError::new(ErrorCode::AccountClosed, error.to_string())
+            }
+            LedgerError::CurrencyMismatch => {
+                ServiceError::new(ErrorCode::CurrencyMismatch, error.to_string())
+            }
+            LedgerError::IdempotencyKeyReused => {
+                ServiceError::new(ErrorCode::IdempotencyKeyReused, error.to_string())
+            }
+            LedgerError::AmountOverflow => ServiceError::invalid(error.to_string()),
+            LedgerError::Conflict(message) => ServiceError::conflict(message),
+            LedgerError::Storage(_) | LedgerError::Corrupt(_) => ServiceError::internal(&error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn customer(balance_minor: i64) -> LedgerAccount {
+        LedgerAccount {
+            account_id: AccountId(Uuid::nil()),
+            owner_id: Some("owner".into()),
+            currency: Currency::parse("EUR").unwrap_or_else(|_| unreachable!()),
+            kind: AccountKind::Customer,
+            status: AccountStatus::Active,
+            balance_minor,
+            entry_count: 0,
+            last_entry_hash: GENESIS_HASH.into(),
+        }
+    }
+
+    #[test]
+    fn customer_accounts_cannot_go_negative() {
+        assert!(matches!(customer(100).balance_after(-101), Err(LedgerError::InsufficientFunds)));
+        assert_eq!(customer(100).balance_after(-100).ok(), Some(0));
+    }
+
+    #[test]
+    fn settlement_accounts_may_go_negative() {
+        let mut settlement = customer(0);
+        settlement.kind = AccountKind::Settlement;
+        assert_eq!(settlement.balance_after(-500).ok(), Some(-500));
+    }
+
+    #[test]
+    fn balance_overflow_is_an_error_not_a_wrap() {
+        assert!(matches!(customer(i64::MAX).balance_after(1), Err(LedgerError::AmountOverflow)));
+    }
+
+    #[test]
+    fn frozen_and_closed_accounts_refuse_postings() {
+        let mut account = customer(0);
+        account.status = AccountStatus::Frozen;
+        assert!(matches!(account.ensure_open(), Err(LedgerError::AccountFrozen(_))));
+        account.status = AccountStatus::Closed;
+        assert!(matches!(account.ensure_open(), Err(LedgerError::AccountClosed(_))));
+    }
+
+    #[test]
+    fn idempotency_keys_are_bounded_visible_ascii() {
+        assert!(IdempotencyKey::parse("").is_err());
+        assert!(IdempotencyKey::parse("has space").is_err());
+        assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
+        assert!(IdempotencyKey::parse("order-42").is_ok());
+    }
+
+    #[test]
+    fn settlement_ids_are_stable_per_currency() {
+        let eur = Currency::parse("EUR").unwrap_or_else(|_| unreachable!());
+        let usd = Currency::parse("USD").unwrap_or_else(|_| unreachable!());
+        assert_eq!(AccountId::settlement(eur), AccountId::settlement(eur));
+        assert_ne!(AccountId::settlement(eur), AccountId::settlement(usd));
+    }
+
+    #[test]
+    fn changing_any_entry_field_changes_its_hash() {
+        let entry = Entry {
+            account_id: AccountId(Uuid::nil()),
+            account_seq: 1,
+            transfer_id: TransferId(Uuid::nil()),
+            amount_minor: 100,
+            balance_after_minor: 100,
+            currency: Currency::parse("EUR").unwrap_or_else(|_| unreachable!()),
+            counterparty_account_id: AccountId(Uuid::nil()),
+            description: String::new(),
+            prev_hash: GENESIS_HASH.into(),
+            entry_hash: String::new(),
+            created_at: DateTime::from_timestamp_micros(0).unwrap_or_default(),
+        };
+        let mut tampered = entry.clone();
+        tampered.amount_minor = 101;
+        assert_ne!(entry_hash(&entry), entry_hash(&tampered));
+    }
+}

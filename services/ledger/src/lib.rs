@@ -1,0 +1,48 @@
+//! The ledger service: the bank's double-entry journal, balances and atomic
+//! transfers, in a database of its own.
+
+pub mod api;
+pub mod domain;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use bank_kit::{
+    auth::TokenVerifier,
+    config::{ConfigError, Env},
+    db,
+    grpc::{self, GrpcApp},
+};
+use bank_proto::ledger::v1::ledger_service_server::LedgerServiceServer;
+
+/// The ledger's configuration, read once at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub database_url: String,
+    pub identity_endpoint: String,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
+        Ok(Config {
+            listen_addr: env.socket_addr("LEDGER_LISTEN_ADDR", "127.0.0.1:50053")?,
+            database_url: env.database_url("LEDGER_DATABASE_URL", "sqlite://var/ledger.db?mode=rwc")?,
+            identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
+        })
+    }
+}
+
+/// Connects, migrates, and binds the ledger's gRPC server.
+pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
+    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
+    let store = Arc::new(store::LedgerStore::new(connection));
+    let verifier = TokenVerifier::remote(&config.identity_endpoint)?;
+    let service_name = grpc::service_name::<LedgerServiceServer<api::LedgerApi>>();
+    let service_routes = grpc::service_routes(service_name).await?;
+    let server = LedgerServiceServer::new(api::LedgerApi::new(store, verifier))
+        .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    let routes = service_routes.routes.add_service(server);
+    grpc::mark_serving(&service_routes.health, service_name).await;
+    Ok(GrpcApp::bind(config.listen_addr, routes).await?)
+}

@@ -1,0 +1,15 @@
+//! Schema of the ledger database. One migration per module, as sea-orm-migration
+//! names migrations after their module.
+
+use sea_orm_migration::{MigrationTrait, MigratorTrait};
+
+mod m20261128_000001_create_journal;
+
+pub struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_create_journal::Migration)]
+    }
+}
