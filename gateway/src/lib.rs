@@ -1,0 +1,282 @@
+//! The REST gateway: the edge external clients talk to. It validates JWTs,
+//! enforces limits, and forwards each request to a service over gRPC with the
+//! caller's token, which the service verifies again.
+
+pub mod extract;
+pub mod problem;
+pub mod routes;
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{HeaderName, HeaderValue, Method, header},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+};
+use bank_kit::{
+    ErrorCode,
+    auth::TokenVerifier,
+    config::{ConfigError, Env},
+};
+use bank_proto::{
+    account::v1::account_service_client::AccountServiceClient,
+    identity::v1::identity_service_client::IdentityServiceClient,
+    ledger::v1::ledger_service_client::LedgerServiceClient,
+};
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint};
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    set_header::SetResponseHeaderLayer,
+    trace::TraceLayer,
+};
+
+use crate::problem::{ApiError, TRACE_ID};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The gateway's configuration, read once at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub identity_endpoint: String,
+    pub account_endpoint: String,
+    pub ledger_endpoint: String,
+    pub cors_allowed_origins: Vec<HeaderValue>,
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
+        let origins = env
+            .string("BANK_CORS_ALLOWED_ORIGINS", "")
+            .split(',')
+            .map(str::trim)
+            .filter(|origin| !origin.is_empty())
+            .map(|origin| {
+                let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
+                    && !origin.ends_with('/')
+                    && origin != "*";
+                if !valid {
+                    return Err(ConfigError::new(
+                        "BANK_CORS_ALLOWED_ORIGINS",
+                        format!("{origin:?} is not an origin like https://app.example.com"),
+                    ));
+                }
+                HeaderValue::from_str(origin)
+                    .map_err(|_| ConfigError::new("BANK_CORS_ALLOWED_ORIGINS", format!("{origin:?} is not valid")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let timeout_seconds: u64 = env.parse("GATEWAY_REQUEST_TIMEOUT_SECONDS", 10)?;
+        if timeout_seconds == 0 || timeout_seconds > 300 {
+            return Err(ConfigError::new("GATEWAY_REQUEST_TIMEOUT_SECONDS", "must be between 1 and 300"));
+        }
+        Ok(Config {
+            listen_addr: env.socket_addr("GATEWAY_LISTEN_ADDR", "127.0.0.1:8080")?,
+            identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
+            account_endpoint: env.endpoint("ACCOUNT_ENDPOINT", "http://127.0.0.1:50052")?,
+            ledger_endpoint: env.endpoint("LEDGER_ENDPOINT", "http://127.0.0.1:50053")?,
+            cors_allowed_origins: origins,
+            request_timeout: Duration::from_secs(timeout_seconds),
+        })
+    }
+}
+
+/// Channels used by the readiness check.
+#[derive(Clone)]
+pub struct HealthChannels {
+    pub identity: Channel,
+    pub account: Channel,
+    pub ledger: Channel,
+}
+
+/// What every handler shares: one HTTP/2 channel per service.
+#[derive(Clone)]
+pub struct AppState {
+    pub identity: IdentityServiceClient<Channel>,
+    pub account: AccountServiceClient<Channel>,
+    pub ledger: LedgerServiceClient<Channel>,
+    pub verifier: TokenVerifier,
+    pub health_channels: HealthChannels,
+}
+
+fn channel(endpoint: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(endpoint.to_owned())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect_lazy())
+}
+
+/// The gateway, bound to its port.
+pub struct GatewayApp {
+    listener: TcpListener,
+    router: Router,
+}
+
+impl GatewayApp {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}
+
+/// Builds the router and binds the listener.
+pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
+    let identity = channel(&config.identity_endpoint, config.request_timeout)?;
+    let account = channel(&config.account_endpoint, config.request_timeout)?;
+    let ledger = channel(&config.ledger_endpoint, config.request_timeout)?;
+    let state = AppState {
+        identity: IdentityServiceClient::new(identity.clone()),
+        account: AccountServiceClient::new(account.clone()),
+        ledger: LedgerServiceClient::new(ledger.clone()),
+        verifier: TokenVerifier::remote(&config.identity_endpoint)?,
+        health_channels: HealthChannels {
+            identity,
+            account,
+            ledger,
+        },
+    };
+    let router = router(state, config);
+    let listener = TcpListener::bind(config.listen_addr).await?;
+    Ok(GatewayApp { listener, router })
+}
+
+/// Every route, with the layers that guard them.
+pub fn router(state: AppState, config: &Config) -> Router {
+    use routes::{accounts, admin, auth, ops, transfers};
+    let api = Router::new()
+        .route("/v1/auth/register", post(auth::register))
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/refresh", post(auth::refresh))
+        .route("/v1/auth/logout", post(auth::logout))
+        .route("/v1/me", get(auth::me))
+        .route("/v1/me/password", post(auth::change_password))
+        .route("/v1/accounts", post(accounts::open).get(accounts::list))
+        .route("/v1/accounts/{id}", get(accounts::get))
+        .route("/v1/accounts/{id}/balance", get(accounts::balance))
+        .route("/v1/accounts/{id}/transactions", get(accounts::transactions))
+        .route("/v1/accounts/{id}/close", post(accounts::close))
+        .route("/v1/transfers", post(transfers::create))
+        .route("/v1/transfers/{id}", get(transfers::get))
+        .route("/v1/admin/deposits", post(admin::deposit))
+        .route("/v1/admin/withdrawals", post(admin::withdraw))
+        .route("/v1/admin/accounts/{id}/freeze", post(admin::freeze))
+        .route("/v1/admin/accounts/{id}/unfreeze", post(admin::unfreeze))
+        .route("/v1/admin/transfers/{id}/reverse", post(admin::reverse))
+        .route("/v1/admin/ledger/verify", get(admin::verify))
+        .route("/.well-known/jwks.json", get(auth::jwks))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/openapi.json", get(ops::openapi_json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+
+    let timeout = config.request_timeout;
+    api.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(move |request, next| deadline(timeout, request, next)))
+        .layer(cors(&config.cors_allowed_origins))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            tracing::info_span!(
+                "http.request",
+                method = %request.method(),
+                path = %request.uri().path(),
+                trace_id = %request.headers().get(REQUEST_ID).and_then(|value| value.to_str().ok()).unwrap_or_default(),
+            )
+        }))
+        .layer(middleware::from_fn(request_id))
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Gives every request an id (the client's `x-request-id` when it is sane), makes
+/// it available to problem bodies, and echoes it in the response.
+async fn request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty() && value.len() <= 64 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        request.headers_mut().insert(REQUEST_ID, value);
+    }
+    let mut response = TRACE_ID.scope(id.clone(), next.run(request)).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Answers 503 when a request takes longer than the configured deadline.
+async fn deadline(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            use axum::response::IntoResponse;
+            ApiError::new(ErrorCode::Unavailable, "the request took too long").into_response()
+        }
+    }
+}
+
+fn cors(origins: &[HeaderValue]) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            REQUEST_ID,
+        ])
+        .expose_headers([REQUEST_ID, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(ErrorCode::InvalidArgument, "method not allowed on this route")
+}

@@ -1,0 +1,77 @@
+//! The account service: customer accounts, their numbers, owners and lifecycle,
+//! mirrored into the ledger that holds their money.
+
+pub mod api;
+pub mod domain;
+pub mod store;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bank_kit::{
+    auth::{ServiceTokenSource, TokenVerifier},
+    config::{ConfigError, Env},
+    db,
+    grpc::{self, GrpcApp},
+};
+use bank_proto::{
+    account::v1::account_service_server::AccountServiceServer,
+    ledger::v1::ledger_service_client::LedgerServiceClient,
+};
+use secrecy::SecretString;
+use tonic::transport::Endpoint;
+
+/// The account service's configuration, read once at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub database_url: String,
+    pub identity_endpoint: String,
+    pub ledger_endpoint: String,
+    /// This service's principal at identity, for calling the ledger's internal
+    /// methods.
+    pub service_client_id: String,
+    pub service_client_secret: SecretString,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
+        Ok(Config {
+            listen_addr: env.socket_addr("ACCOUNT_LISTEN_ADDR", "127.0.0.1:50052")?,
+            database_url: env.database_url("ACCOUNT_DATABASE_URL", "sqlite://var/account.db?mode=rwc")?,
+            identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
+            ledger_endpoint: env.endpoint("LEDGER_ENDPOINT", "http://127.0.0.1:50053")?,
+            service_client_id: env.string("ACCOUNT_SERVICE_CLIENT_ID", "account"),
+            service_client_secret: env.secret("ACCOUNT_SERVICE_CLIENT_SECRET").ok_or_else(|| {
+                ConfigError::new(
+                    "ACCOUNT_SERVICE_CLIENT_SECRET",
+                    "is required: the secret of this service's entry in IDENTITY_SERVICE_CLIENTS",
+                )
+            })?,
+        })
+    }
+}
+
+/// Connects, migrates, and binds the account service's gRPC server.
+pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
+    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
+    let ledger_channel = Endpoint::from_shared(config.ledger_endpoint.clone())?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .connect_lazy();
+    let api = api::AccountApi::new(
+        Arc::new(store::AccountStore::new(connection)),
+        TokenVerifier::remote(&config.identity_endpoint)?,
+        LedgerServiceClient::new(ledger_channel),
+        ServiceTokenSource::new(
+            &config.identity_endpoint,
+            config.service_client_id.clone(),
+            config.service_client_secret.clone(),
+        )?,
+    );
+    let service_name = grpc::service_name::<AccountServiceServer<api::AccountApi>>();
+    let service_routes = grpc::service_routes(service_name).await?;
+    let server = AccountServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
+    let routes = service_routes.routes.add_service(server);
+    grpc::mark_serving(&service_routes.health, service_name).await;
+    Ok(GrpcApp::bind(config.listen_addr, routes).await?)
+}

@@ -323,3 +323,73 @@ mod tests {
         assert_eq!(error.map(|error| error.code), Some(ErrorCode::Unauthenticated));
     }
 }
+
+/// Obtains and caches a service principal's token from the identity service
+/// (client-credentials grant), renewing it shortly before it expires.
+#[derive(Clone)]
+pub struct ServiceTokenSource {
+    client: IdentityServiceClient<Channel>,
+    client_id: String,
+    client_secret: secrecy::SecretString,
+    cached: Arc<tokio::sync::Mutex<Option<(String, Instant)>>>,
+}
+
+impl ServiceTokenSource {
+    pub fn new(
+        identity_endpoint: &str,
+        client_id: String,
+        client_secret: secrecy::SecretString,
+    ) -> Result<ServiceTokenSource, tonic::transport::Error> {
+        let channel = Endpoint::from_shared(identity_endpoint.to_owned())?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(ServiceTokenSource {
+            client: IdentityServiceClient::new(channel),
+            client_id,
+            client_secret,
+            cached: Arc::new(tokio::sync::Mutex::new(None)),
+        })
+    }
+
+    /// A token valid for at least another minute.
+    pub async fn token(&self) -> Result<String, ServiceError> {
+        use secrecy::ExposeSecret;
+        let mut cached = self.cached.lock().await;
+        if let Some((token, renew_at)) = cached.as_ref()
+            && Instant::now() < *renew_at
+        {
+            return Ok(token.clone());
+        }
+        let response = self
+            .client
+            .clone()
+            .issue_service_token(bank_proto::identity::v1::IssueServiceTokenRequest {
+                client_id: self.client_id.clone(),
+                client_secret: self.client_secret.expose_secret().to_owned(),
+            })
+            .await
+            .map_err(|status| {
+                ServiceError::unavailable(&format_args!(
+                    "cannot obtain a service token: {:?}",
+                    status.code()
+                ))
+            })?
+            .into_inner();
+        let lifetime = Duration::from_secs(u64::try_from(response.expires_in).unwrap_or(0));
+        let renew_at = Instant::now() + lifetime.saturating_sub(Duration::from_secs(60));
+        *cached = Some((response.access_token.clone(), renew_at));
+        Ok(response.access_token)
+    }
+
+    /// Wraps `message` in a request carrying the service token.
+    pub async fn request<T>(&self, message: T) -> Result<tonic::Request<T>, ServiceError> {
+        let token = self.token().await?;
+        let mut request = tonic::Request::new(message);
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ServiceError::internal(&"service token is not a valid header"))?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}

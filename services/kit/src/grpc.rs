@@ -56,6 +56,8 @@ fn reflection_builder(service_name: &str) -> tonic_reflection::server::Builder<'
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .with_service_name(service_name)
         .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
 }
 
 /// Reports the service, and the server as a whole, as SERVING.

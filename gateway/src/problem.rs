@@ -1,0 +1,120 @@
+//! Problem responses (RFC 9457, `application/problem+json`) built from the kit's
+//! one table of error codes. Server-side failures never carry their cause: it is
+//! logged with the request's trace id instead.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bank_kit::{ErrorCode, ServiceError};
+use serde::Serialize;
+
+tokio::task_local! {
+    /// The id of the request being handled, so that problem bodies can name it.
+    pub static TRACE_ID: String;
+}
+
+/// The trace id of the current request, or empty outside one.
+pub fn current_trace_id() -> String {
+    TRACE_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A URI naming the problem type.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Stable snake_case error code, e.g. `insufficient_funds`.
+    pub code: String,
+    /// Id of the request, also found in the logs.
+    pub trace_id: String,
+}
+
+/// An error the gateway answers with.
+#[derive(Debug)]
+pub struct ApiError {
+    code: ErrorCode,
+    detail: String,
+    retry_after_seconds: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            detail: detail.into(),
+            retry_after_seconds: None,
+        }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> ApiError {
+        Self::new(ErrorCode::InvalidArgument, detail)
+    }
+
+    pub fn rate_limited(retry_after_seconds: u64) -> ApiError {
+        ApiError {
+            code: ErrorCode::RateLimited,
+            detail: "too many requests, retry later".into(),
+            retry_after_seconds: Some(retry_after_seconds.max(1)),
+        }
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> ApiError {
+        ApiError::new(error.code, error.message)
+    }
+}
+
+/// A status from a downstream service. Client errors keep their message, which
+/// services write for clients; anything else is logged and answered opaquely.
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> ApiError {
+        let code = ErrorCode::of_status(&status);
+        if code.is_server_error() {
+            tracing::error!(grpc_code = ?status.code(), message = status.message(), "downstream failure");
+            ApiError::new(code, code.title())
+        } else {
+            ApiError::new(code, status.message())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let detail = if self.code.is_server_error() {
+            self.code.title().to_owned()
+        } else {
+            self.detail
+        };
+        let problem = Problem {
+            problem_type: format!("https://errors.bank.example/{}", self.code.as_str()),
+            title: self.code.title().to_owned(),
+            status: status.as_u16(),
+            detail,
+            code: self.code.as_str().to_owned(),
+            trace_id: current_trace_id(),
+        };
+        let mut response = (status, Json(problem)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(seconds) = self.retry_after_seconds
+            && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}

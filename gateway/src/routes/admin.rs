@@ -1,0 +1,216 @@
+//! Operator routes: deposits, withdrawals, freezes, reversals, ledger checks. The
+//! gateway refuses non-operators up front; each service checks the role again.
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, header},
+};
+use bank_kit::ErrorCode;
+use bank_proto::{account::v1 as account, ledger::v1 as ledger};
+use serde::{Deserialize, Serialize};
+
+use super::{TransferView, accounts::AccountView, forward, required};
+use crate::{
+    AppState,
+    extract::{ApiJson, AuthUser, IdempotencyKey},
+    problem::ApiError,
+};
+
+fn require_operator(auth: &AuthUser) -> Result<(), ApiError> {
+    if auth.principal.is_operator() {
+        Ok(())
+    } else {
+        Err(ApiError::new(ErrorCode::Forbidden, "this route requires the operator role"))
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct MoneyMovementBody {
+    pub account_id: String,
+    /// Positive amount in minor units.
+    pub amount: i64,
+    pub currency: String,
+    /// External reference, e.g. the incoming wire's id.
+    pub reference: String,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct ReverseBody {
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct VerifyView {
+    pub ok: bool,
+    pub accounts_checked: i64,
+    pub entries_checked: i64,
+    pub mismatches: Vec<MismatchView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MismatchView {
+    pub account_id: String,
+    pub kind: String,
+    pub detail: String,
+}
+
+#[utoipa::path(post, path = "/v1/admin/deposits", tag = "admin", request_body = MoneyMovementBody,
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = TransferView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
+pub async fn deposit(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    ApiJson(body): ApiJson<MoneyMovementBody>,
+) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    require_operator(&auth)?;
+    let response = state
+        .ledger
+        .clone()
+        .deposit(forward(
+            &auth,
+            ledger::DepositRequest {
+                account_id: body.account_id,
+                amount_minor: body.amount,
+                currency: body.currency,
+                reference: body.reference,
+                idempotency_key,
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(required(response.transfer)?.into())))
+}
+
+#[utoipa::path(post, path = "/v1/admin/withdrawals", tag = "admin", request_body = MoneyMovementBody,
+    params(("Idempotency-Key" = String, Header)),
+    responses((status = 201, body = TransferView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
+pub async fn withdraw(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    ApiJson(body): ApiJson<MoneyMovementBody>,
+) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    require_operator(&auth)?;
+    let response = state
+        .ledger
+        .clone()
+        .withdraw(forward(
+            &auth,
+            ledger::WithdrawRequest {
+                account_id: body.account_id,
+                amount_minor: body.amount,
+                currency: body.currency,
+                reference: body.reference,
+                idempotency_key,
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(required(response.transfer)?.into())))
+}
+
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/freeze", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, body = AccountView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
+pub async fn freeze(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<AccountView>, ApiError> {
+    require_operator(&auth)?;
+    let response = state
+        .account
+        .clone()
+        .freeze_account(forward(&auth, account::FreezeAccountRequest { account_id: id }))
+        .await?
+        .into_inner();
+    Ok(Json(required(response.account)?.into()))
+}
+
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/unfreeze", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, body = AccountView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
+pub async fn unfreeze(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> Result<Json<AccountView>, ApiError> {
+    require_operator(&auth)?;
+    let response = state
+        .account
+        .clone()
+        .unfreeze_account(forward(&auth, account::UnfreezeAccountRequest { account_id: id }))
+        .await?
+        .into_inner();
+    Ok(Json(required(response.account)?.into()))
+}
+
+#[utoipa::path(post, path = "/v1/admin/transfers/{id}/reverse", tag = "admin", params(("id" = String, Path), ("Idempotency-Key" = String, Header)),
+    request_body(content = Option<ReverseBody>, description = "Optional reason"),
+    responses((status = 201, body = TransferView), (status = 409, body = crate::problem::Problem)), security(("bearer" = [])))]
+pub async fn reverse(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    IdempotencyKey(idempotency_key): IdempotencyKey,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<TransferView>), ApiError> {
+    require_operator(&auth)?;
+    let body = if body.is_empty() {
+        ReverseBody::default()
+    } else {
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("application/json"));
+        if !is_json {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "the body must be JSON with Content-Type: application/json",
+            ));
+        }
+        serde_json::from_slice(&body).map_err(|_| ApiError::invalid("the body is not a valid reversal request"))?
+    };
+    let response = state
+        .ledger
+        .clone()
+        .reverse_transfer(forward(
+            &auth,
+            ledger::ReverseTransferRequest {
+                transfer_id: id,
+                reason: body.reason.unwrap_or_default(),
+                idempotency_key,
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(required(response.transfer)?.into())))
+}
+
+#[utoipa::path(get, path = "/v1/admin/ledger/verify", tag = "admin",
+    responses((status = 200, body = VerifyView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
+pub async fn verify(State(state): State<AppState>, auth: AuthUser) -> Result<Json<VerifyView>, ApiError> {
+    require_operator(&auth)?;
+    let response = state
+        .ledger
+        .clone()
+        .verify_ledger(forward(&auth, ledger::VerifyLedgerRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(VerifyView {
+        ok: response.ok,
+        accounts_checked: response.accounts_checked,
+        entries_checked: response.entries_checked,
+        mismatches: response
+            .mismatches
+            .into_iter()
+            .map(|mismatch| MismatchView {
+                account_id: mismatch.account_id,
+                kind: mismatch.kind,
+                detail: mismatch.detail,
+            })
+            .collect(),
+    }))
+}

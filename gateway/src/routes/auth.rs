@@ -1,0 +1,224 @@
+//! Registration, login, token refresh, logout and the caller's own profile.
+
+use axum::{Json, extract::State, http::StatusCode};
+use bank_proto::identity::v1 as pb;
+use serde::{Deserialize, Serialize};
+
+use super::{anonymous, forward, required};
+use crate::{
+    AppState,
+    extract::{ApiJson, AuthUser},
+    problem::ApiError,
+};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct RegisterBody {
+    pub email: String,
+    /// 12 to 256 characters; common passwords are refused.
+    pub password: String,
+    pub full_name: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub full_name: String,
+    pub roles: Vec<String>,
+}
+
+impl From<pb::User> for UserView {
+    fn from(user: pb::User) -> UserView {
+        UserView {
+            id: user.user_id,
+            email: user.email,
+            full_name: user.full_name,
+            roles: user.roles,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct LoginBody {
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenView {
+    pub access_token: String,
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: String,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+impl From<pb::TokenPair> for TokenView {
+    fn from(tokens: pb::TokenPair) -> TokenView {
+        TokenView {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            token_type: tokens.token_type,
+            expires_in: tokens.expires_in,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct RefreshBody {
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ChangePasswordBody {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JwksView {
+    pub keys: Vec<JwkView>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct JwkView {
+    pub kty: String,
+    pub crv: String,
+    pub x: String,
+    pub kid: String,
+    pub alg: String,
+    #[serde(rename = "use")]
+    pub key_use: String,
+}
+
+#[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = RegisterBody,
+    responses((status = 201, body = UserView), (status = 400, body = crate::problem::Problem), (status = 409, body = crate::problem::Problem)))]
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RegisterBody>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let response = state
+        .identity
+        .clone()
+        .register(anonymous(pb::RegisterRequest {
+            email: body.email,
+            password: body.password,
+            full_name: body.full_name,
+        }))
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, Json(required(response.user)?.into())))
+}
+
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginBody,
+    responses((status = 200, body = TokenView), (status = 401, body = crate::problem::Problem)))]
+pub async fn login(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<Json<TokenView>, ApiError> {
+    let response = state
+        .identity
+        .clone()
+        .login(anonymous(pb::LoginRequest {
+            email: body.email,
+            password: body.password,
+        }))
+        .await?
+        .into_inner();
+    Ok(Json(required(response.tokens)?.into()))
+}
+
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshBody,
+    responses((status = 200, body = TokenView), (status = 401, body = crate::problem::Problem)))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RefreshBody>,
+) -> Result<Json<TokenView>, ApiError> {
+    let response = state
+        .identity
+        .clone()
+        .refresh(anonymous(pb::RefreshRequest {
+            refresh_token: body.refresh_token,
+        }))
+        .await?
+        .into_inner();
+    Ok(Json(required(response.tokens)?.into()))
+}
+
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = RefreshBody,
+    responses((status = 204), (status = 401, body = crate::problem::Problem)), security(("bearer" = [])))]
+pub async fn logout(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(body): ApiJson<RefreshBody>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .identity
+        .clone()
+        .logout(forward(
+            &auth,
+            pb::LogoutRequest {
+                refresh_token: body.refresh_token,
+            },
+        ))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/me", tag = "auth",
+    responses((status = 200, body = UserView), (status = 401, body = crate::problem::Problem)), security(("bearer" = [])))]
+pub async fn me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<UserView>, ApiError> {
+    let response = state
+        .identity
+        .clone()
+        .get_current_user(forward(&auth, pb::GetCurrentUserRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(required(response.user)?.into()))
+}
+
+#[utoipa::path(post, path = "/v1/me/password", tag = "auth", request_body = ChangePasswordBody,
+    responses((status = 204), (status = 400, body = crate::problem::Problem)), security(("bearer" = [])))]
+pub async fn change_password(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    ApiJson(body): ApiJson<ChangePasswordBody>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .identity
+        .clone()
+        .change_password(forward(
+            &auth,
+            pb::ChangePasswordRequest {
+                current_password: body.current_password,
+                new_password: body.new_password,
+            },
+        ))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, body = JwksView)))]
+pub async fn jwks(State(state): State<AppState>) -> Result<Json<JwksView>, ApiError> {
+    let response = state
+        .identity
+        .clone()
+        .get_jwks(anonymous(pb::GetJwksRequest {}))
+        .await?
+        .into_inner();
+    Ok(Json(JwksView {
+        keys: response
+            .keys
+            .into_iter()
+            .map(|key| JwkView {
+                kty: key.kty,
+                crv: key.crv,
+                x: key.x,
+                kid: key.kid,
+                alg: key.alg,
+                key_use: key.r#use,
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,74 @@
+//! REST handlers. Each parses the request, makes one call to a service over gRPC
+//! with the caller's token, and maps the answer to the contract's JSON.
+
+pub mod accounts;
+pub mod admin;
+pub mod auth;
+pub mod ops;
+pub mod transfers;
+
+use bank_proto::ledger::v1 as ledger;
+use serde::Serialize;
+
+use crate::{extract::AuthUser, problem::current_trace_id};
+
+/// Wraps `message` in a gRPC request that carries the caller's token and the
+/// request id.
+pub fn forward<T>(auth: &AuthUser, message: T) -> tonic::Request<T> {
+    let mut request = anonymous(message);
+    if let Ok(value) = format!("Bearer {}", auth.bearer).parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// A gRPC request for a method anyone may call.
+pub fn anonymous<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Ok(value) = current_trace_id().parse() {
+        request.metadata_mut().insert("x-request-id", value);
+    }
+    request
+}
+
+/// A transfer as the REST API shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TransferView {
+    pub id: String,
+    pub from_account_id: String,
+    pub to_account_id: String,
+    /// Positive amount in minor units.
+    pub amount: i64,
+    pub currency: String,
+    /// `posted` once the money has moved.
+    pub status: String,
+    pub description: String,
+    pub created_at: String,
+}
+
+impl From<ledger::Transfer> for TransferView {
+    fn from(transfer: ledger::Transfer) -> TransferView {
+        let status = match ledger::TransferStatus::try_from(transfer.status) {
+            Ok(ledger::TransferStatus::Posted) => "posted",
+            Ok(ledger::TransferStatus::Unspecified) | Err(_) => "unknown",
+        };
+        TransferView {
+            id: transfer.transfer_id,
+            from_account_id: transfer.from_account_id,
+            to_account_id: transfer.to_account_id,
+            amount: transfer.amount_minor,
+            currency: transfer.currency,
+            status: status.to_owned(),
+            description: transfer.description,
+            created_at: transfer.created_at,
+        }
+    }
+}
+
+/// The transfer in a response, or an internal error if a service left it out.
+pub fn required<T>(value: Option<T>) -> Result<T, crate::problem::ApiError> {
+    value.ok_or_else(|| {
+        tracing::error!("a service answered without the expected message");
+        crate::problem::ApiError::new(bank_kit::ErrorCode::Internal, "missing message")
+    })
+}

@@ -1,0 +1,102 @@
+//! Liveness, readiness and the OpenAPI document.
+
+use std::time::Duration;
+
+use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
+use bank_kit::ErrorCode;
+use serde::Serialize;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+use crate::{AppState, problem::ApiError};
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HealthView {
+    pub status: String,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = HealthView)))]
+pub async fn healthz() -> Json<HealthView> {
+    Json(HealthView { status: "ok".into() })
+}
+
+/// Readiness: every downstream service reports SERVING.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = HealthView), (status = 503, body = crate::problem::Problem)))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthView>, ApiError> {
+    let checks = [
+        ("identity", state.health_channels.identity.clone()),
+        ("account", state.health_channels.account.clone()),
+        ("ledger", state.health_channels.ledger.clone()),
+    ];
+    for (name, channel) in checks {
+        let mut client = HealthClient::new(channel);
+        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+        request.set_timeout(Duration::from_secs(2));
+        let serving = client
+            .check(request)
+            .await
+            .is_ok_and(|response| response.into_inner().status == ServingStatus::Serving as i32);
+        if !serving {
+            tracing::warn!(service = name, "downstream not ready");
+            return Err(ApiError::new(ErrorCode::Unavailable, format!("{name} is not ready")));
+        }
+    }
+    Ok(Json(HealthView { status: "ready".into() }))
+}
+
+struct BearerSecurity;
+
+impl Modify for BearerSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 description of every route.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Bank API", description = "REST edge of the core-banking backend. Amounts are integers in minor units."),
+    paths(
+        crate::routes::auth::register,
+        crate::routes::auth::login,
+        crate::routes::auth::refresh,
+        crate::routes::auth::logout,
+        crate::routes::auth::me,
+        crate::routes::auth::change_password,
+        crate::routes::auth::jwks,
+        crate::routes::accounts::open,
+        crate::routes::accounts::list,
+        crate::routes::accounts::get,
+        crate::routes::accounts::balance,
+        crate::routes::accounts::transactions,
+        crate::routes::accounts::close,
+        crate::routes::transfers::create,
+        crate::routes::transfers::get,
+        crate::routes::admin::deposit,
+        crate::routes::admin::withdraw,
+        crate::routes::admin::freeze,
+        crate::routes::admin::unfreeze,
+        crate::routes::admin::reverse,
+        crate::routes::admin::verify,
+        healthz,
+        readyz,
+        openapi_json,
+    ),
+    modifiers(&BearerSecurity)
+)]
+pub struct ApiDoc;
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi_json() -> impl IntoResponse {
+    (StatusCode::OK, Json(ApiDoc::openapi()))
+}

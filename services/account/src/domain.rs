@@ -1,0 +1,166 @@
+//! The account service's domain: accounts, their numbers, owners and lifecycle.
+//! No IO, no tonic, no SQL.
+
+use bank_kit::money::Currency;
+use chrono::{DateTime, Utc};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    /// Written, but its book in the ledger is not confirmed yet. Never shown to
+    /// clients and unusable for money: the ledger does not know it.
+    Pending,
+    Active,
+    Frozen,
+    Closed,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Pending => "pending",
+            AccountStatus::Active => "active",
+            AccountStatus::Frozen => "frozen",
+            AccountStatus::Closed => "closed",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<AccountStatus> {
+        match raw {
+            "pending" => Some(AccountStatus::Pending),
+            "active" => Some(AccountStatus::Active),
+            "frozen" => Some(AccountStatus::Frozen),
+            "closed" => Some(AccountStatus::Closed),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub account_id: uuid::Uuid,
+    pub number: String,
+    pub owner_id: String,
+    pub currency: Currency,
+    pub nickname: String,
+    pub status: AccountStatus,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An optional label the owner gives an account.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Nickname(String);
+
+impl Nickname {
+    pub const MAX_CHARS: usize = 64;
+
+    pub fn parse(raw: &str) -> Result<Nickname, AccountError> {
+        let trimmed = raw.trim();
+        if trimmed.chars().count() > Self::MAX_CHARS || trimmed.chars().any(char::is_control) {
+            return Err(AccountError::Invalid(
+                "nickname must be at most 64 characters without control characters".into(),
+            ));
+        }
+        Ok(Nickname(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Makes an account number: eleven random digits and a Luhn check digit, so that
+/// a mistyped number is caught before it reaches anyone.
+pub fn account_number(random_digits: [u8; 11]) -> String {
+    let mut digits: Vec<u8> = random_digits.iter().map(|digit| digit % 10).collect();
+    digits.push(luhn_check_digit(&digits));
+    digits.iter().map(|digit| char::from(b'0' + digit)).collect()
+}
+
+fn luhn_check_digit(digits: &[u8]) -> u8 {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(index, &digit)| {
+            let digit = u32::from(digit);
+            if index % 2 == 0 {
+                let doubled = digit * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                digit
+            }
+        })
+        .sum();
+    u8::try_from((10 - sum % 10) % 10).unwrap_or(0)
+}
+
+/// Whether `number` carries a valid Luhn check digit.
+pub fn is_valid_account_number(number: &str) -> bool {
+    let digits: Option<Vec<u8>> = number
+        .chars()
+        .map(|c| c.to_digit(10).and_then(|d| u8::try_from(d).ok()))
+        .collect();
+    match digits {
+        Some(digits) if digits.len() == 12 => luhn_check_digit(&digits[..11]) == digits[11],
+        _ => false,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("account not found")]
+    NotFound,
+    #[error("account is closed")]
+    Closed,
+    #[error("database error: {0}")]
+    Storage(#[from] sea_orm::DbErr),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<AccountError> for bank_kit::ServiceError {
+    fn from(error: AccountError) -> Self {
+        use bank_kit::{ErrorCode, ServiceError};
+        match error {
+            AccountError::Invalid(message) => ServiceError::invalid(message),
+            AccountError::NotFound => ServiceError::not_found(error.to_string()),
+            AccountError::Closed => ServiceError::new(ErrorCode::AccountClosed, error.to_string()),
+            AccountError::Storage(_) | AccountError::Corrupt(_) => ServiceError::internal(&error),
+        }
+    }
+}
+
+impl From<AccountError> for tonic::Status {
+    fn from(error: AccountError) -> tonic::Status {
+        bank_kit::ServiceError::from(error).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_numbers_pass_the_luhn_check() {
+        let number = account_number([7, 9, 9, 2, 7, 3, 9, 8, 7, 1, 3]);
+        assert_eq!(number.len(), 12);
+        assert!(is_valid_account_number(&number));
+    }
+
+    #[test]
+    fn a_single_mistyped_digit_is_caught() {
+        let number = account_number([1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+        let mut digits: Vec<char> = number.chars().collect();
+        digits[3] = if digits[3] == '0' { '1' } else { '0' };
+        let mistyped: String = digits.into_iter().collect();
+        assert!(!is_valid_account_number(&mistyped));
+    }
+
+    #[test]
+    fn nicknames_are_bounded() {
+        assert!(Nickname::parse(&"n".repeat(65)).is_err());
+        assert_eq!(Nickname::parse("  Savings ").map(|n| n.as_str().to_owned()).ok(), Some("Savings".into()));
+    }
+}
