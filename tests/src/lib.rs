@@ -1,0 +1,263 @@
+//! Starts the bank's components inside the test process, each on a port the OS
+//! chooses and on its own fresh database, and offers the clients and helpers the
+//! tests share. Used by every crate's integration tests and the end-to-end suite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use bank_proto::{
+    account::v1::account_service_client::AccountServiceClient,
+    identity::v1::{self as identity, identity_service_client::IdentityServiceClient},
+    ledger::v1::ledger_service_client::LedgerServiceClient,
+};
+use secrecy::SecretString;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+
+pub use bank_kit::db_test;
+
+/// Password of the operator every stack bootstraps.
+pub const OPERATOR_PASSWORD: &str = "operator password for tests";
+/// Password every test user registers with.
+pub const USER_PASSWORD: &str = "correct horse battery staple";
+const SERVICE_SECRET: &str = "account-service-secret-for-tests";
+
+/// Which components to start. Identity always runs: every other one needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Parts {
+    pub ledger: bool,
+    pub account: bool,
+    pub gateway: bool,
+}
+
+impl Parts {
+    pub const IDENTITY: Parts = Parts { ledger: false, account: false, gateway: false };
+    pub const LEDGER: Parts = Parts { ledger: true, account: false, gateway: false };
+    pub const SERVICES: Parts = Parts { ledger: true, account: true, gateway: false };
+    pub const ALL: Parts = Parts { ledger: true, account: true, gateway: true };
+}
+
+/// Running components. Dropping it asks them all to stop.
+pub struct Stack {
+    pub identity_addr: SocketAddr,
+    pub ledger_addr: Option<SocketAddr>,
+    pub account_addr: Option<SocketAddr>,
+    pub gateway_addr: Option<SocketAddr>,
+    pub operator_email: String,
+    /// Database URLs by component, for tests that inspect storage directly.
+    pub database_urls: HashMap<&'static str, String>,
+    stop: watch::Sender<bool>,
+    _keys: tempfile::TempDir,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+    }
+}
+
+fn stopper(receiver: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut receiver = receiver.clone();
+    async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Starts identity and the requested parts on `urls`: identity on `urls[0]`,
+/// ledger on `urls[1]`, account on `urls[2]`.
+pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
+    let (stop, stop_receiver) = watch::channel(false);
+    let keys = tempfile::tempdir().expect("key directory");
+    let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    let operator_email = format!("operator-{}@bank.test", uuid::Uuid::new_v4().simple());
+
+    let identity_config = bank_identity::Config {
+        listen_addr: any_port,
+        database_url: urls[0].clone(),
+        signing_keys_dir: keys.path().to_path_buf(),
+        bootstrap_operator: Some(bank_identity::BootstrapOperator {
+            email: operator_email.clone(),
+            password: SecretString::from(OPERATOR_PASSWORD),
+        }),
+        service_clients: HashMap::from([("account".to_owned(), SecretString::from(SERVICE_SECRET))]),
+        session_idle_timeout: chrono::Duration::minutes(30),
+        session_absolute_lifetime: chrono::Duration::hours(12),
+    };
+    let identity = bank_identity::build(&identity_config).await.expect("identity starts");
+    let identity_addr = identity.local_addr().expect("identity address");
+    tokio::spawn(identity.run_until_stopped(stopper(&stop_receiver)));
+    let identity_endpoint = format!("http://{identity_addr}");
+    let mut database_urls = HashMap::from([("identity", urls[0].clone())]);
+
+    let mut ledger_addr = None;
+    if parts.ledger {
+        let config = bank_ledger::Config {
+            listen_addr: any_port,
+            database_url: urls[1].clone(),
+            identity_endpoint: identity_endpoint.clone(),
+        };
+        let ledger = bank_ledger::build(&config).await.expect("ledger starts");
+        ledger_addr = Some(ledger.local_addr().expect("ledger address"));
+        tokio::spawn(ledger.run_until_stopped(stopper(&stop_receiver)));
+        database_urls.insert("ledger", urls[1].clone());
+    }
+
+    let mut account_addr = None;
+    if parts.account {
+        let config = bank_account::Config {
+            listen_addr: any_port,
+            database_url: urls[2].clone(),
+            identity_endpoint: identity_endpoint.clone(),
+            ledger_endpoint: format!("http://{}", ledger_addr.expect("account needs the ledger")),
+            service_client_id: "account".into(),
+            service_client_secret: SecretString::from(SERVICE_SECRET),
+        };
+        let account = bank_account::build(&config).await.expect("account starts");
+        account_addr = Some(account.local_addr().expect("account address"));
+        tokio::spawn(account.run_until_stopped(stopper(&stop_receiver)));
+        database_urls.insert("account", urls[2].clone());
+    }
+
+    let mut gateway_addr = None;
+    if parts.gateway {
+        let config = bank_gateway::Config {
+            listen_addr: any_port,
+            identity_endpoint,
+            account_endpoint: format!("http://{}", account_addr.expect("gateway needs account")),
+            ledger_endpoint: format!("http://{}", ledger_addr.expect("gateway needs the ledger")),
+            cors_allowed_origins: vec!["https://app.bank.test".parse().expect("origin")],
+            request_timeout: std::time::Duration::from_secs(10),
+        };
+        let gateway = bank_gateway::build(&config).await.expect("gateway starts");
+        gateway_addr = Some(gateway.local_addr().expect("gateway address"));
+        tokio::spawn(gateway.run_until_stopped(stopper(&stop_receiver)));
+    }
+
+    Stack {
+        identity_addr,
+        ledger_addr,
+        account_addr,
+        gateway_addr,
+        operator_email,
+        database_urls,
+        stop,
+        _keys: keys,
+    }
+}
+
+async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connects")
+}
+
+/// A request carrying `token` as its bearer token.
+pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    request
+}
+
+/// A registered, logged-in user.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub user_id: String,
+    pub email: String,
+    pub access_token: String,
+    pub refresh_token: String,
+}
+
+impl Stack {
+    pub async fn identity(&self) -> IdentityServiceClient<Channel> {
+        IdentityServiceClient::new(channel(self.identity_addr).await)
+    }
+
+    pub async fn ledger(&self) -> LedgerServiceClient<Channel> {
+        LedgerServiceClient::new(channel(self.ledger_addr.expect("ledger running")).await)
+    }
+
+    pub async fn account(&self) -> AccountServiceClient<Channel> {
+        AccountServiceClient::new(channel(self.account_addr.expect("account running")).await)
+    }
+
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway_addr.expect("gateway running"))
+    }
+
+    /// Registers a fresh customer and logs them in.
+    pub async fn customer(&self) -> TestUser {
+        let email = format!("user-{}@bank.test", uuid::Uuid::new_v4().simple());
+        let mut identity = self.identity().await;
+        let user = identity
+            .register(identity::RegisterRequest {
+                email: email.clone(),
+                password: USER_PASSWORD.into(),
+                full_name: "Test User".into(),
+            })
+            .await
+            .expect("register")
+            .into_inner()
+            .user
+            .expect("user");
+        let tokens = self.login(&email, USER_PASSWORD).await;
+        TestUser {
+            user_id: user.user_id,
+            email,
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+        }
+    }
+
+    /// Logs the bootstrapped operator in.
+    pub async fn operator(&self) -> TestUser {
+        let tokens = self.login(&self.operator_email, OPERATOR_PASSWORD).await;
+        let me = self
+            .identity()
+            .await
+            .get_current_user(authed(&tokens.access_token, identity::GetCurrentUserRequest {}))
+            .await
+            .expect("me")
+            .into_inner()
+            .user
+            .expect("user");
+        TestUser {
+            user_id: me.user_id,
+            email: self.operator_email.clone(),
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+        }
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> identity::TokenPair {
+        self.identity()
+            .await
+            .login(identity::LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await
+            .expect("login")
+            .into_inner()
+            .tokens
+            .expect("tokens")
+    }
+
+    /// A token for the account service's principal, as the account service gets.
+    pub async fn account_service_token(&self) -> String {
+        self.identity()
+            .await
+            .issue_service_token(identity::IssueServiceTokenRequest {
+                client_id: "account".into(),
+                client_secret: SERVICE_SECRET.into(),
+            })
+            .await
+            .expect("service token")
+            .into_inner()
+            .access_token
+    }
+}

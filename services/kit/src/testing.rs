@@ -121,7 +121,7 @@ where
 /// `name::sqlite` and `name::postgres`. `scenario` takes the database URLs.
 #[macro_export]
 macro_rules! db_test {
-    ($name:ident, databases = $count:expr, $scenario:path) => {
+    ($name:ident, databases = $count:expr, $scenario:ident) => {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {

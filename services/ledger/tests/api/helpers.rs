@@ -1,0 +1,100 @@
+//! Helpers shared by the ledger's integration tests.
+
+use bank_e2e::{Stack, TestUser, authed};
+use bank_kit::ErrorCode;
+use bank_proto::ledger::v1 as pb;
+
+/// Opens a book for `owner` in `currency` as the account service would.
+pub async fn open_book(stack: &Stack, owner: &TestUser, currency: &str) -> String {
+    let account_id = uuid::Uuid::now_v7().to_string();
+    let token = stack.account_service_token().await;
+    stack
+        .ledger()
+        .await
+        .open_ledger_account(authed(
+            &token,
+            pb::OpenLedgerAccountRequest {
+                account_id: account_id.clone(),
+                owner_id: owner.user_id.clone(),
+                currency: currency.into(),
+            },
+        ))
+        .await
+        .expect("open book");
+    account_id
+}
+
+pub async fn deposit(stack: &Stack, operator: &TestUser, account_id: &str, amount_minor: i64) -> pb::Transfer {
+    stack
+        .ledger()
+        .await
+        .deposit(authed(
+            &operator.access_token,
+            pb::DepositRequest {
+                account_id: account_id.into(),
+                amount_minor,
+                currency: "EUR".into(),
+                reference: "test deposit".into(),
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+            },
+        ))
+        .await
+        .expect("deposit")
+        .into_inner()
+        .transfer
+        .expect("transfer")
+}
+
+pub fn transfer_request(from: &str, to: &str, amount_minor: i64, key: &str) -> pb::CreateTransferRequest {
+    pb::CreateTransferRequest {
+        from_account_id: from.into(),
+        to_account_id: to.into(),
+        amount_minor,
+        currency: "EUR".into(),
+        description: "test transfer".into(),
+        idempotency_key: key.into(),
+    }
+}
+
+pub async fn transfer(
+    stack: &Stack,
+    user: &TestUser,
+    request: pb::CreateTransferRequest,
+) -> Result<pb::Transfer, tonic::Status> {
+    stack
+        .ledger()
+        .await
+        .create_transfer(authed(&user.access_token, request))
+        .await
+        .map(|response| response.into_inner().transfer.expect("transfer"))
+}
+
+pub async fn balance(stack: &Stack, user: &TestUser, account_id: &str) -> i64 {
+    stack
+        .ledger()
+        .await
+        .get_balance(authed(
+            &user.access_token,
+            pb::GetBalanceRequest {
+                account_id: account_id.into(),
+            },
+        ))
+        .await
+        .expect("balance")
+        .into_inner()
+        .balance_minor
+}
+
+pub async fn verify(stack: &Stack, operator: &TestUser) -> pb::VerifyLedgerResponse {
+    stack
+        .ledger()
+        .await
+        .verify_ledger(authed(&operator.access_token, pb::VerifyLedgerRequest {}))
+        .await
+        .expect("verify")
+        .into_inner()
+}
+
+pub fn code(status: &tonic::Status) -> ErrorCode {
+    ErrorCode::of_status(status)
+}

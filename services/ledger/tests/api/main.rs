@@ -1,0 +1,9 @@
+//! The ledger's gRPC API against a real identity service and a fresh database per
+//! test, on SQLite and (with BANK_TEST_POSTGRES_URL) on PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+mod integrity;
+mod postings;
+mod security;
