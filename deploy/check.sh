@@ -25,7 +25,11 @@ PYTHON="${PYTHON:-python3}"
 step() { printf '==> %s\n' "$*"; }
 
 pip_install() {
-  PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@"
+  local pip=("$PYTHON" -m pip install --quiet --disable-pip-version-check)
+  # A distribution's own Python may refuse (PEP 668); then install anyway, since
+  # these are stand-alone command-line tools.
+  PIP_ROOT_USER_ACTION=ignore "${pip[@]}" "$@" 2>/dev/null \
+    || PIP_ROOT_USER_ACTION=ignore "${pip[@]}" --break-system-packages "$@"
 }
 
 step "tools"

@@ -1,0 +1,8 @@
+//! The REST contract, against the real services on fresh databases: routes,
+//! status codes, problem bodies, limits and headers.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod contract;
+mod edge;
+mod helpers;
