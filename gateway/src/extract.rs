@@ -31,9 +31,13 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
             ErrorCode::UnsupportedMediaType,
             "the body must be JSON with Content-Type: application/json",
         ),
-        JsonRejection::JsonDataError(error) => ApiError::invalid(format!("invalid JSON body: {}", error.body_text())),
+        JsonRejection::JsonDataError(error) => {
+            ApiError::invalid(format!("invalid JSON body: {}", error.body_text()))
+        }
         JsonRejection::JsonSyntaxError(_) => ApiError::invalid("the body is not valid JSON"),
-        JsonRejection::BytesRejection(error) if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+        JsonRejection::BytesRejection(error)
+            if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
+        {
             ApiError::new(ErrorCode::PayloadTooLarge, "the body is larger than 64 KiB")
         }
         _ => ApiError::invalid("the body could not be read"),
@@ -50,7 +54,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(value)| ApiQuery(value))
-            .map_err(|rejection| ApiError::invalid(format!("invalid query: {}", rejection.body_text())))
+            .map_err(|rejection| {
+                ApiError::invalid(format!("invalid query: {}", rejection.body_text()))
+            })
     }
 }
 
@@ -65,7 +71,10 @@ pub struct AuthUser {
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = bearer(&parts.headers)
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthenticated, "missing bearer token"))?;
         let principal = state.verifier.verify(token).await?;
@@ -104,7 +113,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             .map_err(|_| ApiError::invalid("the Idempotency-Key header must be visible ASCII"))?
             .trim();
         if key.is_empty() || key.len() > 128 {
-            return Err(ApiError::invalid("the Idempotency-Key header must be 1 to 128 characters"));
+            return Err(ApiError::invalid(
+                "the Idempotency-Key header must be 1 to 128 characters",
+            ));
         }
         Ok(IdempotencyKey(key.to_owned()))
     }

@@ -67,13 +67,20 @@ impl Config {
                         format!("{origin:?} is not an origin like https://app.example.com"),
                     ));
                 }
-                HeaderValue::from_str(origin)
-                    .map_err(|_| ConfigError::new("BANK_CORS_ALLOWED_ORIGINS", format!("{origin:?} is not valid")))
+                HeaderValue::from_str(origin).map_err(|_| {
+                    ConfigError::new(
+                        "BANK_CORS_ALLOWED_ORIGINS",
+                        format!("{origin:?} is not valid"),
+                    )
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let timeout_seconds: u64 = env.parse("GATEWAY_REQUEST_TIMEOUT_SECONDS", 10)?;
         if timeout_seconds == 0 || timeout_seconds > 300 {
-            return Err(ConfigError::new("GATEWAY_REQUEST_TIMEOUT_SECONDS", "must be between 1 and 300"));
+            return Err(ConfigError::new(
+                "GATEWAY_REQUEST_TIMEOUT_SECONDS",
+                "must be between 1 and 300",
+            ));
         }
         Ok(Config {
             listen_addr: env.socket_addr("GATEWAY_LISTEN_ADDR", "127.0.0.1:8080")?,
@@ -169,7 +176,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/v1/accounts", post(accounts::open).get(accounts::list))
         .route("/v1/accounts/{id}", get(accounts::get))
         .route("/v1/accounts/{id}/balance", get(accounts::balance))
-        .route("/v1/accounts/{id}/transactions", get(accounts::transactions))
+        .route(
+            "/v1/accounts/{id}/transactions",
+            get(accounts::transactions),
+        )
         .route("/v1/accounts/{id}/close", post(accounts::close))
         .route("/v1/transfers", post(transfers::create))
         .route("/v1/transfers/{id}", get(transfers::get))
@@ -235,7 +245,13 @@ async fn request_id(mut request: Request, next: Next) -> Response {
         .headers()
         .get(&REQUEST_ID)
         .and_then(|value| value.to_str().ok())
-        .filter(|value| !value.is_empty() && value.len() <= 64 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .filter(|value| {
+            !value.is_empty()
+                && value.len() <= 64
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -278,5 +294,8 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(ErrorCode::InvalidArgument, "method not allowed on this route")
+    ApiError::new(
+        ErrorCode::InvalidArgument,
+        "method not allowed on this route",
+    )
 }

@@ -2,7 +2,8 @@
 //! plus the encoded descriptor set that server reflection publishes.
 
 /// Descriptor set of every bank proto file, for `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bank_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/bank_descriptor.bin"));
 
 pub mod identity {
     pub mod v1 {

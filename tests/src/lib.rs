@@ -32,10 +32,26 @@ pub struct Parts {
 }
 
 impl Parts {
-    pub const IDENTITY: Parts = Parts { ledger: false, account: false, gateway: false };
-    pub const LEDGER: Parts = Parts { ledger: true, account: false, gateway: false };
-    pub const SERVICES: Parts = Parts { ledger: true, account: true, gateway: false };
-    pub const ALL: Parts = Parts { ledger: true, account: true, gateway: true };
+    pub const IDENTITY: Parts = Parts {
+        ledger: false,
+        account: false,
+        gateway: false,
+    };
+    pub const LEDGER: Parts = Parts {
+        ledger: true,
+        account: false,
+        gateway: false,
+    };
+    pub const SERVICES: Parts = Parts {
+        ledger: true,
+        account: true,
+        gateway: false,
+    };
+    pub const ALL: Parts = Parts {
+        ledger: true,
+        account: true,
+        gateway: true,
+    };
 }
 
 /// Running components. Dropping it asks them all to stop.
@@ -57,7 +73,9 @@ impl Drop for Stack {
     }
 }
 
-fn stopper(receiver: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+fn stopper(
+    receiver: &watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut receiver = receiver.clone();
     async move {
         let _ = receiver.wait_for(|stop| *stop).await;
@@ -80,11 +98,16 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
             email: operator_email.clone(),
             password: SecretString::from(OPERATOR_PASSWORD),
         }),
-        service_clients: HashMap::from([("account".to_owned(), SecretString::from(SERVICE_SECRET))]),
+        service_clients: HashMap::from([(
+            "account".to_owned(),
+            SecretString::from(SERVICE_SECRET),
+        )]),
         session_idle_timeout: chrono::Duration::minutes(30),
         session_absolute_lifetime: chrono::Duration::hours(12),
     };
-    let identity = bank_identity::build(&identity_config).await.expect("identity starts");
+    let identity = bank_identity::build(&identity_config)
+        .await
+        .expect("identity starts");
     let identity_addr = identity.local_addr().expect("identity address");
     tokio::spawn(identity.run_until_stopped(stopper(&stop_receiver)));
     let identity_endpoint = format!("http://{identity_addr}");
@@ -157,9 +180,10 @@ async fn channel(addr: SocketAddr) -> Channel {
 /// A request carrying `token` as its bearer token.
 pub fn authed<T>(token: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
     request
 }
 
@@ -186,7 +210,10 @@ impl Stack {
     }
 
     pub fn gateway_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.gateway_addr.expect("gateway running"))
+        format!(
+            "http://{}{path}",
+            self.gateway_addr.expect("gateway running")
+        )
     }
 
     /// Registers a fresh customer and logs them in.
@@ -219,7 +246,10 @@ impl Stack {
         let me = self
             .identity()
             .await
-            .get_current_user(authed(&tokens.access_token, identity::GetCurrentUserRequest {}))
+            .get_current_user(authed(
+                &tokens.access_token,
+                identity::GetCurrentUserRequest {},
+            ))
             .await
             .expect("me")
             .into_inner()

@@ -114,12 +114,18 @@ pub async fn open(
         ))
         .await?
         .into_inner();
-    Ok((StatusCode::CREATED, Json(required(response.account)?.into())))
+    Ok((
+        StatusCode::CREATED,
+        Json(required(response.account)?.into()),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/accounts", tag = "accounts",
     responses((status = 200, body = AccountsView)), security(("bearer" = [])))]
-pub async fn list(State(state): State<AppState>, auth: AuthUser) -> Result<Json<AccountsView>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<AccountsView>, ApiError> {
     let mut accounts = Vec::new();
     let mut page_token = String::new();
     // A customer has few accounts: the REST list returns all of them.

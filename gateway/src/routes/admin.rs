@@ -22,7 +22,10 @@ fn require_operator(auth: &AuthUser) -> Result<(), ApiError> {
     if auth.principal.is_operator() {
         Ok(())
     } else {
-        Err(ApiError::new(ErrorCode::Forbidden, "this route requires the operator role"))
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "this route requires the operator role",
+        ))
     }
 }
 
@@ -81,7 +84,10 @@ pub async fn deposit(
         ))
         .await?
         .into_inner();
-    Ok((StatusCode::CREATED, Json(required(response.transfer)?.into())))
+    Ok((
+        StatusCode::CREATED,
+        Json(required(response.transfer)?.into()),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/admin/withdrawals", tag = "admin", request_body = MoneyMovementBody,
@@ -109,7 +115,10 @@ pub async fn withdraw(
         ))
         .await?
         .into_inner();
-    Ok((StatusCode::CREATED, Json(required(response.transfer)?.into())))
+    Ok((
+        StatusCode::CREATED,
+        Json(required(response.transfer)?.into()),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/admin/accounts/{id}/freeze", tag = "admin", params(("id" = String, Path)),
@@ -123,7 +132,10 @@ pub async fn freeze(
     let response = state
         .account
         .clone()
-        .freeze_account(forward(&auth, account::FreezeAccountRequest { account_id: id }))
+        .freeze_account(forward(
+            &auth,
+            account::FreezeAccountRequest { account_id: id },
+        ))
         .await?
         .into_inner();
     Ok(Json(required(response.account)?.into()))
@@ -140,7 +152,10 @@ pub async fn unfreeze(
     let response = state
         .account
         .clone()
-        .unfreeze_account(forward(&auth, account::UnfreezeAccountRequest { account_id: id }))
+        .unfreeze_account(forward(
+            &auth,
+            account::UnfreezeAccountRequest { account_id: id },
+        ))
         .await?
         .into_inner();
     Ok(Json(required(response.account)?.into()))
@@ -171,7 +186,8 @@ pub async fn reverse(
                 "the body must be JSON with Content-Type: application/json",
             ));
         }
-        serde_json::from_slice(&body).map_err(|_| ApiError::invalid("the body is not a valid reversal request"))?
+        serde_json::from_slice(&body)
+            .map_err(|_| ApiError::invalid("the body is not a valid reversal request"))?
     };
     let response = state
         .ledger
@@ -186,12 +202,18 @@ pub async fn reverse(
         ))
         .await?
         .into_inner();
-    Ok((StatusCode::CREATED, Json(required(response.transfer)?.into())))
+    Ok((
+        StatusCode::CREATED,
+        Json(required(response.transfer)?.into()),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/admin/ledger/verify", tag = "admin",
     responses((status = 200, body = VerifyView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
-pub async fn verify(State(state): State<AppState>, auth: AuthUser) -> Result<Json<VerifyView>, ApiError> {
+pub async fn verify(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<VerifyView>, ApiError> {
     require_operator(&auth)?;
     let response = state
         .ledger

@@ -5,7 +5,9 @@ use std::time::Duration;
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
 use bank_kit::ErrorCode;
 use serde::Serialize;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
@@ -21,7 +23,9 @@ pub struct HealthView {
 /// Liveness: the process answers.
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = HealthView)))]
 pub async fn healthz() -> Json<HealthView> {
-    Json(HealthView { status: "ok".into() })
+    Json(HealthView {
+        status: "ok".into(),
+    })
 }
 
 /// Readiness: every downstream service reports SERVING.
@@ -35,7 +39,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthView>, A
     ];
     for (name, channel) in checks {
         let mut client = HealthClient::new(channel);
-        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
+        let mut request = tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
         request.set_timeout(Duration::from_secs(2));
         let serving = client
             .check(request)
@@ -43,10 +49,15 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthView>, A
             .is_ok_and(|response| response.into_inner().status == ServingStatus::Serving as i32);
         if !serving {
             tracing::warn!(service = name, "downstream not ready");
-            return Err(ApiError::new(ErrorCode::Unavailable, format!("{name} is not ready")));
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("{name} is not ready"),
+            ));
         }
     }
-    Ok(Json(HealthView { status: "ready".into() }))
+    Ok(Json(HealthView {
+        status: "ready".into(),
+    }))
 }
 
 struct BearerSecurity;
@@ -56,7 +67,12 @@ impl Modify for BearerSecurity {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
     }
 }

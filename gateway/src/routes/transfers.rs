@@ -52,7 +52,10 @@ pub async fn create(
         ))
         .await?
         .into_inner();
-    Ok((StatusCode::CREATED, Json(required(response.transfer)?.into())))
+    Ok((
+        StatusCode::CREATED,
+        Json(required(response.transfer)?.into()),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/transfers/{id}", tag = "transfers", params(("id" = String, Path)),
@@ -65,7 +68,10 @@ pub async fn get(
     let response = state
         .ledger
         .clone()
-        .get_transfer(forward(&auth, ledger::GetTransferRequest { transfer_id: id }))
+        .get_transfer(forward(
+            &auth,
+            ledger::GetTransferRequest { transfer_id: id },
+        ))
         .await?
         .into_inner();
     Ok(Json(required(response.transfer)?.into()))

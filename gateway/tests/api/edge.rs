@@ -7,15 +7,23 @@ use serde_json::json;
 
 use crate::helpers::{Rest, assert_problem};
 
-db_test!(malformed_requests_get_precise_problems, databases = 3, malformed_requests);
+db_test!(
+    malformed_requests_get_precise_problems,
+    databases = 3,
+    malformed_requests
+);
 async fn malformed_requests(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::ALL).await;
     let rest = Rest::new(&stack);
     let (_, alice) = rest.customer().await;
 
-    let anonymous = rest.call(Method::GET, "/v1/accounts", None, None, None).await;
+    let anonymous = rest
+        .call(Method::GET, "/v1/accounts", None, None, None)
+        .await;
     assert_problem(&anonymous, StatusCode::UNAUTHORIZED, "unauthenticated");
-    let forged = rest.get("/v1/me", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.").await;
+    let forged = rest
+        .get("/v1/me", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.")
+        .await;
     assert_problem(&forged, StatusCode::UNAUTHORIZED, "unauthenticated");
 
     let plain_text = rest
@@ -42,50 +50,97 @@ async fn malformed_requests(urls: Vec<String>) {
         .unwrap();
     assert_eq!(broken.status(), StatusCode::BAD_REQUEST);
 
-    let huge = json!({"email": "x@example.com", "password": "p".repeat(70 * 1024), "full_name": "x"});
+    let huge =
+        json!({"email": "x@example.com", "password": "p".repeat(70 * 1024), "full_name": "x"});
     let too_large = rest.post("/v1/auth/register", None, None, huge).await;
-    assert_problem(&too_large, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    assert_problem(
+        &too_large,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
 
-    let missing_field = rest.post("/v1/accounts", Some(&alice), None, json!({"nickname": "no currency"})).await;
+    let missing_field = rest
+        .post(
+            "/v1/accounts",
+            Some(&alice),
+            None,
+            json!({"nickname": "no currency"}),
+        )
+        .await;
     assert_problem(&missing_field, StatusCode::BAD_REQUEST, "invalid_argument");
     let bad_id = rest.get("/v1/accounts/not-a-uuid", &alice).await;
     assert_problem(&bad_id, StatusCode::BAD_REQUEST, "invalid_argument");
-    let bad_page = rest.get("/v1/accounts/00000000-0000-0000-0000-000000000000/transactions?page_size=abc", &alice).await;
+    let bad_page = rest
+        .get(
+            "/v1/accounts/00000000-0000-0000-0000-000000000000/transactions?page_size=abc",
+            &alice,
+        )
+        .await;
     assert_problem(&bad_page, StatusCode::BAD_REQUEST, "invalid_argument");
     let no_route = rest.get("/v1/nothing-here", &alice).await;
     assert_problem(&no_route, StatusCode::NOT_FOUND, "not_found");
     let accounts = rest.get("/v1/accounts", &alice).await;
-    assert_eq!(accounts.body["accounts"], json!([]), "nothing was created by the refused requests");
+    assert_eq!(
+        accounts.body["accounts"],
+        json!([]),
+        "nothing was created by the refused requests"
+    );
 }
 
-db_test!(responses_carry_security_headers_and_cors_follows_the_allowlist, databases = 3, headers_and_cors);
+db_test!(
+    responses_carry_security_headers_and_cors_follows_the_allowlist,
+    databases = 3,
+    headers_and_cors
+);
 async fn headers_and_cors(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::ALL).await;
     let http = reqwest::Client::new();
 
-    let health = http.get(stack.gateway_url("/healthz")).header("x-request-id", "abc-123").send().await.unwrap();
+    let health = http
+        .get(stack.gateway_url("/healthz"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let headers = health.headers();
     assert_eq!(headers["x-content-type-options"], "nosniff");
     assert_eq!(headers["x-frame-options"], "DENY");
     assert_eq!(headers["cache-control"], "no-store");
     assert!(headers.contains_key("strict-transport-security"));
-    assert_eq!(headers["x-request-id"], "abc-123", "a sane client request id is kept");
+    assert_eq!(
+        headers["x-request-id"], "abc-123",
+        "a sane client request id is kept"
+    );
 
     let preflight = |origin: &'static str| {
         http.request(Method::OPTIONS, stack.gateway_url("/v1/transfers"))
             .header("origin", origin)
             .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "authorization,content-type,idempotency-key")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key",
+            )
             .send()
     };
     let allowed = preflight("https://app.bank.test").await.unwrap();
-    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.bank.test");
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.bank.test"
+    );
     let refused = preflight("https://evil.example").await.unwrap();
-    assert!(!refused.headers().contains_key("access-control-allow-origin"));
+    assert!(
+        !refused
+            .headers()
+            .contains_key("access-control-allow-origin")
+    );
 }
 
-db_test!(discovery_and_health_documents_are_served, databases = 3, discovery);
+db_test!(
+    discovery_and_health_documents_are_served,
+    databases = 3,
+    discovery
+);
 async fn discovery(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::ALL).await;
     let http = reqwest::Client::new();
@@ -93,7 +148,14 @@ async fn discovery(urls: Vec<String>) {
     let ready = http.get(stack.gateway_url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK);
 
-    let jwks: serde_json::Value = http.get(stack.gateway_url("/.well-known/jwks.json")).send().await.unwrap().json().await.unwrap();
+    let jwks: serde_json::Value = http
+        .get(stack.gateway_url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let key = &jwks["keys"][0];
     assert_eq!(key["kty"], "OKP");
     assert_eq!(key["crv"], "Ed25519");
@@ -101,14 +163,39 @@ async fn discovery(urls: Vec<String>) {
     assert_eq!(key["use"], "sig");
     assert!(key["kid"].as_str().is_some_and(|kid| !kid.is_empty()));
 
-    let openapi: serde_json::Value = http.get(stack.gateway_url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let openapi: serde_json::Value = http
+        .get(stack.gateway_url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3.1"));
     for path in [
-        "/v1/auth/register", "/v1/auth/login", "/v1/auth/refresh", "/v1/auth/logout", "/v1/me", "/v1/me/password",
-        "/v1/accounts", "/v1/accounts/{id}", "/v1/accounts/{id}/balance", "/v1/accounts/{id}/transactions",
-        "/v1/accounts/{id}/close", "/v1/transfers", "/v1/transfers/{id}", "/v1/admin/deposits", "/v1/admin/withdrawals",
-        "/v1/admin/accounts/{id}/freeze", "/v1/admin/accounts/{id}/unfreeze", "/v1/admin/transfers/{id}/reverse",
-        "/v1/admin/ledger/verify", "/healthz", "/readyz", "/openapi.json", "/.well-known/jwks.json",
+        "/v1/auth/register",
+        "/v1/auth/login",
+        "/v1/auth/refresh",
+        "/v1/auth/logout",
+        "/v1/me",
+        "/v1/me/password",
+        "/v1/accounts",
+        "/v1/accounts/{id}",
+        "/v1/accounts/{id}/balance",
+        "/v1/accounts/{id}/transactions",
+        "/v1/accounts/{id}/close",
+        "/v1/transfers",
+        "/v1/transfers/{id}",
+        "/v1/admin/deposits",
+        "/v1/admin/withdrawals",
+        "/v1/admin/accounts/{id}/freeze",
+        "/v1/admin/accounts/{id}/unfreeze",
+        "/v1/admin/transfers/{id}/reverse",
+        "/v1/admin/ledger/verify",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/.well-known/jwks.json",
     ] {
         assert!(openapi["paths"].get(path).is_some(), "openapi lacks {path}");
     }
@@ -148,6 +235,9 @@ async fn unreachable_services_give_opaque_unavailable_problems() {
     assert_eq!(register.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: serde_json::Value = register.json().await.unwrap();
     assert_eq!(body["code"], "unavailable");
-    assert_eq!(body["detail"], "Service unavailable", "no transport detail leaks: {body}");
+    assert_eq!(
+        body["detail"], "Service unavailable",
+        "no transport detail leaks: {body}"
+    );
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -23,10 +23,20 @@ impl Reply {
 
 impl<'a> Rest<'a> {
     pub fn new(stack: &'a Stack) -> Rest<'a> {
-        Rest { stack, http: reqwest::Client::new() }
+        Rest {
+            stack,
+            http: reqwest::Client::new(),
+        }
     }
 
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, key: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut request = self.http.request(method, self.stack.gateway_url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -41,15 +51,29 @@ impl<'a> Rest<'a> {
         let status = response.status();
         let headers = response.headers().clone();
         let text = response.text().await.unwrap();
-        let body = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
-        Reply { status, headers, body }
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn get(&self, path: &str, token: &str) -> Reply {
         self.call(Method::GET, path, Some(token), None, None).await
     }
 
-    pub async fn post(&self, path: &str, token: Option<&str>, key: Option<&str>, body: Value) -> Reply {
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: Value,
+    ) -> Reply {
         self.call(Method::POST, path, token, key, Some(body)).await
     }
 
@@ -57,23 +81,55 @@ impl<'a> Rest<'a> {
     pub async fn customer(&self) -> (String, String) {
         let email = format!("rest-{}@bank.test", uuid::Uuid::new_v4().simple());
         let registered = self
-            .post("/v1/auth/register", None, None, json!({"email": email, "password": USER_PASSWORD, "full_name": "Rest User"}))
+            .post(
+                "/v1/auth/register",
+                None,
+                None,
+                json!({"email": email, "password": USER_PASSWORD, "full_name": "Rest User"}),
+            )
             .await;
-        assert_eq!(registered.status, StatusCode::CREATED, "{:?}", registered.body);
-        let login = self.post("/v1/auth/login", None, None, json!({"email": email, "password": USER_PASSWORD})).await;
+        assert_eq!(
+            registered.status,
+            StatusCode::CREATED,
+            "{:?}",
+            registered.body
+        );
+        let login = self
+            .post(
+                "/v1/auth/login",
+                None,
+                None,
+                json!({"email": email, "password": USER_PASSWORD}),
+            )
+            .await;
         assert_eq!(login.status, StatusCode::OK);
-        (registered.body["id"].as_str().unwrap().to_owned(), login.body["access_token"].as_str().unwrap().to_owned())
+        (
+            registered.body["id"].as_str().unwrap().to_owned(),
+            login.body["access_token"].as_str().unwrap().to_owned(),
+        )
     }
 
     pub async fn operator_token(&self) -> String {
         let login = self
-            .post("/v1/auth/login", None, None, json!({"email": self.stack.operator_email, "password": OPERATOR_PASSWORD}))
+            .post(
+                "/v1/auth/login",
+                None,
+                None,
+                json!({"email": self.stack.operator_email, "password": OPERATOR_PASSWORD}),
+            )
             .await;
         login.body["access_token"].as_str().unwrap().to_owned()
     }
 
     pub async fn open_account(&self, token: &str, currency: &str) -> String {
-        let opened = self.post("/v1/accounts", Some(token), None, json!({"currency": currency})).await;
+        let opened = self
+            .post(
+                "/v1/accounts",
+                Some(token),
+                None,
+                json!({"currency": currency}),
+            )
+            .await;
         assert_eq!(opened.status, StatusCode::CREATED, "{:?}", opened.body);
         opened.body["id"].as_str().unwrap().to_owned()
     }
@@ -83,11 +139,18 @@ impl<'a> Rest<'a> {
         let deposited = self
             .post("/v1/admin/deposits", Some(operator), Some(&key), json!({"account_id": account_id, "amount": amount, "currency": "EUR", "reference": "wire"}))
             .await;
-        assert_eq!(deposited.status, StatusCode::CREATED, "{:?}", deposited.body);
+        assert_eq!(
+            deposited.status,
+            StatusCode::CREATED,
+            "{:?}",
+            deposited.body
+        );
     }
 
     pub async fn balance(&self, token: &str, account_id: &str) -> i64 {
-        let reply = self.get(&format!("/v1/accounts/{account_id}/balance"), token).await;
+        let reply = self
+            .get(&format!("/v1/accounts/{account_id}/balance"), token)
+            .await;
         assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
         reply.body["balance"].as_i64().unwrap()
     }
@@ -100,11 +163,28 @@ pub fn assert_problem(reply: &Reply, status: StatusCode, code: &str) {
     assert_eq!(reply.code(), code, "{:?}", reply.body);
     assert_eq!(reply.headers["content-type"], "application/problem+json");
     for field in ["type", "title", "status", "detail", "code", "trace_id"] {
-        assert!(reply.body.get(field).is_some(), "problem lacks {field}: {:?}", reply.body);
+        assert!(
+            reply.body.get(field).is_some(),
+            "problem lacks {field}: {:?}",
+            reply.body
+        );
     }
-    assert_eq!(reply.body["trace_id"].as_str().unwrap(), reply.headers["x-request-id"].to_str().unwrap());
+    assert_eq!(
+        reply.body["trace_id"].as_str().unwrap(),
+        reply.headers["x-request-id"].to_str().unwrap()
+    );
     let text = reply.body.to_string().to_lowercase();
-    for leak in ["select ", "insert ", "sqlx", "src/", ".rs:", "panicked", "tonic", "transport error", "status {"] {
+    for leak in [
+        "select ",
+        "insert ",
+        "sqlx",
+        "src/",
+        ".rs:",
+        "panicked",
+        "tonic",
+        "transport error",
+        "status {",
+    ] {
         assert!(!text.contains(leak), "problem leaks {leak:?}: {text}");
     }
 }

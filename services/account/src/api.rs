@@ -69,19 +69,27 @@ impl AccountApi {
             .open_ledger_account(request)
             .await
             .map_err(|status| from_downstream(&status))?;
-        self.store.set_status(account.account_id, AccountStatus::Active).await?;
+        self.store
+            .set_status(account.account_id, AccountStatus::Active)
+            .await?;
         account.status = AccountStatus::Active;
         Ok(())
     }
 
     /// Mirrors a status change into the ledger, which enforces it when posting,
     /// then records it here.
-    async fn change_status(&self, mut account: Account, status: AccountStatus) -> Result<Account, ServiceError> {
+    async fn change_status(
+        &self,
+        mut account: Account,
+        status: AccountStatus,
+    ) -> Result<Account, ServiceError> {
         let ledger_status = match status {
             AccountStatus::Active => LedgerAccountStatus::Active,
             AccountStatus::Frozen => LedgerAccountStatus::Frozen,
             AccountStatus::Closed => LedgerAccountStatus::Closed,
-            AccountStatus::Pending => return Err(ServiceError::internal(&"cannot set an account pending")),
+            AccountStatus::Pending => {
+                return Err(ServiceError::internal(&"cannot set an account pending"));
+            }
         };
         let request = self
             .service_token
@@ -105,8 +113,13 @@ impl AccountApi {
     /// completed first.
     async fn visible(&self, principal: &Principal, raw_id: &str) -> Result<Account, ServiceError> {
         let account_id = parse_account_id(raw_id)?;
-        let mut account = self.store.get(account_id).await?.ok_or(AccountError::NotFound)?;
-        let allowed = principal.is_operator() || principal.user_id() == Some(account.owner_id.as_str());
+        let mut account = self
+            .store
+            .get(account_id)
+            .await?
+            .ok_or(AccountError::NotFound)?;
+        let allowed =
+            principal.is_operator() || principal.user_id() == Some(account.owner_id.as_str());
         if !allowed {
             return Err(AccountError::NotFound.into());
         }
@@ -176,7 +189,8 @@ impl AccountService for AccountApi {
         let principal = self.verifier.authenticate(&request).await?;
         let owner_id = principal.require_user()?.to_owned();
         let body = request.into_inner();
-        let currency = Currency::parse(&body.currency).map_err(|error| ServiceError::invalid(error.to_string()))?;
+        let currency = Currency::parse(&body.currency)
+            .map_err(|error| ServiceError::invalid(error.to_string()))?;
         let nickname = Nickname::parse(&body.nickname)?;
         let mut account = None;
         for _ in 0..NUMBER_ATTEMPTS {
@@ -194,7 +208,8 @@ impl AccountService for AccountApi {
                 break;
             }
         }
-        let mut account = account.ok_or_else(|| ServiceError::internal(&"no free account number found"))?;
+        let mut account =
+            account.ok_or_else(|| ServiceError::internal(&"no free account number found"))?;
         self.provision(&mut account).await?;
         tracing::info!(account_id = %account.account_id, "account opened");
         Ok(Response::new(pb::OpenAccountResponse {
@@ -208,7 +223,9 @@ impl AccountService for AccountApi {
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::GetAccountResponse>, Status> {
         let principal = self.verifier.authenticate(&request).await?;
-        let account = self.visible(&principal, &request.get_ref().account_id).await?;
+        let account = self
+            .visible(&principal, &request.get_ref().account_id)
+            .await?;
         Ok(Response::new(pb::GetAccountResponse {
             account: Some(account_to_proto(&account)),
         }))
@@ -235,7 +252,10 @@ impl AccountService for AccountApi {
             _ => return Err(ServiceError::invalid("page_size must be between 1 and 100").into()),
         };
         let after = parse_page_token(&body.page_token)?;
-        let mut accounts = self.store.list_by_owner(&owner_id, after, page_size + 1).await?;
+        let mut accounts = self
+            .store
+            .list_by_owner(&owner_id, after, page_size + 1)
+            .await?;
         let has_more = accounts.len() as u64 > page_size;
         accounts.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
         let next_page_token = match accounts.last() {
@@ -266,7 +286,9 @@ impl AccountService for AccountApi {
         request: Request<pb::CloseAccountRequest>,
     ) -> Result<Response<pb::CloseAccountResponse>, Status> {
         let principal = self.verifier.authenticate(&request).await?;
-        let account = self.visible(&principal, &request.get_ref().account_id).await?;
+        let account = self
+            .visible(&principal, &request.get_ref().account_id)
+            .await?;
         if account.status == AccountStatus::Closed {
             return Err(AccountError::Closed.into());
         }
@@ -284,7 +306,9 @@ impl AccountService for AccountApi {
     ) -> Result<Response<pb::FreezeAccountResponse>, Status> {
         let principal = self.verifier.authenticate(&request).await?;
         principal.require_operator()?;
-        let account = self.visible(&principal, &request.get_ref().account_id).await?;
+        let account = self
+            .visible(&principal, &request.get_ref().account_id)
+            .await?;
         if account.status == AccountStatus::Closed {
             return Err(AccountError::Closed.into());
         }
@@ -302,7 +326,9 @@ impl AccountService for AccountApi {
     ) -> Result<Response<pb::UnfreezeAccountResponse>, Status> {
         let principal = self.verifier.authenticate(&request).await?;
         principal.require_operator()?;
-        let account = self.visible(&principal, &request.get_ref().account_id).await?;
+        let account = self
+            .visible(&principal, &request.get_ref().account_id)
+            .await?;
         if account.status == AccountStatus::Closed {
             return Err(AccountError::Closed.into());
         }

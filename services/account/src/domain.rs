@@ -73,7 +73,10 @@ impl Nickname {
 pub fn account_number(random_digits: [u8; 11]) -> String {
     let mut digits: Vec<u8> = random_digits.iter().map(|digit| digit % 10).collect();
     digits.push(luhn_check_digit(&digits));
-    digits.iter().map(|digit| char::from(b'0' + digit)).collect()
+    digits
+        .iter()
+        .map(|digit| char::from(b'0' + digit))
+        .collect()
 }
 
 fn luhn_check_digit(digits: &[u8]) -> u8 {
@@ -161,6 +164,11 @@ mod tests {
     #[test]
     fn nicknames_are_bounded() {
         assert!(Nickname::parse(&"n".repeat(65)).is_err());
-        assert_eq!(Nickname::parse("  Savings ").map(|n| n.as_str().to_owned()).ok(), Some("Savings".into()));
+        assert_eq!(
+            Nickname::parse("  Savings ")
+                .map(|n| n.as_str().to_owned())
+                .ok(),
+            Some("Savings".into())
+        );
     }
 }

@@ -53,7 +53,8 @@ impl Config {
 
 /// Connects, migrates, and binds the account service's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
-    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
+    let connection =
+        db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
     let ledger_channel = Endpoint::from_shared(config.ledger_endpoint.clone())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))

@@ -5,8 +5,10 @@ use bank_kit::{config, grpc, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::Env::from_process();
-    let config = bank_account::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
-    let _telemetry = telemetry::init(&env, "bank-account").unwrap_or_else(|error| config::exit_with(&error));
+    let config =
+        bank_account::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
+    let _telemetry =
+        telemetry::init(&env, "bank-account").unwrap_or_else(|error| config::exit_with(&error));
     let app = bank_account::build(&config).await?;
     tracing::info!(addr = %app.local_addr()?, "account listening");
     app.run_until_stopped(grpc::shutdown_signal()).await?;

@@ -86,7 +86,11 @@ impl AccountStore {
         rows.iter().map(account_from_row).collect()
     }
 
-    pub async fn set_status(&self, account_id: uuid::Uuid, status: AccountStatus) -> Result<(), AccountError> {
+    pub async fn set_status(
+        &self,
+        account_id: uuid::Uuid,
+        status: AccountStatus,
+    ) -> Result<(), AccountError> {
         self.db
             .execute_raw(statement(
                 self.backend(),

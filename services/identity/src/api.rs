@@ -6,7 +6,10 @@ use std::{collections::HashMap, sync::Arc};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use bank_kit::{
     ServiceError,
-    auth::{AUDIENCE, Claims, ISSUER, Principal, SERVICE_SUBJECT_PREFIX, TYPE_ACCESS, TYPE_SERVICE, TokenVerifier},
+    auth::{
+        AUDIENCE, Claims, ISSUER, Principal, SERVICE_SUBJECT_PREFIX, TYPE_ACCESS, TYPE_SERVICE,
+        TokenVerifier,
+    },
     time::to_rfc3339,
 };
 use bank_proto::identity::v1::{self as pb, identity_service_server::IdentityService};
@@ -74,7 +77,12 @@ impl IdentityApi {
         })
     }
 
-    fn token_pair(&self, user: &User, session_id: &str, refresh_token: String) -> Result<pb::TokenPair, IdentityError> {
+    fn token_pair(
+        &self,
+        user: &User,
+        session_id: &str,
+        refresh_token: String,
+    ) -> Result<pb::TokenPair, IdentityError> {
         Ok(pb::TokenPair {
             access_token: self.access_token(user, session_id)?,
             refresh_token,
@@ -87,13 +95,19 @@ impl IdentityApi {
         let user_id = principal.require_user()?;
         match self.store.user_by_id(user_id).await? {
             Some(user) if user.enabled => Ok(user),
-            _ => Err(ServiceError::unauthenticated("invalid or expired access token")),
+            _ => Err(ServiceError::unauthenticated(
+                "invalid or expired access token",
+            )),
         }
     }
 
     /// Creates the operator named by the bootstrap variables, or makes sure the
     /// existing user with that email is an enabled operator.
-    pub async fn ensure_operator(&self, email: &Email, password: &NewPassword) -> Result<(), IdentityError> {
+    pub async fn ensure_operator(
+        &self,
+        email: &Email,
+        password: &NewPassword,
+    ) -> Result<(), IdentityError> {
         if let Some((user, _)) = self.store.user_by_email(email).await? {
             if !user.roles.contains(&Role::Operator) || !user.enabled {
                 let mut roles = user.roles.clone();
@@ -101,7 +115,13 @@ impl IdentityApi {
                 let roles = Role::parse_set(roles.iter().map(|role| role.as_str()))?;
                 self.store.set_roles(&user.user_id, &roles).await?;
                 self.store.set_enabled(&user.user_id, true).await?;
-                self.store.audit("operator_bootstrapped", Some(&user.user_id), "existing user").await?;
+                self.store
+                    .audit(
+                        "operator_bootstrapped",
+                        Some(&user.user_id),
+                        "existing user",
+                    )
+                    .await?;
             }
             return Ok(());
         }
@@ -119,11 +139,17 @@ impl IdentityApi {
             Ok(()) | Err(IdentityError::EmailTaken) => {}
             Err(error) => return Err(error),
         }
-        self.store.audit("operator_bootstrapped", Some(&user.user_id), "new user").await?;
+        self.store
+            .audit("operator_bootstrapped", Some(&user.user_id), "new user")
+            .await?;
         Ok(())
     }
 
-    async fn target_user(&self, principal: &Principal, user_id: &str) -> Result<User, ServiceError> {
+    async fn target_user(
+        &self,
+        principal: &Principal,
+        user_id: &str,
+    ) -> Result<User, ServiceError> {
         principal.require_operator()?;
         let user_id = uuid::Uuid::try_parse(user_id)
             .map_err(|_| ServiceError::invalid("user_id must be a UUID"))?
@@ -150,7 +176,10 @@ fn user_to_proto(user: &User) -> pb::User {
 #[tonic::async_trait]
 impl IdentityService for IdentityApi {
     #[tracing::instrument(name = "identity.register", skip_all)]
-    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
         let body = request.into_inner();
         let email = Email::parse(&body.email)?;
         let full_name = FullName::parse(&body.full_name)?;
@@ -165,13 +194,20 @@ impl IdentityService for IdentityApi {
         };
         let hash = self.hasher.hash(password.as_str()).await?;
         self.store.insert_user(&user, &hash).await?;
-        self.store.audit("user_registered", Some(&user.user_id), "").await?;
+        self.store
+            .audit("user_registered", Some(&user.user_id), "")
+            .await?;
         tracing::info!(user_id = %user.user_id, "user registered");
-        Ok(Response::new(pb::RegisterResponse { user: Some(user_to_proto(&user)) }))
+        Ok(Response::new(pb::RegisterResponse {
+            user: Some(user_to_proto(&user)),
+        }))
     }
 
     #[tracing::instrument(name = "identity.login", skip_all)]
-    async fn login(&self, request: Request<pb::LoginRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
         let body = request.into_inner();
         if body.password.len() > MAX_PASSWORD_BYTES {
             return Err(IdentityError::InvalidCredentials.into());
@@ -184,16 +220,22 @@ impl IdentityService for IdentityApi {
             // Same work as a real check, so response time does not reveal whether
             // the email is registered.
             self.hasher.verify_dummy(&body.password).await?;
-            self.store.audit("login_failed", None, "unknown email").await?;
+            self.store
+                .audit("login_failed", None, "unknown email")
+                .await?;
             return Err(IdentityError::InvalidCredentials.into());
         };
         let verified = self.hasher.verify(&body.password, &stored_hash).await?;
         if !verified.matches {
-            self.store.audit("login_failed", Some(&user.user_id), "wrong password").await?;
+            self.store
+                .audit("login_failed", Some(&user.user_id), "wrong password")
+                .await?;
             return Err(IdentityError::InvalidCredentials.into());
         }
         if !user.enabled {
-            self.store.audit("login_failed", Some(&user.user_id), "user disabled").await?;
+            self.store
+                .audit("login_failed", Some(&user.user_id), "user disabled")
+                .await?;
             return Err(IdentityError::InvalidCredentials.into());
         }
         if verified.needs_rehash {
@@ -203,15 +245,26 @@ impl IdentityService for IdentityApi {
         let refresh_token = new_refresh_token()?;
         let session_id = self
             .store
-            .create_session(&user.user_id, &refresh_token_digest(&refresh_token), self.sessions)
+            .create_session(
+                &user.user_id,
+                &refresh_token_digest(&refresh_token),
+                self.sessions,
+            )
             .await?;
-        self.store.audit("login_succeeded", Some(&user.user_id), "").await?;
+        self.store
+            .audit("login_succeeded", Some(&user.user_id), "")
+            .await?;
         let tokens = self.token_pair(&user, &session_id, refresh_token)?;
-        Ok(Response::new(pb::LoginResponse { tokens: Some(tokens) }))
+        Ok(Response::new(pb::LoginResponse {
+            tokens: Some(tokens),
+        }))
     }
 
     #[tracing::instrument(name = "identity.refresh", skip_all)]
-    async fn refresh(&self, request: Request<pb::RefreshRequest>) -> Result<Response<pb::RefreshResponse>, Status> {
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::RefreshResponse>, Status> {
         let presented = request.into_inner().refresh_token;
         if presented.is_empty() || presented.len() > 128 {
             return Err(IdentityError::InvalidRefreshToken.into());
@@ -219,21 +272,37 @@ impl IdentityService for IdentityApi {
         let replacement = new_refresh_token()?;
         let rotation = self
             .store
-            .rotate_refresh_token(&refresh_token_digest(&presented), &refresh_token_digest(&replacement), self.sessions)
+            .rotate_refresh_token(
+                &refresh_token_digest(&presented),
+                &refresh_token_digest(&replacement),
+                self.sessions,
+            )
             .await?;
         match rotation {
-            Rotation::Rotated { session_id, user_id } => {
+            Rotation::Rotated {
+                session_id,
+                user_id,
+            } => {
                 let user = match self.store.user_by_id(&user_id).await? {
                     Some(user) if user.enabled => user,
                     _ => return Err(IdentityError::InvalidRefreshToken.into()),
                 };
                 let tokens = self.token_pair(&user, &session_id, replacement)?;
-                Ok(Response::new(pb::RefreshResponse { tokens: Some(tokens) }))
+                Ok(Response::new(pb::RefreshResponse {
+                    tokens: Some(tokens),
+                }))
             }
-            Rotation::ReuseDetected { session_id, user_id } => {
+            Rotation::ReuseDetected {
+                session_id,
+                user_id,
+            } => {
                 tracing::warn!(%user_id, %session_id, "refresh token reuse: session revoked");
                 self.store
-                    .audit("refresh_token_reused", Some(&user_id), &format!("session {session_id} revoked"))
+                    .audit(
+                        "refresh_token_reused",
+                        Some(&user_id),
+                        &format!("session {session_id} revoked"),
+                    )
                     .await?;
                 Err(IdentityError::InvalidRefreshToken.into())
             }
@@ -242,12 +311,17 @@ impl IdentityService for IdentityApi {
     }
 
     #[tracing::instrument(name = "identity.logout", skip_all)]
-    async fn logout(&self, request: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
         let principal = self.caller(&request).await?;
         let user_id = principal.require_user()?.to_owned();
         let token = request.into_inner().refresh_token;
         if !token.is_empty() && token.len() <= 128 {
-            self.store.revoke_session_of_token(&refresh_token_digest(&token), &user_id).await?;
+            self.store
+                .revoke_session_of_token(&refresh_token_digest(&token), &user_id)
+                .await?;
         }
         self.store.audit("logout", Some(&user_id), "").await?;
         Ok(Response::new(pb::LogoutResponse {}))
@@ -260,7 +334,9 @@ impl IdentityService for IdentityApi {
     ) -> Result<Response<pb::GetCurrentUserResponse>, Status> {
         let principal = self.caller(&request).await?;
         let user = self.current_user(&principal).await?;
-        Ok(Response::new(pb::GetCurrentUserResponse { user: Some(user_to_proto(&user)) }))
+        Ok(Response::new(pb::GetCurrentUserResponse {
+            user: Some(user_to_proto(&user)),
+        }))
     }
 
     #[tracing::instrument(name = "identity.change_password", skip_all)]
@@ -278,26 +354,49 @@ impl IdentityService for IdentityApi {
             .await?
             .ok_or(IdentityError::UserNotFound)?;
         let current_ok = body.current_password.len() <= MAX_PASSWORD_BYTES
-            && self.hasher.verify(&body.current_password, &stored).await?.matches;
+            && self
+                .hasher
+                .verify(&body.current_password, &stored)
+                .await?
+                .matches;
         if !current_ok {
-            self.store.audit("password_change_failed", Some(&user.user_id), "wrong current password").await?;
+            self.store
+                .audit(
+                    "password_change_failed",
+                    Some(&user.user_id),
+                    "wrong current password",
+                )
+                .await?;
             return Err(ServiceError::invalid("current_password is incorrect").into());
         }
         let hash = self.hasher.hash(new_password.as_str()).await?;
         self.store.set_password_hash(&user.user_id, &hash).await?;
         let revoked = self
             .store
-            .revoke_sessions_of_user(&user.user_id, principal.session_id(), RevokeReason::PasswordChanged)
+            .revoke_sessions_of_user(
+                &user.user_id,
+                principal.session_id(),
+                RevokeReason::PasswordChanged,
+            )
             .await?;
         self.store
-            .audit("password_changed", Some(&user.user_id), &format!("{revoked} other sessions revoked"))
+            .audit(
+                "password_changed",
+                Some(&user.user_id),
+                &format!("{revoked} other sessions revoked"),
+            )
             .await?;
         Ok(Response::new(pb::ChangePasswordResponse {}))
     }
 
     #[tracing::instrument(name = "identity.get_jwks", skip_all)]
-    async fn get_jwks(&self, _request: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
-        Ok(Response::new(pb::GetJwksResponse { keys: self.keys.jwks() }))
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse {
+            keys: self.keys.jwks(),
+        }))
     }
 
     #[tracing::instrument(name = "identity.disable_user", skip_all)]
@@ -306,7 +405,9 @@ impl IdentityService for IdentityApi {
         request: Request<pb::DisableUserRequest>,
     ) -> Result<Response<pb::DisableUserResponse>, Status> {
         let principal = self.caller(&request).await?;
-        let mut user = self.target_user(&principal, &request.get_ref().user_id).await?;
+        let mut user = self
+            .target_user(&principal, &request.get_ref().user_id)
+            .await?;
         if principal.user_id() == Some(user.user_id.as_str()) {
             return Err(ServiceError::invalid("operators cannot disable themselves").into());
         }
@@ -315,9 +416,13 @@ impl IdentityService for IdentityApi {
             .revoke_sessions_of_user(&user.user_id, None, RevokeReason::UserDisabled)
             .await?;
         let actor = principal.user_id().unwrap_or_default().to_owned();
-        self.store.audit("user_disabled", Some(&user.user_id), &format!("by {actor}")).await?;
+        self.store
+            .audit("user_disabled", Some(&user.user_id), &format!("by {actor}"))
+            .await?;
         user.enabled = false;
-        Ok(Response::new(pb::DisableUserResponse { user: Some(user_to_proto(&user)) }))
+        Ok(Response::new(pb::DisableUserResponse {
+            user: Some(user_to_proto(&user)),
+        }))
     }
 
     #[tracing::instrument(name = "identity.set_user_roles", skip_all)]
@@ -333,10 +438,16 @@ impl IdentityService for IdentityApi {
         let actor = principal.user_id().unwrap_or_default().to_owned();
         let names: Vec<&str> = roles.iter().map(|role| role.as_str()).collect();
         self.store
-            .audit("roles_changed", Some(&user.user_id), &format!("{} by {actor}", names.join(",")))
+            .audit(
+                "roles_changed",
+                Some(&user.user_id),
+                &format!("{} by {actor}", names.join(",")),
+            )
             .await?;
         user.roles = roles;
-        Ok(Response::new(pb::SetUserRolesResponse { user: Some(user_to_proto(&user)) }))
+        Ok(Response::new(pb::SetUserRolesResponse {
+            user: Some(user_to_proto(&user)),
+        }))
     }
 
     #[tracing::instrument(name = "identity.issue_service_token", skip_all)]

@@ -17,7 +17,11 @@ impl Email {
     pub fn parse(raw: &str) -> Result<Email, IdentityError> {
         let normalised = raw.trim().to_lowercase();
         let invalid = || IdentityError::Invalid("email must be a valid address".into());
-        if normalised.len() > Self::MAX_LEN || normalised.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        if normalised.len() > Self::MAX_LEN
+            || normalised
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
             return Err(invalid());
         }
         let (local, domain) = normalised.rsplit_once('@').ok_or_else(invalid)?;
@@ -134,12 +138,19 @@ impl Role {
     }
 
     /// Parses a complete role set: non-empty, known roles, deduplicated, sorted.
-    pub fn parse_set<'a>(raw: impl IntoIterator<Item = &'a str>) -> Result<Vec<Role>, IdentityError> {
-        let mut roles = raw.into_iter().map(Role::parse).collect::<Result<Vec<_>, _>>()?;
+    pub fn parse_set<'a>(
+        raw: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<Role>, IdentityError> {
+        let mut roles = raw
+            .into_iter()
+            .map(Role::parse)
+            .collect::<Result<Vec<_>, _>>()?;
         roles.sort();
         roles.dedup();
         if roles.is_empty() {
-            return Err(IdentityError::Invalid("a user needs at least one role".into()));
+            return Err(IdentityError::Invalid(
+                "a user needs at least one role".into(),
+            ));
         }
         Ok(roles)
     }
@@ -157,7 +168,10 @@ pub struct User {
 
 impl User {
     pub fn role_names(&self) -> Vec<String> {
-        self.roles.iter().map(|role| role.as_str().to_owned()).collect()
+        self.roles
+            .iter()
+            .map(|role| role.as_str().to_owned())
+            .collect()
     }
 }
 
@@ -216,12 +230,26 @@ mod tests {
 
     #[test]
     fn emails_are_normalised() {
-        assert_eq!(Email::parse("  Alice@Example.COM ").map(|e| e.to_string()).ok(), Some("alice@example.com".into()));
+        assert_eq!(
+            Email::parse("  Alice@Example.COM ")
+                .map(|e| e.to_string())
+                .ok(),
+            Some("alice@example.com".into())
+        );
     }
 
     #[test]
     fn malformed_emails_are_refused() {
-        for raw in ["", "alice", "alice@", "@example.com", "alice@example", "a b@example.com", "alice@.com", "alice@example..com"] {
+        for raw in [
+            "",
+            "alice",
+            "alice@",
+            "@example.com",
+            "alice@example",
+            "a b@example.com",
+            "alice@.com",
+            "alice@example..com",
+        ] {
             assert!(Email::parse(raw).is_err(), "{raw:?} was accepted");
         }
     }
@@ -241,7 +269,10 @@ mod tests {
 
     #[test]
     fn role_sets_are_known_non_empty_and_deduplicated() {
-        assert_eq!(Role::parse_set(["operator", "customer", "operator"]).ok(), Some(vec![Role::Customer, Role::Operator]));
+        assert_eq!(
+            Role::parse_set(["operator", "customer", "operator"]).ok(),
+            Some(vec![Role::Customer, Role::Operator])
+        );
         assert!(Role::parse_set([]).is_err());
         assert!(Role::parse_set(["admin"]).is_err());
     }

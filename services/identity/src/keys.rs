@@ -184,19 +184,29 @@ mod tests {
         };
         let token = ring.sign(&claims).unwrap_or_else(|error| panic!("{error}"));
         let verifier = TokenVerifier::fixed(&ring.jwks());
-        let principal = verifier.verify(&token).await.unwrap_or_else(|error| panic!("{error}"));
+        let principal = verifier
+            .verify(&token)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(principal.user_id(), Some("user-1"));
 
-        let reloaded = KeyRing::load_or_generate(dir.path()).unwrap_or_else(|error| panic!("{error}"));
-        assert_eq!(reloaded.jwks(), ring.jwks(), "the persisted key is reused, not regenerated");
+        let reloaded =
+            KeyRing::load_or_generate(dir.path()).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(
+            reloaded.jwks(),
+            ring.jwks(),
+            "the persisted key is reused, not regenerated"
+        );
     }
 
     #[tokio::test]
     async fn tokens_signed_by_an_unknown_key_are_rejected() {
         let dir_a = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
         let dir_b = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
-        let ring_a = KeyRing::load_or_generate(dir_a.path()).unwrap_or_else(|error| panic!("{error}"));
-        let ring_b = KeyRing::load_or_generate(dir_b.path()).unwrap_or_else(|error| panic!("{error}"));
+        let ring_a =
+            KeyRing::load_or_generate(dir_a.path()).unwrap_or_else(|error| panic!("{error}"));
+        let ring_b =
+            KeyRing::load_or_generate(dir_b.path()).unwrap_or_else(|error| panic!("{error}"));
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             iss: ISSUER.into(),
@@ -210,7 +220,14 @@ mod tests {
             typ: "access".into(),
             sid: None,
         };
-        let token = ring_b.sign(&claims).unwrap_or_else(|error| panic!("{error}"));
-        assert!(TokenVerifier::fixed(&ring_a.jwks()).verify(&token).await.is_err());
+        let token = ring_b
+            .sign(&claims)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(
+            TokenVerifier::fixed(&ring_a.jwks())
+                .verify(&token)
+                .await
+                .is_err()
+        );
     }
 }

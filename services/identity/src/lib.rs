@@ -82,12 +82,19 @@ impl Config {
         };
         Ok(Config {
             listen_addr: env.socket_addr("IDENTITY_LISTEN_ADDR", "127.0.0.1:50051")?,
-            database_url: env.database_url("IDENTITY_DATABASE_URL", "sqlite://var/identity.db?mode=rwc")?,
-            signing_keys_dir: PathBuf::from(env.string("IDENTITY_SIGNING_KEYS_DIR", "var/identity-keys")),
+            database_url: env
+                .database_url("IDENTITY_DATABASE_URL", "sqlite://var/identity.db?mode=rwc")?,
+            signing_keys_dir: PathBuf::from(
+                env.string("IDENTITY_SIGNING_KEYS_DIR", "var/identity-keys"),
+            ),
             bootstrap_operator,
             service_clients: parse_service_clients(env)?,
-            session_idle_timeout: chrono::Duration::minutes(env.parse("IDENTITY_SESSION_IDLE_MINUTES", 30)?),
-            session_absolute_lifetime: chrono::Duration::hours(env.parse("IDENTITY_SESSION_LIFETIME_HOURS", 12)?),
+            session_idle_timeout: chrono::Duration::minutes(
+                env.parse("IDENTITY_SESSION_IDLE_MINUTES", 30)?,
+            ),
+            session_absolute_lifetime: chrono::Duration::hours(
+                env.parse("IDENTITY_SESSION_LIFETIME_HOURS", 12)?,
+            ),
         })
     }
 }
@@ -99,12 +106,19 @@ fn parse_service_clients(env: &Env) -> Result<HashMap<String, SecretString>, Con
     let Some(raw) = env.optional(VAR) else {
         return Ok(clients);
     };
-    for pair in raw.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
-        let (id, secret) = pair
-            .split_once('=')
-            .ok_or_else(|| ConfigError::new(VAR, "expected client_id=secret pairs separated by commas"))?;
+    for pair in raw
+        .split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+    {
+        let (id, secret) = pair.split_once('=').ok_or_else(|| {
+            ConfigError::new(VAR, "expected client_id=secret pairs separated by commas")
+        })?;
         if id.is_empty() || secret.len() < 16 {
-            return Err(ConfigError::new(VAR, "each client needs an id and a secret of at least 16 characters"));
+            return Err(ConfigError::new(
+                VAR,
+                "each client needs an id and a secret of at least 16 characters",
+            ));
         }
         clients.insert(id.to_owned(), SecretString::from(secret.to_owned()));
     }
@@ -114,7 +128,8 @@ fn parse_service_clients(env: &Env) -> Result<HashMap<String, SecretString>, Con
 /// Connects, migrates, loads the signing keys, ensures the bootstrap operator,
 /// and binds identity's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
-    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
+    let connection =
+        db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
     let keys = Arc::new(keys::KeyRing::load_or_generate(&config.signing_keys_dir)?);
     let api = api::IdentityApi {
         store: Arc::new(store::IdentityStore::new(connection)),

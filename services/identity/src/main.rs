@@ -5,8 +5,10 @@ use bank_kit::{config, grpc, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::Env::from_process();
-    let config = bank_identity::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
-    let _telemetry = telemetry::init(&env, "bank-identity").unwrap_or_else(|error| config::exit_with(&error));
+    let config =
+        bank_identity::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
+    let _telemetry =
+        telemetry::init(&env, "bank-identity").unwrap_or_else(|error| config::exit_with(&error));
     let app = bank_identity::build(&config).await?;
     tracing::info!(addr = %app.local_addr()?, "identity listening");
     app.run_until_stopped(grpc::shutdown_signal()).await?;

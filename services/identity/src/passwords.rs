@@ -49,7 +49,9 @@ impl PasswordHasherPool {
 
     /// Spends the same work as a real verification, for unknown users.
     pub async fn verify_dummy(&self, password: &str) -> Result<(), IdentityError> {
-        self.verify(password, &self.dummy_hash.clone()).await.map(|_| ())
+        self.verify(password, &self.dummy_hash.clone())
+            .await
+            .map(|_| ())
     }
 
     async fn run<T: Send + 'static>(
@@ -104,12 +106,21 @@ mod tests {
     #[tokio::test]
     async fn hashes_are_argon2id_and_verify() {
         let pool = PasswordHasherPool::new().unwrap_or_else(|error| panic!("{error}"));
-        let hash = pool.hash("correct horse battery").await.unwrap_or_else(|error| panic!("{error}"));
+        let hash = pool
+            .hash("correct horse battery")
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
-        let right = pool.verify("correct horse battery", &hash).await.unwrap_or_else(|error| panic!("{error}"));
+        let right = pool
+            .verify("correct horse battery", &hash)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
         assert!(right.matches);
         assert!(!right.needs_rehash);
-        let wrong = pool.verify("wrong horse battery", &hash).await.unwrap_or_else(|error| panic!("{error}"));
+        let wrong = pool
+            .verify("wrong horse battery", &hash)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
         assert!(!wrong.matches);
     }
 
@@ -124,7 +135,10 @@ mod tests {
         .unwrap_or_else(|error| panic!("{error}"))
         .to_string();
         let pool = PasswordHasherPool::new().unwrap_or_else(|error| panic!("{error}"));
-        let verified = pool.verify("correct horse battery", &weak).await.unwrap_or_else(|error| panic!("{error}"));
+        let verified = pool
+            .verify("correct horse battery", &weak)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
         assert!(verified.matches && verified.needs_rehash);
     }
 }

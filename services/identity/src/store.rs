@@ -52,15 +52,22 @@ pub struct SessionPolicy {
 /// What presenting a refresh token led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
-    Rotated { session_id: String, user_id: String },
+    Rotated {
+        session_id: String,
+        user_id: String,
+    },
     /// The token had already been spent: the whole session is now revoked.
-    ReuseDetected { session_id: String, user_id: String },
+    ReuseDetected {
+        session_id: String,
+        user_id: String,
+    },
     Invalid,
 }
 
 impl IdentityStore {
     pub fn new(db: DatabaseConnection) -> IdentityStore {
-        let sqlite_writer = (db.get_database_backend() == DbBackend::Sqlite).then(|| Mutex::new(()));
+        let sqlite_writer =
+            (db.get_database_backend() == DbBackend::Sqlite).then(|| Mutex::new(()));
         IdentityStore { db, sqlite_writer }
     }
 
@@ -95,13 +102,18 @@ impl IdentityStore {
             .await;
         match result {
             Ok(_) => Ok(()),
-            Err(error) if bank_kit::db::is_unique_violation(&error) => Err(IdentityError::EmailTaken),
+            Err(error) if bank_kit::db::is_unique_violation(&error) => {
+                Err(IdentityError::EmailTaken)
+            }
             Err(error) => Err(error.into()),
         }
     }
 
     /// The user and their password hash.
-    pub async fn user_by_email(&self, email: &Email) -> Result<Option<(User, String)>, IdentityError> {
+    pub async fn user_by_email(
+        &self,
+        email: &Email,
+    ) -> Result<Option<(User, String)>, IdentityError> {
         let row = self
             .db
             .query_one_raw(statement(
@@ -140,7 +152,9 @@ impl IdentityStore {
                 [user_id.into()],
             ))
             .await?;
-        Ok(row.map(|row| row.try_get("", "password_hash")).transpose()?)
+        Ok(row
+            .map(|row| row.try_get("", "password_hash"))
+            .transpose()?)
     }
 
     pub async fn set_password_hash(&self, user_id: &str, hash: &str) -> Result<(), IdentityError> {
@@ -170,7 +184,11 @@ impl IdentityStore {
             .execute_raw(statement(
                 self.backend(),
                 "UPDATE users SET roles = $1, updated_at = $2 WHERE user_id = $3",
-                [roles_to_column(roles).into(), bank_kit::time::now().into(), user_id.into()],
+                [
+                    roles_to_column(roles).into(),
+                    bank_kit::time::now().into(),
+                    user_id.into(),
+                ],
             ))
             .await?;
         Ok(())
@@ -256,7 +274,10 @@ impl IdentityStore {
         if !spent_now {
             revoke_session(&txn, &session_id, RevokeReason::RefreshTokenReused, now).await?;
             txn.commit().await?;
-            return Ok(Rotation::ReuseDetected { session_id, user_id });
+            return Ok(Rotation::ReuseDetected {
+                session_id,
+                user_id,
+            });
         }
         if now > expires_at || now > last_used_at + policy.idle_timeout {
             return Ok(Rotation::Invalid);
@@ -274,11 +295,18 @@ impl IdentityStore {
         ))
         .await?;
         txn.commit().await?;
-        Ok(Rotation::Rotated { session_id, user_id })
+        Ok(Rotation::Rotated {
+            session_id,
+            user_id,
+        })
     }
 
     /// Revokes the session the refresh token belongs to, if it is `user_id`'s.
-    pub async fn revoke_session_of_token(&self, token_hash: &str, user_id: &str) -> Result<(), IdentityError> {
+    pub async fn revoke_session_of_token(
+        &self,
+        token_hash: &str,
+        user_id: &str,
+    ) -> Result<(), IdentityError> {
         self.db
             .execute_raw(statement(
                 self.backend(),
@@ -321,7 +349,12 @@ impl IdentityStore {
     }
 
     /// Appends to the audit trail. Details never contain secrets.
-    pub async fn audit(&self, kind: &str, user_id: Option<&str>, detail: &str) -> Result<(), IdentityError> {
+    pub async fn audit(
+        &self,
+        kind: &str,
+        user_id: Option<&str>,
+        detail: &str,
+    ) -> Result<(), IdentityError> {
         self.db
             .execute_raw(statement(
                 self.backend(),
@@ -374,7 +407,11 @@ fn statement<const N: usize>(backend: DbBackend, sql: &str, values: [Value; N]) 
 }
 
 fn roles_to_column(roles: &[Role]) -> String {
-    roles.iter().map(|role| role.as_str()).collect::<Vec<_>>().join(",")
+    roles
+        .iter()
+        .map(|role| role.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn user_from_row(row: &QueryResult) -> Result<User, IdentityError> {
@@ -384,7 +421,8 @@ fn user_from_row(row: &QueryResult) -> Result<User, IdentityError> {
         user_id: row.try_get("", "user_id")?,
         email: Email::parse(&email).map_err(|_| IdentityError::Corrupt("email".into()))?,
         full_name: row.try_get("", "full_name")?,
-        roles: Role::parse_set(roles.split(',')).map_err(|_| IdentityError::Corrupt("roles".into()))?,
+        roles: Role::parse_set(roles.split(','))
+            .map_err(|_| IdentityError::Corrupt("roles".into()))?,
         enabled: row.try_get("", "enabled")?,
         created_at: row.try_get("", "created_at")?,
     })

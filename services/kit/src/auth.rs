@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bank_proto::identity::v1::{GetJwksRequest, Jwk, identity_service_client::IdentityServiceClient};
+use bank_proto::identity::v1::{
+    GetJwksRequest, Jwk, identity_service_client::IdentityServiceClient,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::transport::{Channel, Endpoint};
@@ -59,7 +61,9 @@ pub enum Principal {
         roles: Vec<String>,
         session_id: Option<String>,
     },
-    Service { name: String },
+    Service {
+        name: String,
+    },
 }
 
 impl Principal {
@@ -103,7 +107,9 @@ impl Principal {
         if self.is_operator() {
             Ok(())
         } else {
-            Err(ServiceError::forbidden("this method requires the operator role"))
+            Err(ServiceError::forbidden(
+                "this method requires the operator role",
+            ))
         }
     }
 
@@ -176,9 +182,9 @@ impl TokenVerifier {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(5))
             .connect_lazy();
-        Ok(Self::with_source(KeySource::Identity(IdentityServiceClient::new(
-            channel,
-        ))))
+        Ok(Self::with_source(KeySource::Identity(
+            IdentityServiceClient::new(channel),
+        )))
     }
 
     /// A verifier that trusts exactly `keys`.
@@ -290,9 +296,15 @@ mod tests {
     #[test]
     fn bearer_token_requires_the_bearer_scheme() {
         let mut metadata = tonic::metadata::MetadataMap::new();
-        metadata.insert("authorization", tonic::metadata::MetadataValue::from_static("Basic abc"));
+        metadata.insert(
+            "authorization",
+            tonic::metadata::MetadataValue::from_static("Basic abc"),
+        );
         assert_eq!(bearer_token(&metadata), None);
-        metadata.insert("authorization", tonic::metadata::MetadataValue::from_static("Bearer abc"));
+        metadata.insert(
+            "authorization",
+            tonic::metadata::MetadataValue::from_static("Bearer abc"),
+        );
         assert_eq!(bearer_token(&metadata), Some("abc"));
     }
 
@@ -308,7 +320,9 @@ mod tests {
             roles: vec![ROLE_CUSTOMER.into()],
             session_id: None,
         };
-        let service = Principal::Service { name: "account".into() };
+        let service = Principal::Service {
+            name: "account".into(),
+        };
         assert!(operator.is_operator());
         assert!(!customer.is_operator());
         assert!(!service.is_operator());
@@ -320,7 +334,10 @@ mod tests {
     async fn garbage_tokens_are_unauthenticated() {
         let verifier = TokenVerifier::fixed(&[]);
         let error = verifier.verify("not.a.jwt").await.err();
-        assert_eq!(error.map(|error| error.code), Some(ErrorCode::Unauthenticated));
+        assert_eq!(
+            error.map(|error| error.code),
+            Some(ErrorCode::Unauthenticated)
+        );
     }
 }
 

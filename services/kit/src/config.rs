@@ -82,7 +82,10 @@ impl Env {
     pub fn socket_addr(&self, name: &str, default: &str) -> Result<SocketAddr, ConfigError> {
         let raw = self.string(name, default);
         raw.parse().map_err(|_| {
-            ConfigError::new(name, format!("{raw:?} is not an address like 127.0.0.1:8080"))
+            ConfigError::new(
+                name,
+                format!("{raw:?} is not an address like 127.0.0.1:8080"),
+            )
         })
     }
 
@@ -90,7 +93,9 @@ impl Env {
     pub fn endpoint(&self, name: &str, default: &str) -> Result<String, ConfigError> {
         let raw = self.string(name, default);
         let valid = (raw.starts_with("http://") || raw.starts_with("https://"))
-            && raw.parse::<http::Uri>().is_ok_and(|uri| uri.host().is_some());
+            && raw
+                .parse::<http::Uri>()
+                .is_ok_and(|uri| uri.host().is_some());
         if valid {
             Ok(raw)
         } else {
@@ -141,12 +146,19 @@ mod tests {
     fn bad_address_names_the_variable() {
         let env = Env::from_pairs([("LISTEN", "not-an-address")]);
         let error = env.socket_addr("LISTEN", "127.0.0.1:1").err();
-        assert!(error.is_some_and(|error| error.to_string().starts_with("invalid configuration: LISTEN:")));
+        assert!(error.is_some_and(|error| {
+            error
+                .to_string()
+                .starts_with("invalid configuration: LISTEN:")
+        }));
     }
 
     #[test]
     fn endpoints_must_be_http_urls() {
-        let env = Env::from_pairs([("GOOD", "http://127.0.0.1:50051"), ("BAD", "127.0.0.1:50051")]);
+        let env = Env::from_pairs([
+            ("GOOD", "http://127.0.0.1:50051"),
+            ("BAD", "127.0.0.1:50051"),
+        ]);
         assert!(env.endpoint("GOOD", "").is_ok());
         assert!(env.endpoint("BAD", "").is_err());
     }
@@ -154,7 +166,10 @@ mod tests {
     #[test]
     fn database_url_errors_do_not_echo_the_value() {
         let env = Env::from_pairs([("DB", "mysql://user:hunter2@host/db")]);
-        let error = env.database_url("DB", "").err().map(|error| error.to_string());
+        let error = env
+            .database_url("DB", "")
+            .err()
+            .map(|error| error.to_string());
         assert!(error.is_some_and(|text| text.contains("DB") && !text.contains("hunter2")));
     }
 }

@@ -57,9 +57,15 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), DbErr> {
 /// for: a PostgreSQL serialization failure or deadlock, or a busy SQLite file.
 pub fn is_retryable(error: &DbErr) -> bool {
     let text = error.to_string();
-    ["40001", "40P01", "database is locked", "SQLITE_BUSY", "could not serialize"]
-        .iter()
-        .any(|marker| text.contains(marker))
+    [
+        "40001",
+        "40P01",
+        "database is locked",
+        "SQLITE_BUSY",
+        "could not serialize",
+    ]
+    .iter()
+    .any(|marker| text.contains(marker))
 }
 
 /// Whether an error is a unique-constraint violation.

@@ -74,7 +74,9 @@ impl ErrorCode {
     }
 
     pub fn parse(code: &str) -> Option<ErrorCode> {
-        Self::ALL.into_iter().find(|candidate| candidate.as_str() == code)
+        Self::ALL
+            .into_iter()
+            .find(|candidate| candidate.as_str() == code)
     }
 
     /// The code for a status that carries none, e.g. one produced by tonic itself.
@@ -106,9 +108,12 @@ impl ErrorCode {
 
     fn row(self) -> (&'static str, u16, Code, &'static str) {
         match self {
-            ErrorCode::InvalidArgument => {
-                ("invalid_argument", 400, Code::InvalidArgument, "Invalid argument")
-            }
+            ErrorCode::InvalidArgument => (
+                "invalid_argument",
+                400,
+                Code::InvalidArgument,
+                "Invalid argument",
+            ),
             ErrorCode::Unauthenticated => (
                 "unauthenticated",
                 401,
@@ -166,12 +171,9 @@ impl ErrorCode {
                 Code::ResourceExhausted,
                 "Too many requests",
             ),
-            ErrorCode::Unavailable => (
-                "unavailable",
-                503,
-                Code::Unavailable,
-                "Service unavailable",
-            ),
+            ErrorCode::Unavailable => {
+                ("unavailable", 503, Code::Unavailable, "Service unavailable")
+            }
             ErrorCode::Internal => ("internal", 500, Code::Internal, "Internal error"),
         }
     }
@@ -286,7 +288,10 @@ mod tests {
 
     #[test]
     fn server_errors_hide_their_message() {
-        let status = Status::from(ServiceError::new(ErrorCode::Internal, "SELECT * FROM secrets"));
+        let status = Status::from(ServiceError::new(
+            ErrorCode::Internal,
+            "SELECT * FROM secrets",
+        ));
         assert_eq!(status.message(), "Internal error");
     }
 
@@ -317,7 +322,10 @@ mod tests {
             ("internal", 500),
         ];
         for (name, http) in expected {
-            assert_eq!(ErrorCode::parse(name).map(ErrorCode::http_status), Some(http));
+            assert_eq!(
+                ErrorCode::parse(name).map(ErrorCode::http_status),
+                Some(http)
+            );
         }
     }
 }

@@ -65,7 +65,10 @@ mod tests {
 
     #[test]
     fn only_supported_upper_case_codes_parse() {
-        assert_eq!(Currency::parse("EUR").map(|c| c.to_string()), Ok("EUR".to_owned()));
+        assert_eq!(
+            Currency::parse("EUR").map(|c| c.to_string()),
+            Ok("EUR".to_owned())
+        );
         assert!(Currency::parse("eur").is_err());
         assert!(Currency::parse("XXX").is_err());
         assert!(Currency::parse("EURO").is_err());

@@ -34,15 +34,20 @@ impl TestDatabases {
         };
         match backend {
             Backend::Sqlite => {
-                let directory = tempfile::tempdir().unwrap_or_else(|error| panic!("tempdir: {error}"));
+                let directory =
+                    tempfile::tempdir().unwrap_or_else(|error| panic!("tempdir: {error}"));
                 for index in 0..count {
                     let path = directory.path().join(format!("db{index}.sqlite"));
-                    databases.urls.push(format!("sqlite://{}?mode=rwc", path.display()));
+                    databases
+                        .urls
+                        .push(format!("sqlite://{}?mode=rwc", path.display()));
                 }
                 databases.cleanups.push(Cleanup::Directory(directory));
             }
             Backend::Postgres => {
-                let admin_url = std::env::var(POSTGRES_URL_VAR).ok().filter(|url| !url.is_empty())?;
+                let admin_url = std::env::var(POSTGRES_URL_VAR)
+                    .ok()
+                    .filter(|url| !url.is_empty())?;
                 let admin = Database::connect(&admin_url).await.unwrap_or_else(|error| {
                     panic!("{POSTGRES_URL_VAR} is set but the server is unreachable: {error}")
                 });
@@ -52,7 +57,9 @@ impl TestDatabases {
                         .execute_unprepared(&format!("CREATE DATABASE {name}"))
                         .await
                         .unwrap_or_else(|error| panic!("create test database: {error}"));
-                    databases.urls.push(replace_database_name(&admin_url, &name));
+                    databases
+                        .urls
+                        .push(replace_database_name(&admin_url, &name));
                     databases.cleanups.push(Cleanup::Postgres {
                         admin_url: admin_url.clone(),
                         name,
@@ -160,6 +167,9 @@ mod tests {
             replace_database_name("postgres://u:p@h/db?sslmode=disable", "t2"),
             "postgres://u:p@h/t2?sslmode=disable"
         );
-        assert_eq!(replace_database_name("postgres://h:5432", "t3"), "postgres://h:5432/t3");
+        assert_eq!(
+            replace_database_name("postgres://h:5432", "t3"),
+            "postgres://h:5432/t3"
+        );
     }
 }

@@ -145,7 +145,11 @@ impl LedgerService for LedgerApi {
             scope: principal.scope(),
             idempotency_key: IdempotencyKey::parse(&body.idempotency_key)?,
         };
-        let transfer = self.store.post(&posting).await.map_err(ServiceError::from)?;
+        let transfer = self
+            .store
+            .post(&posting)
+            .await
+            .map_err(ServiceError::from)?;
         tracing::info!(transfer_id = %transfer.transfer_id, "transfer posted");
         Ok(Response::new(pb::CreateTransferResponse {
             transfer: Some(transfer_to_proto(&transfer)),
@@ -307,8 +311,9 @@ impl LedgerService for LedgerApi {
             kind: TransferKind::Reversal,
             from_account_id: original.to_account_id,
             to_account_id: original.from_account_id,
-            amount: PositiveAmount::parse(original.amount_minor)
-                .map_err(|_| ServiceError::internal(&"stored transfer with a non-positive amount"))?,
+            amount: PositiveAmount::parse(original.amount_minor).map_err(|_| {
+                ServiceError::internal(&"stored transfer with a non-positive amount")
+            })?,
             currency: original.currency,
             description: Description::parse(&description)?,
             reverses_transfer_id: Some(original_id),
@@ -316,7 +321,11 @@ impl LedgerService for LedgerApi {
             scope: principal.scope(),
             idempotency_key,
         };
-        let transfer = self.store.post(&posting).await.map_err(ServiceError::from)?;
+        let transfer = self
+            .store
+            .post(&posting)
+            .await
+            .map_err(ServiceError::from)?;
         tracing::info!(transfer_id = %transfer.transfer_id, reverses = %original_id, "reversal posted");
         Ok(Response::new(pb::ReverseTransferResponse {
             transfer: Some(transfer_to_proto(&transfer)),
@@ -332,7 +341,10 @@ impl LedgerService for LedgerApi {
         principal.require_operator()?;
         let report = self.store.verify().await.map_err(ServiceError::from)?;
         if !report.mismatches.is_empty() {
-            tracing::error!(mismatches = report.mismatches.len(), "ledger verification found mismatches");
+            tracing::error!(
+                mismatches = report.mismatches.len(),
+                "ledger verification found mismatches"
+            );
         }
         Ok(Response::new(pb::VerifyLedgerResponse {
             ok: report.mismatches.is_empty(),
@@ -387,7 +399,9 @@ impl LedgerService for LedgerApi {
             Ok(pb::LedgerAccountStatus::Frozen) => AccountStatus::Frozen,
             Ok(pb::LedgerAccountStatus::Closed) => AccountStatus::Closed,
             Ok(pb::LedgerAccountStatus::Unspecified) | Err(_) => {
-                return Err(ServiceError::invalid("status must be ACTIVE, FROZEN or CLOSED").into());
+                return Err(
+                    ServiceError::invalid("status must be ACTIVE, FROZEN or CLOSED").into(),
+                );
             }
         };
         let account = self

@@ -425,7 +425,10 @@ mod tests {
 
     #[test]
     fn customer_accounts_cannot_go_negative() {
-        assert!(matches!(customer(100).balance_after(-101), Err(LedgerError::InsufficientFunds)));
+        assert!(matches!(
+            customer(100).balance_after(-101),
+            Err(LedgerError::InsufficientFunds)
+        ));
         assert_eq!(customer(100).balance_after(-100).ok(), Some(0));
     }
 
@@ -438,16 +441,25 @@ mod tests {
 
     #[test]
     fn balance_overflow_is_an_error_not_a_wrap() {
-        assert!(matches!(customer(i64::MAX).balance_after(1), Err(LedgerError::AmountOverflow)));
+        assert!(matches!(
+            customer(i64::MAX).balance_after(1),
+            Err(LedgerError::AmountOverflow)
+        ));
     }
 
     #[test]
     fn frozen_and_closed_accounts_refuse_postings() {
         let mut account = customer(0);
         account.status = AccountStatus::Frozen;
-        assert!(matches!(account.ensure_open(), Err(LedgerError::AccountFrozen(_))));
+        assert!(matches!(
+            account.ensure_open(),
+            Err(LedgerError::AccountFrozen(_))
+        ));
         account.status = AccountStatus::Closed;
-        assert!(matches!(account.ensure_open(), Err(LedgerError::AccountClosed(_))));
+        assert!(matches!(
+            account.ensure_open(),
+            Err(LedgerError::AccountClosed(_))
+        ));
     }
 
     #[test]

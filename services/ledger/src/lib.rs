@@ -27,7 +27,8 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
         Ok(Config {
             listen_addr: env.socket_addr("LEDGER_LISTEN_ADDR", "127.0.0.1:50053")?,
-            database_url: env.database_url("LEDGER_DATABASE_URL", "sqlite://var/ledger.db?mode=rwc")?,
+            database_url: env
+                .database_url("LEDGER_DATABASE_URL", "sqlite://var/ledger.db?mode=rwc")?,
             identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
         })
     }
@@ -35,7 +36,8 @@ impl Config {
 
 /// Connects, migrates, and binds the ledger's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
-    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
+    let connection =
+        db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
     let store = Arc::new(store::LedgerStore::new(connection));
     let verifier = TokenVerifier::remote(&config.identity_endpoint)?;
     let service_name = grpc::service_name::<LedgerServiceServer<api::LedgerApi>>();

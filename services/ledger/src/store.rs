@@ -23,7 +23,8 @@ use crate::domain::{
 /// lost race on a unique key before the caller is told to try again.
 const MAX_ATTEMPTS: usize = 8;
 
-const ACCOUNT_COLUMNS: &str = "account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash";
+const ACCOUNT_COLUMNS: &str =
+    "account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash";
 const TRANSFER_COLUMNS: &str = "transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, created_at";
 const ENTRY_COLUMNS: &str = "account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at";
 
@@ -37,7 +38,8 @@ pub struct LedgerStore {
 
 impl LedgerStore {
     pub fn new(db: DatabaseConnection) -> LedgerStore {
-        let sqlite_writer = (db.get_database_backend() == DbBackend::Sqlite).then(|| Mutex::new(()));
+        let sqlite_writer =
+            (db.get_database_backend() == DbBackend::Sqlite).then(|| Mutex::new(()));
         LedgerStore { db, sqlite_writer }
     }
 
@@ -111,10 +113,15 @@ impl LedgerStore {
                 Attempt::Retry => continue,
             }
         }
-        Err(LedgerError::Conflict("the account is busy, try again".into()))
+        Err(LedgerError::Conflict(
+            "the account is busy, try again".into(),
+        ))
     }
 
-    pub async fn account(&self, account_id: AccountId) -> Result<Option<LedgerAccount>, LedgerError> {
+    pub async fn account(
+        &self,
+        account_id: AccountId,
+    ) -> Result<Option<LedgerAccount>, LedgerError> {
         load_account(&self.db, account_id, false).await
     }
 
@@ -141,7 +148,10 @@ impl LedgerStore {
     }
 
     /// The transfer that reverses `transfer_id`, if any.
-    pub async fn reversal_of(&self, transfer_id: TransferId) -> Result<Option<TransferId>, LedgerError> {
+    pub async fn reversal_of(
+        &self,
+        transfer_id: TransferId,
+    ) -> Result<Option<TransferId>, LedgerError> {
         reversal_of(&self.db, transfer_id).await
     }
 
@@ -337,7 +347,10 @@ async fn post_in(
     fingerprint: &str,
 ) -> Result<Transfer, LedgerError> {
     let backend = txn.get_database_backend();
-    if matches!(request.kind, TransferKind::Deposit | TransferKind::Withdrawal) {
+    if matches!(
+        request.kind,
+        TransferKind::Deposit | TransferKind::Withdrawal
+    ) {
         ensure_settlement_account(txn, request.currency).await?;
     }
 
@@ -378,7 +391,9 @@ async fn post_in(
     if let Some(original) = request.reverses_transfer_id
         && reversal_of(txn, original).await?.is_some()
     {
-        return Err(LedgerError::Conflict("the transfer was already reversed".into()));
+        return Err(LedgerError::Conflict(
+            "the transfer was already reversed".into(),
+        ));
     }
 
     let amount = request.amount.minor();
@@ -415,7 +430,15 @@ async fn post_in(
     ))
     .await?;
 
-    append_entry(txn, &transfer, &mut from, -amount, from_after, to.account_id).await?;
+    append_entry(
+        txn,
+        &transfer,
+        &mut from,
+        -amount,
+        from_after,
+        to.account_id,
+    )
+    .await?;
     append_entry(txn, &transfer, &mut to, amount, to_after, from.account_id).await?;
 
     txn.execute_raw(statement(
@@ -618,7 +641,8 @@ fn corrupt(what: &str) -> LedgerError {
 fn account_from_row(row: &QueryResult) -> Result<LedgerAccount, LedgerError> {
     let get_string = |column: &str| -> Result<String, DbErr> { row.try_get("", column) };
     Ok(LedgerAccount {
-        account_id: AccountId::parse(&get_string("account_id")?).map_err(|_| corrupt("account id"))?,
+        account_id: AccountId::parse(&get_string("account_id")?)
+            .map_err(|_| corrupt("account id"))?,
         owner_id: row.try_get("", "owner_id")?,
         currency: Currency::parse(&get_string("currency")?).map_err(|_| corrupt("currency"))?,
         kind: AccountKind::parse(&get_string("kind")?).ok_or_else(|| corrupt("account kind"))?,
@@ -633,7 +657,8 @@ fn transfer_from_row(row: &QueryResult) -> Result<Transfer, LedgerError> {
     let get_string = |column: &str| -> Result<String, DbErr> { row.try_get("", column) };
     let reverses: Option<String> = row.try_get("", "reverses_transfer_id")?;
     Ok(Transfer {
-        transfer_id: TransferId::parse(&get_string("transfer_id")?).map_err(|_| corrupt("transfer id"))?,
+        transfer_id: TransferId::parse(&get_string("transfer_id")?)
+            .map_err(|_| corrupt("transfer id"))?,
         kind: TransferKind::parse(&get_string("kind")?).ok_or_else(|| corrupt("transfer kind"))?,
         from_account_id: AccountId::parse(&get_string("from_account_id")?)
             .map_err(|_| corrupt("account id"))?,
@@ -653,9 +678,11 @@ fn transfer_from_row(row: &QueryResult) -> Result<Transfer, LedgerError> {
 fn entry_from_row(row: &QueryResult) -> Result<Entry, LedgerError> {
     let get_string = |column: &str| -> Result<String, DbErr> { row.try_get("", column) };
     Ok(Entry {
-        account_id: AccountId::parse(&get_string("account_id")?).map_err(|_| corrupt("account id"))?,
+        account_id: AccountId::parse(&get_string("account_id")?)
+            .map_err(|_| corrupt("account id"))?,
         account_seq: row.try_get("", "account_seq")?,
-        transfer_id: TransferId::parse(&get_string("transfer_id")?).map_err(|_| corrupt("transfer id"))?,
+        transfer_id: TransferId::parse(&get_string("transfer_id")?)
+            .map_err(|_| corrupt("transfer id"))?,
         amount_minor: row.try_get("", "amount_minor")?,
         balance_after_minor: row.try_get("", "balance_after_minor")?,
         currency: Currency::parse(&get_string("currency")?).map_err(|_| corrupt("currency"))?,

@@ -9,6 +9,8 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261128_000001_create_users_and_sessions::Migration)]
+        vec![Box::new(
+            m20261128_000001_create_users_and_sessions::Migration,
+        )]
     }
 }

@@ -3,7 +3,11 @@
 use bank_e2e::{Parts, USER_PASSWORD, authed, db_test, spawn};
 use bank_proto::identity::v1 as pb;
 
-db_test!(disabled_users_cannot_log_in_or_refresh, databases = 1, disable_user);
+db_test!(
+    disabled_users_cannot_log_in_or_refresh,
+    databases = 1,
+    disable_user
+);
 async fn disable_user(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let operator = stack.operator().await;
@@ -11,7 +15,12 @@ async fn disable_user(urls: Vec<String>) {
     let mut identity = stack.identity().await;
 
     let disabled = identity
-        .disable_user(authed(&operator.access_token, pb::DisableUserRequest { user_id: alice.user_id.clone() }))
+        .disable_user(authed(
+            &operator.access_token,
+            pb::DisableUserRequest {
+                user_id: alice.user_id.clone(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -20,11 +29,19 @@ async fn disable_user(urls: Vec<String>) {
 
     assert!(!disabled.enabled);
     let login = identity
-        .login(pb::LoginRequest { email: alice.email.clone(), password: USER_PASSWORD.into() })
+        .login(pb::LoginRequest {
+            email: alice.email.clone(),
+            password: USER_PASSWORD.into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(login.code(), tonic::Code::Unauthenticated);
-    let refresh = identity.refresh(pb::RefreshRequest { refresh_token: alice.refresh_token }).await.unwrap_err();
+    let refresh = identity
+        .refresh(pb::RefreshRequest {
+            refresh_token: alice.refresh_token,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(refresh.code(), tonic::Code::Unauthenticated);
 }
 
@@ -36,14 +53,22 @@ async fn operator_only(urls: Vec<String>) {
     let mut identity = stack.identity().await;
 
     let escalate = identity
-        .set_user_roles(authed(&alice.access_token, pb::SetUserRolesRequest {
-            user_id: alice.user_id.clone(),
-            roles: vec!["operator".into()],
-        }))
+        .set_user_roles(authed(
+            &alice.access_token,
+            pb::SetUserRolesRequest {
+                user_id: alice.user_id.clone(),
+                roles: vec!["operator".into()],
+            },
+        ))
         .await
         .unwrap_err();
     let disable = identity
-        .disable_user(authed(&alice.access_token, pb::DisableUserRequest { user_id: bob.user_id.clone() }))
+        .disable_user(authed(
+            &alice.access_token,
+            pb::DisableUserRequest {
+                user_id: bob.user_id.clone(),
+            },
+        ))
         .await
         .unwrap_err();
 
@@ -51,7 +76,11 @@ async fn operator_only(urls: Vec<String>) {
     assert_eq!(disable.code(), tonic::Code::PermissionDenied);
 }
 
-db_test!(operators_set_roles_that_new_tokens_carry, databases = 1, set_roles);
+db_test!(
+    operators_set_roles_that_new_tokens_carry,
+    databases = 1,
+    set_roles
+);
 async fn set_roles(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let operator = stack.operator().await;
@@ -59,17 +88,23 @@ async fn set_roles(urls: Vec<String>) {
     let mut identity = stack.identity().await;
 
     let invalid = identity
-        .set_user_roles(authed(&operator.access_token, pb::SetUserRolesRequest {
-            user_id: alice.user_id.clone(),
-            roles: vec!["root".into()],
-        }))
+        .set_user_roles(authed(
+            &operator.access_token,
+            pb::SetUserRolesRequest {
+                user_id: alice.user_id.clone(),
+                roles: vec!["root".into()],
+            },
+        ))
         .await
         .unwrap_err();
     let updated = identity
-        .set_user_roles(authed(&operator.access_token, pb::SetUserRolesRequest {
-            user_id: alice.user_id.clone(),
-            roles: vec!["customer".into(), "operator".into()],
-        }))
+        .set_user_roles(authed(
+            &operator.access_token,
+            pb::SetUserRolesRequest {
+                user_id: alice.user_id.clone(),
+                roles: vec!["customer".into(), "operator".into()],
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
@@ -77,7 +112,10 @@ async fn set_roles(urls: Vec<String>) {
         .unwrap();
 
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
-    assert_eq!(updated.roles, vec!["customer".to_owned(), "operator".to_owned()]);
+    assert_eq!(
+        updated.roles,
+        vec!["customer".to_owned(), "operator".to_owned()]
+    );
     let tokens = stack.login(&alice.email, USER_PASSWORD).await;
     let me = identity
         .get_current_user(authed(&tokens.access_token, pb::GetCurrentUserRequest {}))

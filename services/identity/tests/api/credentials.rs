@@ -12,12 +12,22 @@ fn register(email: &str, password: &str) -> pb::RegisterRequest {
     }
 }
 
-db_test!(registered_user_can_log_in_and_read_their_profile, databases = 1, register_and_login);
+db_test!(
+    registered_user_can_log_in_and_read_their_profile,
+    databases = 1,
+    register_and_login
+);
 async fn register_and_login(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let mut identity = stack.identity().await;
 
-    let user = identity.register(register("  Alice@Example.com ", USER_PASSWORD)).await.unwrap().into_inner().user.unwrap();
+    let user = identity
+        .register(register("  Alice@Example.com ", USER_PASSWORD))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
     let tokens = stack.login("alice@example.com", USER_PASSWORD).await;
     let me = identity
         .get_current_user(authed(&tokens.access_token, pb::GetCurrentUserRequest {}))
@@ -34,38 +44,71 @@ async fn register_and_login(urls: Vec<String>) {
     assert_eq!(tokens.expires_in, 900);
 }
 
-db_test!(access_tokens_verify_against_the_published_keys, databases = 1, tokens_verify_with_jwks);
+db_test!(
+    access_tokens_verify_against_the_published_keys,
+    databases = 1,
+    tokens_verify_with_jwks
+);
 async fn tokens_verify_with_jwks(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let alice = stack.customer().await;
-    let jwks = stack.identity().await.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner().keys;
+    let jwks = stack
+        .identity()
+        .await
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
 
-    let principal = TokenVerifier::fixed(&jwks).verify(&alice.access_token).await.unwrap();
+    let principal = TokenVerifier::fixed(&jwks)
+        .verify(&alice.access_token)
+        .await
+        .unwrap();
 
     assert_eq!(jwks[0].alg, "EdDSA");
     assert_eq!(principal.user_id(), Some(alice.user_id.as_str()));
     let header = alice.access_token.split('.').next().unwrap();
     let header = String::from_utf8(base64_decode(header)).unwrap();
-    assert!(header.contains(&format!("\"kid\":\"{}\"", jwks[0].kid)), "{header}");
+    assert!(
+        header.contains(&format!("\"kid\":\"{}\"", jwks[0].kid)),
+        "{header}"
+    );
 }
 
 fn base64_decode(segment: &str) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(segment).unwrap()
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .unwrap()
 }
 
-db_test!(registering_a_taken_email_is_a_conflict, databases = 1, duplicate_email);
+db_test!(
+    registering_a_taken_email_is_a_conflict,
+    databases = 1,
+    duplicate_email
+);
 async fn duplicate_email(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let mut identity = stack.identity().await;
-    identity.register(register("bob@example.com", USER_PASSWORD)).await.unwrap();
+    identity
+        .register(register("bob@example.com", USER_PASSWORD))
+        .await
+        .unwrap();
 
-    let error = identity.register(register("BOB@example.com", USER_PASSWORD)).await.unwrap_err();
+    let error = identity
+        .register(register("BOB@example.com", USER_PASSWORD))
+        .await
+        .unwrap_err();
 
     assert_eq!(ErrorCode::of_status(&error), ErrorCode::Conflict);
 }
 
-db_test!(weak_and_malformed_registrations_are_refused, databases = 1, registration_policy);
+db_test!(
+    weak_and_malformed_registrations_are_refused,
+    databases = 1,
+    registration_policy
+);
 async fn registration_policy(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let mut identity = stack.identity().await;
@@ -76,30 +119,50 @@ async fn registration_policy(urls: Vec<String>) {
         register("carol@example.com", "password1234"),
         register("carol@example.com", &too_long),
         register("not-an-email", USER_PASSWORD),
-        pb::RegisterRequest { full_name: String::new(), ..register("carol@example.com", USER_PASSWORD) },
+        pb::RegisterRequest {
+            full_name: String::new(),
+            ..register("carol@example.com", USER_PASSWORD)
+        },
     ] {
         let error = identity.register(request).await.unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
     }
     let login = identity
-        .login(pb::LoginRequest { email: "carol@example.com".into(), password: USER_PASSWORD.into() })
+        .login(pb::LoginRequest {
+            email: "carol@example.com".into(),
+            password: USER_PASSWORD.into(),
+        })
         .await
         .unwrap_err();
-    assert_eq!(login.code(), tonic::Code::Unauthenticated, "nothing was created");
+    assert_eq!(
+        login.code(),
+        tonic::Code::Unauthenticated,
+        "nothing was created"
+    );
 }
 
-db_test!(wrong_password_and_unknown_email_look_the_same, databases = 1, login_failures_are_uniform);
+db_test!(
+    wrong_password_and_unknown_email_look_the_same,
+    databases = 1,
+    login_failures_are_uniform
+);
 async fn login_failures_are_uniform(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let alice = stack.customer().await;
     let mut identity = stack.identity().await;
 
     let wrong_password = identity
-        .login(pb::LoginRequest { email: alice.email.clone(), password: "not the password at all".into() })
+        .login(pb::LoginRequest {
+            email: alice.email.clone(),
+            password: "not the password at all".into(),
+        })
         .await
         .unwrap_err();
     let unknown_email = identity
-        .login(pb::LoginRequest { email: "nobody@example.com".into(), password: "not the password at all".into() })
+        .login(pb::LoginRequest {
+            email: "nobody@example.com".into(),
+            password: "not the password at all".into(),
+        })
         .await
         .unwrap_err();
 
@@ -108,22 +171,37 @@ async fn login_failures_are_uniform(urls: Vec<String>) {
     assert_eq!(wrong_password.message(), unknown_email.message());
 }
 
-db_test!(service_tokens_need_the_right_client_secret, databases = 1, service_tokens);
+db_test!(
+    service_tokens_need_the_right_client_secret,
+    databases = 1,
+    service_tokens
+);
 async fn service_tokens(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let mut identity = stack.identity().await;
 
     let token = stack.account_service_token().await;
     let wrong = identity
-        .issue_service_token(pb::IssueServiceTokenRequest { client_id: "account".into(), client_secret: "guess".into() })
+        .issue_service_token(pb::IssueServiceTokenRequest {
+            client_id: "account".into(),
+            client_secret: "guess".into(),
+        })
         .await
         .unwrap_err();
     let unknown = identity
-        .issue_service_token(pb::IssueServiceTokenRequest { client_id: "ledger".into(), client_secret: "guess".into() })
+        .issue_service_token(pb::IssueServiceTokenRequest {
+            client_id: "ledger".into(),
+            client_secret: "guess".into(),
+        })
         .await
         .unwrap_err();
 
-    let jwks = identity.get_jwks(pb::GetJwksRequest {}).await.unwrap().into_inner().keys;
+    let jwks = identity
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
     let principal = TokenVerifier::fixed(&jwks).verify(&token).await.unwrap();
     assert!(principal.is_service("account"));
     assert!(!principal.is_operator());

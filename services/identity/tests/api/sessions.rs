@@ -3,14 +3,20 @@
 use bank_e2e::{Parts, USER_PASSWORD, authed, db_test, spawn};
 use bank_proto::identity::v1 as pb;
 
-db_test!(refresh_rotates_the_token_and_spends_the_old_one, databases = 1, refresh_rotates);
+db_test!(
+    refresh_rotates_the_token_and_spends_the_old_one,
+    databases = 1,
+    refresh_rotates
+);
 async fn refresh_rotates(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let alice = stack.customer().await;
     let mut identity = stack.identity().await;
 
     let rotated = identity
-        .refresh(pb::RefreshRequest { refresh_token: alice.refresh_token.clone() })
+        .refresh(pb::RefreshRequest {
+            refresh_token: alice.refresh_token.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -22,31 +28,63 @@ async fn refresh_rotates(urls: Vec<String>) {
         .get_current_user(authed(&rotated.access_token, pb::GetCurrentUserRequest {}))
         .await
         .unwrap();
-    let next = identity.refresh(pb::RefreshRequest { refresh_token: rotated.refresh_token.clone() }).await;
+    let next = identity
+        .refresh(pb::RefreshRequest {
+            refresh_token: rotated.refresh_token.clone(),
+        })
+        .await;
     assert!(next.is_ok(), "the new refresh token works");
 }
 
-db_test!(reusing_a_spent_refresh_token_revokes_the_session, databases = 1, reuse_revokes_session);
+db_test!(
+    reusing_a_spent_refresh_token_revokes_the_session,
+    databases = 1,
+    reuse_revokes_session
+);
 async fn reuse_revokes_session(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let alice = stack.customer().await;
     let mut identity = stack.identity().await;
     let rotated = identity
-        .refresh(pb::RefreshRequest { refresh_token: alice.refresh_token.clone() })
+        .refresh(pb::RefreshRequest {
+            refresh_token: alice.refresh_token.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .tokens
         .unwrap();
 
-    let replay = identity.refresh(pb::RefreshRequest { refresh_token: alice.refresh_token.clone() }).await.unwrap_err();
-    let legitimate = identity.refresh(pb::RefreshRequest { refresh_token: rotated.refresh_token }).await.unwrap_err();
+    let replay = identity
+        .refresh(pb::RefreshRequest {
+            refresh_token: alice.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    let legitimate = identity
+        .refresh(pb::RefreshRequest {
+            refresh_token: rotated.refresh_token,
+        })
+        .await
+        .unwrap_err();
 
     assert_eq!(replay.code(), tonic::Code::Unauthenticated);
-    assert_eq!(legitimate.code(), tonic::Code::Unauthenticated, "the whole session family is revoked");
-    let db = bank_kit::db::connect(&stack.database_urls["identity"]).await.unwrap();
+    assert_eq!(
+        legitimate.code(),
+        tonic::Code::Unauthenticated,
+        "the whole session family is revoked"
+    );
+    let db = bank_kit::db::connect(&stack.database_urls["identity"])
+        .await
+        .unwrap();
     let store = bank_identity::store::IdentityStore::new(db);
-    assert!(store.audit_kinds(&alice.user_id).await.unwrap().contains(&"refresh_token_reused".to_owned()));
+    assert!(
+        store
+            .audit_kinds(&alice.user_id)
+            .await
+            .unwrap()
+            .contains(&"refresh_token_reused".to_owned())
+    );
 }
 
 db_test!(logout_revokes_the_session, databases = 1, logout_revokes);
@@ -56,15 +94,29 @@ async fn logout_revokes(urls: Vec<String>) {
     let mut identity = stack.identity().await;
 
     identity
-        .logout(authed(&alice.access_token, pb::LogoutRequest { refresh_token: alice.refresh_token.clone() }))
+        .logout(authed(
+            &alice.access_token,
+            pb::LogoutRequest {
+                refresh_token: alice.refresh_token.clone(),
+            },
+        ))
         .await
         .unwrap();
 
-    let refresh = identity.refresh(pb::RefreshRequest { refresh_token: alice.refresh_token }).await.unwrap_err();
+    let refresh = identity
+        .refresh(pb::RefreshRequest {
+            refresh_token: alice.refresh_token,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(refresh.code(), tonic::Code::Unauthenticated);
 }
 
-db_test!(changing_the_password_revokes_other_sessions, databases = 1, password_change);
+db_test!(
+    changing_the_password_revokes_other_sessions,
+    databases = 1,
+    password_change
+);
 async fn password_change(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
     let alice = stack.customer().await;
@@ -73,27 +125,51 @@ async fn password_change(urls: Vec<String>) {
     let new_password = "a brand new long passphrase";
 
     let wrong_current = identity
-        .change_password(authed(&alice.access_token, pb::ChangePasswordRequest {
-            current_password: "not my password at all".into(),
-            new_password: new_password.into(),
-        }))
+        .change_password(authed(
+            &alice.access_token,
+            pb::ChangePasswordRequest {
+                current_password: "not my password at all".into(),
+                new_password: new_password.into(),
+            },
+        ))
         .await
         .unwrap_err();
     identity
-        .change_password(authed(&alice.access_token, pb::ChangePasswordRequest {
-            current_password: USER_PASSWORD.into(),
-            new_password: new_password.into(),
-        }))
+        .change_password(authed(
+            &alice.access_token,
+            pb::ChangePasswordRequest {
+                current_password: USER_PASSWORD.into(),
+                new_password: new_password.into(),
+            },
+        ))
         .await
         .unwrap();
 
     assert_eq!(wrong_current.code(), tonic::Code::InvalidArgument);
-    let other = identity.refresh(pb::RefreshRequest { refresh_token: other_device.refresh_token }).await;
-    assert_eq!(other.unwrap_err().code(), tonic::Code::Unauthenticated, "other sessions are revoked");
-    let own = identity.refresh(pb::RefreshRequest { refresh_token: alice.refresh_token }).await;
-    assert!(own.is_ok(), "the session that changed the password survives");
+    let other = identity
+        .refresh(pb::RefreshRequest {
+            refresh_token: other_device.refresh_token,
+        })
+        .await;
+    assert_eq!(
+        other.unwrap_err().code(),
+        tonic::Code::Unauthenticated,
+        "other sessions are revoked"
+    );
+    let own = identity
+        .refresh(pb::RefreshRequest {
+            refresh_token: alice.refresh_token,
+        })
+        .await;
+    assert!(
+        own.is_ok(),
+        "the session that changed the password survives"
+    );
     let old_login = identity
-        .login(pb::LoginRequest { email: alice.email.clone(), password: USER_PASSWORD.into() })
+        .login(pb::LoginRequest {
+            email: alice.email.clone(),
+            password: USER_PASSWORD.into(),
+        })
         .await;
     assert!(old_login.is_err());
     stack.login(&alice.email, new_password).await;

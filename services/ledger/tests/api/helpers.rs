@@ -24,7 +24,12 @@ pub async fn open_book(stack: &Stack, owner: &TestUser, currency: &str) -> Strin
     account_id
 }
 
-pub async fn deposit(stack: &Stack, operator: &TestUser, account_id: &str, amount_minor: i64) -> pb::Transfer {
+pub async fn deposit(
+    stack: &Stack,
+    operator: &TestUser,
+    account_id: &str,
+    amount_minor: i64,
+) -> pb::Transfer {
     stack
         .ledger()
         .await
@@ -45,7 +50,12 @@ pub async fn deposit(stack: &Stack, operator: &TestUser, account_id: &str, amoun
         .expect("transfer")
 }
 
-pub fn transfer_request(from: &str, to: &str, amount_minor: i64, key: &str) -> pb::CreateTransferRequest {
+pub fn transfer_request(
+    from: &str,
+    to: &str,
+    amount_minor: i64,
+    key: &str,
+) -> pb::CreateTransferRequest {
     pb::CreateTransferRequest {
         from_account_id: from.into(),
         to_account_id: to.into(),

@@ -6,14 +6,20 @@ use sea_orm::ConnectionTrait;
 
 use crate::helpers::{deposit, open_book, transfer, transfer_request, verify};
 
-db_test!(journal_rows_cannot_be_updated_or_deleted, databases = 2, journal_is_append_only);
+db_test!(
+    journal_rows_cannot_be_updated_or_deleted,
+    databases = 2,
+    journal_is_append_only
+);
 async fn journal_is_append_only(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
     let alice = stack.customer().await;
     let account = open_book(&stack, &alice, "EUR").await;
     deposit(&stack, &operator, &account, 1_000).await;
-    let db = bank_kit::db::connect(&stack.database_urls["ledger"]).await.unwrap();
+    let db = bank_kit::db::connect(&stack.database_urls["ledger"])
+        .await
+        .unwrap();
 
     for statement in [
         "UPDATE ledger_entries SET amount_minor = 999999",
@@ -27,14 +33,20 @@ async fn journal_is_append_only(urls: Vec<String>) {
     assert!(verify(&stack, &operator).await.ok);
 }
 
-db_test!(verification_reports_a_tampered_balance, databases = 2, verification_detects_tampering);
+db_test!(
+    verification_reports_a_tampered_balance,
+    databases = 2,
+    verification_detects_tampering
+);
 async fn verification_detects_tampering(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
     let alice = stack.customer().await;
     let account = open_book(&stack, &alice, "EUR").await;
     deposit(&stack, &operator, &account, 1_000).await;
-    let db = bank_kit::db::connect(&stack.database_urls["ledger"]).await.unwrap();
+    let db = bank_kit::db::connect(&stack.database_urls["ledger"])
+        .await
+        .unwrap();
 
     db.execute_unprepared(&format!(
         "UPDATE ledger_accounts SET balance_minor = 5000 WHERE account_id = '{account}'"
@@ -45,13 +57,20 @@ async fn verification_detects_tampering(urls: Vec<String>) {
     let report = verify(&stack, &operator).await;
     assert!(!report.ok);
     assert!(
-        report.mismatches.iter().any(|m| m.account_id == account && m.kind == "balance"),
+        report
+            .mismatches
+            .iter()
+            .any(|m| m.account_id == account && m.kind == "balance"),
         "{:?}",
         report.mismatches
     );
 }
 
-db_test!(history_pages_are_newest_first_and_complete, databases = 2, history_paging);
+db_test!(
+    history_pages_are_newest_first_and_complete,
+    databases = 2,
+    history_paging
+);
 async fn history_paging(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -60,7 +79,13 @@ async fn history_paging(urls: Vec<String>) {
     let to = open_book(&stack, &alice, "EUR").await;
     deposit(&stack, &operator, &from, 1_000).await;
     for index in 1..=5 {
-        transfer(&stack, &alice, transfer_request(&from, &to, index, &format!("p-{index}"))).await.unwrap();
+        transfer(
+            &stack,
+            &alice,
+            transfer_request(&from, &to, index, &format!("p-{index}")),
+        )
+        .await
+        .unwrap();
     }
 
     let mut amounts = Vec::new();
@@ -70,11 +95,14 @@ async fn history_paging(urls: Vec<String>) {
         let page = stack
             .ledger()
             .await
-            .list_account_entries(authed(&alice.access_token, pb::ListAccountEntriesRequest {
-                account_id: to.clone(),
-                page_size: 2,
-                page_token: page_token.clone(),
-            }))
+            .list_account_entries(authed(
+                &alice.access_token,
+                pb::ListAccountEntriesRequest {
+                    account_id: to.clone(),
+                    page_size: 2,
+                    page_token: page_token.clone(),
+                },
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -91,11 +119,14 @@ async fn history_paging(urls: Vec<String>) {
     let bad_token = stack
         .ledger()
         .await
-        .list_account_entries(authed(&alice.access_token, pb::ListAccountEntriesRequest {
-            account_id: to.clone(),
-            page_size: 2,
-            page_token: "not-a-token".into(),
-        }))
+        .list_account_entries(authed(
+            &alice.access_token,
+            pb::ListAccountEntriesRequest {
+                account_id: to.clone(),
+                page_size: 2,
+                page_token: "not-a-token".into(),
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(bad_token.code(), tonic::Code::InvalidArgument);

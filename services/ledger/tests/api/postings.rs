@@ -6,7 +6,11 @@ use bank_proto::ledger::v1 as pb;
 
 use crate::helpers::{balance, code, deposit, open_book, transfer, transfer_request, verify};
 
-db_test!(transfer_moves_money_between_accounts, databases = 2, transfer_moves_money);
+db_test!(
+    transfer_moves_money_between_accounts,
+    databases = 2,
+    transfer_moves_money
+);
 async fn transfer_moves_money(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -16,7 +20,9 @@ async fn transfer_moves_money(urls: Vec<String>) {
     let to = open_book(&stack, &bob, "EUR").await;
     deposit(&stack, &operator, &from, 10_000).await;
 
-    let posted = transfer(&stack, &alice, transfer_request(&from, &to, 2_500, "t-1")).await.unwrap();
+    let posted = transfer(&stack, &alice, transfer_request(&from, &to, 2_500, "t-1"))
+        .await
+        .unwrap();
 
     assert_eq!(posted.amount_minor, 2_500);
     assert_eq!(posted.status, pb::TransferStatus::Posted as i32);
@@ -25,17 +31,23 @@ async fn transfer_moves_money(urls: Vec<String>) {
     let entries = stack
         .ledger()
         .await
-        .list_account_entries(authed(&alice.access_token, pb::ListAccountEntriesRequest {
-            account_id: from.clone(),
-            page_size: 0,
-            page_token: String::new(),
-        }))
+        .list_account_entries(authed(
+            &alice.access_token,
+            pb::ListAccountEntriesRequest {
+                account_id: from.clone(),
+                page_size: 0,
+                page_token: String::new(),
+            },
+        ))
         .await
         .unwrap()
         .into_inner()
         .entries;
     assert_eq!(entries.len(), 2);
-    assert_eq!(entries[0].amount_minor, -2_500, "newest first, signed from the account's side");
+    assert_eq!(
+        entries[0].amount_minor, -2_500,
+        "newest first, signed from the account's side"
+    );
     assert_eq!(entries[0].balance_after_minor, 7_500);
     assert_eq!(entries[0].counterparty_account_id, to);
     assert_eq!(entries[1].amount_minor, 10_000);
@@ -44,7 +56,11 @@ async fn transfer_moves_money(urls: Vec<String>) {
     assert_eq!(report.entries_checked, 4);
 }
 
-db_test!(replayed_transfer_returns_the_original_and_moves_nothing, databases = 2, replay_is_idempotent);
+db_test!(
+    replayed_transfer_returns_the_original_and_moves_nothing,
+    databases = 2,
+    replay_is_idempotent
+);
 async fn replay_is_idempotent(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -53,15 +69,31 @@ async fn replay_is_idempotent(urls: Vec<String>) {
     let to = open_book(&stack, &alice, "EUR").await;
     deposit(&stack, &operator, &from, 10_000).await;
 
-    let first = transfer(&stack, &alice, transfer_request(&from, &to, 1_000, "same-key")).await.unwrap();
-    let second = transfer(&stack, &alice, transfer_request(&from, &to, 1_000, "same-key")).await.unwrap();
+    let first = transfer(
+        &stack,
+        &alice,
+        transfer_request(&from, &to, 1_000, "same-key"),
+    )
+    .await
+    .unwrap();
+    let second = transfer(
+        &stack,
+        &alice,
+        transfer_request(&from, &to, 1_000, "same-key"),
+    )
+    .await
+    .unwrap();
 
     assert_eq!(first.transfer_id, second.transfer_id);
     assert_eq!(balance(&stack, &alice, &from).await, 9_000);
     assert_eq!(balance(&stack, &alice, &to).await, 1_000);
 }
 
-db_test!(reused_key_with_another_request_is_refused, databases = 2, key_reuse_is_refused);
+db_test!(
+    reused_key_with_another_request_is_refused,
+    databases = 2,
+    key_reuse_is_refused
+);
 async fn key_reuse_is_refused(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -69,9 +101,13 @@ async fn key_reuse_is_refused(urls: Vec<String>) {
     let from = open_book(&stack, &alice, "EUR").await;
     let to = open_book(&stack, &alice, "EUR").await;
     deposit(&stack, &operator, &from, 10_000).await;
-    transfer(&stack, &alice, transfer_request(&from, &to, 1_000, "key")).await.unwrap();
+    transfer(&stack, &alice, transfer_request(&from, &to, 1_000, "key"))
+        .await
+        .unwrap();
 
-    let error = transfer(&stack, &alice, transfer_request(&from, &to, 2_000, "key")).await.unwrap_err();
+    let error = transfer(&stack, &alice, transfer_request(&from, &to, 2_000, "key"))
+        .await
+        .unwrap_err();
 
     assert_eq!(code(&error), ErrorCode::IdempotencyKeyReused);
     assert_eq!(balance(&stack, &alice, &from).await, 9_000);
@@ -88,14 +124,30 @@ async fn keys_are_scoped(urls: Vec<String>) {
     deposit(&stack, &operator, &alice_from, 5_000).await;
     deposit(&stack, &operator, &bob_from, 5_000).await;
 
-    let by_alice = transfer(&stack, &alice, transfer_request(&alice_from, &bob_from, 100, "shared")).await.unwrap();
-    let by_bob = transfer(&stack, &bob, transfer_request(&bob_from, &alice_from, 300, "shared")).await.unwrap();
+    let by_alice = transfer(
+        &stack,
+        &alice,
+        transfer_request(&alice_from, &bob_from, 100, "shared"),
+    )
+    .await
+    .unwrap();
+    let by_bob = transfer(
+        &stack,
+        &bob,
+        transfer_request(&bob_from, &alice_from, 300, "shared"),
+    )
+    .await
+    .unwrap();
 
     assert_ne!(by_alice.transfer_id, by_bob.transfer_id);
     assert_eq!(balance(&stack, &alice, &alice_from).await, 5_200);
 }
 
-db_test!(transfer_is_rejected_when_balance_is_insufficient, databases = 2, overdraft_is_refused);
+db_test!(
+    transfer_is_rejected_when_balance_is_insufficient,
+    databases = 2,
+    overdraft_is_refused
+);
 async fn overdraft_is_refused(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -104,17 +156,33 @@ async fn overdraft_is_refused(urls: Vec<String>) {
     let to = open_book(&stack, &alice, "EUR").await;
     deposit(&stack, &operator, &from, 1_000).await;
 
-    let error = transfer(&stack, &alice, transfer_request(&from, &to, 1_001, "too-much")).await.unwrap_err();
+    let error = transfer(
+        &stack,
+        &alice,
+        transfer_request(&from, &to, 1_001, "too-much"),
+    )
+    .await
+    .unwrap_err();
 
     assert_eq!(code(&error), ErrorCode::InsufficientFunds);
     assert_eq!(balance(&stack, &alice, &from).await, 1_000);
     assert_eq!(balance(&stack, &alice, &to).await, 0);
     // A refused posting leaves no idempotency record: the key can be used again.
     deposit(&stack, &operator, &from, 1).await;
-    transfer(&stack, &alice, transfer_request(&from, &to, 1_001, "too-much")).await.unwrap();
+    transfer(
+        &stack,
+        &alice,
+        transfer_request(&from, &to, 1_001, "too-much"),
+    )
+    .await
+    .unwrap();
 }
 
-db_test!(zero_and_negative_amounts_are_refused, databases = 2, non_positive_amounts_are_refused);
+db_test!(
+    zero_and_negative_amounts_are_refused,
+    databases = 2,
+    non_positive_amounts_are_refused
+);
 async fn non_positive_amounts_are_refused(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -124,14 +192,20 @@ async fn non_positive_amounts_are_refused(urls: Vec<String>) {
     deposit(&stack, &operator, &from, 1_000).await;
 
     for (amount, key) in [(0, "zero"), (-500, "negative"), (i64::MIN, "minimum")] {
-        let error = transfer(&stack, &alice, transfer_request(&from, &to, amount, key)).await.unwrap_err();
+        let error = transfer(&stack, &alice, transfer_request(&from, &to, amount, key))
+            .await
+            .unwrap_err();
         assert_eq!(code(&error), ErrorCode::InvalidArgument, "amount {amount}");
     }
     assert_eq!(balance(&stack, &alice, &from).await, 1_000);
     assert_eq!(balance(&stack, &alice, &to).await, 0);
 }
 
-db_test!(currency_mismatch_is_refused, databases = 2, currency_mismatch);
+db_test!(
+    currency_mismatch_is_refused,
+    databases = 2,
+    currency_mismatch
+);
 async fn currency_mismatch(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -140,7 +214,13 @@ async fn currency_mismatch(urls: Vec<String>) {
     let dollars = open_book(&stack, &alice, "USD").await;
     deposit(&stack, &operator, &euros, 1_000).await;
 
-    let error = transfer(&stack, &alice, transfer_request(&euros, &dollars, 100, "fx")).await.unwrap_err();
+    let error = transfer(
+        &stack,
+        &alice,
+        transfer_request(&euros, &dollars, 100, "fx"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(code(&error), ErrorCode::CurrencyMismatch);
     let mut in_dollars = transfer_request(&euros, &dollars, 100, "fx-2");
     in_dollars.currency = "USD".into();
@@ -151,7 +231,11 @@ async fn currency_mismatch(urls: Vec<String>) {
     assert_eq!(balance(&stack, &alice, &dollars).await, 0);
 }
 
-db_test!(withdrawal_takes_money_out_and_cannot_overdraw, databases = 2, withdrawal);
+db_test!(
+    withdrawal_takes_money_out_and_cannot_overdraw,
+    databases = 2,
+    withdrawal
+);
 async fn withdrawal(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -166,8 +250,18 @@ async fn withdrawal(urls: Vec<String>) {
         idempotency_key: key.into(),
     };
 
-    stack.ledger().await.withdraw(authed(&operator.access_token, withdraw(400, "w-1"))).await.unwrap();
-    let error = stack.ledger().await.withdraw(authed(&operator.access_token, withdraw(601, "w-2"))).await.unwrap_err();
+    stack
+        .ledger()
+        .await
+        .withdraw(authed(&operator.access_token, withdraw(400, "w-1")))
+        .await
+        .unwrap();
+    let error = stack
+        .ledger()
+        .await
+        .withdraw(authed(&operator.access_token, withdraw(601, "w-2")))
+        .await
+        .unwrap_err();
 
     assert_eq!(code(&error), ErrorCode::InsufficientFunds);
     assert_eq!(balance(&stack, &alice, &account).await, 600);
@@ -182,7 +276,9 @@ async fn reversal(urls: Vec<String>) {
     let from = open_book(&stack, &alice, "EUR").await;
     let to = open_book(&stack, &alice, "EUR").await;
     deposit(&stack, &operator, &from, 1_000).await;
-    let original = transfer(&stack, &alice, transfer_request(&from, &to, 700, "pay")).await.unwrap();
+    let original = transfer(&stack, &alice, transfer_request(&from, &to, 700, "pay"))
+        .await
+        .unwrap();
     let reverse = |key: &str| pb::ReverseTransferRequest {
         transfer_id: original.transfer_id.clone(),
         reason: "sent in error".into(),
@@ -212,7 +308,11 @@ async fn reversal(urls: Vec<String>) {
     assert_eq!(balance(&stack, &alice, &to).await, 0);
 }
 
-db_test!(frozen_and_closed_accounts_refuse_postings, databases = 2, frozen_and_closed);
+db_test!(
+    frozen_and_closed_accounts_refuse_postings,
+    databases = 2,
+    frozen_and_closed
+);
 async fn frozen_and_closed(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -222,11 +322,28 @@ async fn frozen_and_closed(urls: Vec<String>) {
     deposit(&stack, &operator, &from, 1_000).await;
     let service = stack.account_service_token().await;
     let set_status = |account_id: &str, status: pb::LedgerAccountStatus| {
-        authed(&service, pb::SetLedgerAccountStatusRequest { account_id: account_id.into(), status: status as i32 })
+        authed(
+            &service,
+            pb::SetLedgerAccountStatusRequest {
+                account_id: account_id.into(),
+                status: status as i32,
+            },
+        )
     };
 
-    stack.ledger().await.set_ledger_account_status(set_status(&to, pb::LedgerAccountStatus::Frozen)).await.unwrap();
-    let frozen = transfer(&stack, &alice, transfer_request(&from, &to, 100, "to-frozen")).await.unwrap_err();
+    stack
+        .ledger()
+        .await
+        .set_ledger_account_status(set_status(&to, pb::LedgerAccountStatus::Frozen))
+        .await
+        .unwrap();
+    let frozen = transfer(
+        &stack,
+        &alice,
+        transfer_request(&from, &to, 100, "to-frozen"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(code(&frozen), ErrorCode::AccountFrozen);
 
     let not_empty = stack
@@ -235,16 +352,40 @@ async fn frozen_and_closed(urls: Vec<String>) {
         .set_ledger_account_status(set_status(&from, pb::LedgerAccountStatus::Closed))
         .await
         .unwrap_err();
-    assert_eq!(code(&not_empty), ErrorCode::Conflict, "closing needs a zero balance");
+    assert_eq!(
+        code(&not_empty),
+        ErrorCode::Conflict,
+        "closing needs a zero balance"
+    );
 
-    stack.ledger().await.set_ledger_account_status(set_status(&to, pb::LedgerAccountStatus::Active)).await.unwrap();
-    stack.ledger().await.set_ledger_account_status(set_status(&to, pb::LedgerAccountStatus::Closed)).await.unwrap();
-    let closed = transfer(&stack, &alice, transfer_request(&from, &to, 100, "to-closed")).await.unwrap_err();
+    stack
+        .ledger()
+        .await
+        .set_ledger_account_status(set_status(&to, pb::LedgerAccountStatus::Active))
+        .await
+        .unwrap();
+    stack
+        .ledger()
+        .await
+        .set_ledger_account_status(set_status(&to, pb::LedgerAccountStatus::Closed))
+        .await
+        .unwrap();
+    let closed = transfer(
+        &stack,
+        &alice,
+        transfer_request(&from, &to, 100, "to-closed"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(code(&closed), ErrorCode::AccountClosed);
     assert_eq!(balance(&stack, &alice, &from).await, 1_000);
 }
 
-db_test!(concurrent_transfers_never_overdraw, databases = 2, concurrent_transfers);
+db_test!(
+    concurrent_transfers_never_overdraw,
+    databases = 2,
+    concurrent_transfers
+);
 async fn concurrent_transfers(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -266,7 +407,9 @@ async fn concurrent_transfers(urls: Vec<String>) {
                 &user.access_token,
                 transfer_request(source, target, 1_000, &format!("race-{index}")),
             );
-            attempts.push(tokio::spawn(async move { client.create_transfer(request).await }));
+            attempts.push(tokio::spawn(async move {
+                client.create_transfer(request).await
+            }));
         }
     }
     let mut refused = 0;

@@ -1,0 +1,215 @@
+//! End to end: all four components in one process, each service on its own fresh
+//! database. The same customer journey is walked over REST through the gateway
+//! and over gRPC directly against the services, as an operator with grpcurl or an
+//! internal service would.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bank_e2e::{OPERATOR_PASSWORD, Parts, USER_PASSWORD, authed, db_test, spawn};
+use bank_proto::{account::v1 as account, identity::v1 as identity, ledger::v1 as ledger};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+async fn post(
+    http: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    key: Option<&str>,
+    body: Value,
+) -> (StatusCode, Value) {
+    let mut request = http.post(url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(http: &reqwest::Client, url: String, token: &str) -> Value {
+    let response = http.get(url).bearer_auth(token).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.unwrap()
+}
+
+db_test!(customer_journey_over_rest, databases = 3, journey_over_rest);
+async fn journey_over_rest(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::ALL).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| stack.gateway_url(path);
+
+    let (status, user) = post(
+        &http,
+        url("/v1/auth/register"),
+        None,
+        None,
+        json!({"email": "journey@example.com", "password": USER_PASSWORD, "full_name": "Journey"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, tokens) = post(
+        &http,
+        url("/v1/auth/login"),
+        None,
+        None,
+        json!({"email": "journey@example.com", "password": USER_PASSWORD}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let token = tokens["access_token"].as_str().unwrap().to_owned();
+    let (_, op_tokens) = post(
+        &http,
+        url("/v1/auth/login"),
+        None,
+        None,
+        json!({"email": stack.operator_email, "password": OPERATOR_PASSWORD}),
+    )
+    .await;
+    let operator = op_tokens["access_token"].as_str().unwrap().to_owned();
+
+    let (_, checking) = post(
+        &http,
+        url("/v1/accounts"),
+        Some(&token),
+        None,
+        json!({"currency": "EUR", "nickname": "Checking"}),
+    )
+    .await;
+    let (_, savings) = post(
+        &http,
+        url("/v1/accounts"),
+        Some(&token),
+        None,
+        json!({"currency": "EUR", "nickname": "Savings"}),
+    )
+    .await;
+    let checking = checking["id"].as_str().unwrap().to_owned();
+    let savings = savings["id"].as_str().unwrap().to_owned();
+
+    let (status, _) = post(&http, url("/v1/admin/deposits"), Some(&operator), Some("salary-1"), json!({"account_id": checking, "amount": 250_000, "currency": "EUR", "reference": "salary"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, transfer) = post(&http, url("/v1/transfers"), Some(&token), Some("save-1"), json!({"from_account_id": checking, "to_account_id": savings, "amount": 50_000, "currency": "EUR", "description": "savings"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let checking_balance = get(
+        &http,
+        url(&format!("/v1/accounts/{checking}/balance")),
+        &token,
+    )
+    .await;
+    let savings_balance = get(
+        &http,
+        url(&format!("/v1/accounts/{savings}/balance")),
+        &token,
+    )
+    .await;
+    assert_eq!(checking_balance["balance"], 200_000);
+    assert_eq!(savings_balance["balance"], 50_000);
+    assert_eq!(user["roles"], json!(["customer"]));
+    let history = get(
+        &http,
+        url(&format!("/v1/accounts/{savings}/transactions")),
+        &token,
+    )
+    .await;
+    assert_eq!(history["transactions"][0]["transfer_id"], transfer["id"]);
+    assert_eq!(history["transactions"][0]["amount"], 50_000);
+}
+
+db_test!(customer_journey_over_grpc, databases = 3, journey_over_grpc);
+async fn journey_over_grpc(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::ALL).await;
+    let mut identity_client = stack.identity().await;
+    let mut account_client = stack.account().await;
+    let mut ledger_client = stack.ledger().await;
+
+    identity_client
+        .register(identity::RegisterRequest {
+            email: "grpc@example.com".into(),
+            password: USER_PASSWORD.into(),
+            full_name: "Grpc".into(),
+        })
+        .await
+        .unwrap();
+    let token = stack
+        .login("grpc@example.com", USER_PASSWORD)
+        .await
+        .access_token;
+    let operator = stack.operator().await.access_token;
+
+    let open = |nickname: &str| {
+        let request = authed(
+            &token,
+            account::OpenAccountRequest {
+                currency: "EUR".into(),
+                nickname: nickname.into(),
+            },
+        );
+        let mut client = account_client.clone();
+        async move {
+            client
+                .open_account(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .account
+                .unwrap()
+                .account_id
+        }
+    };
+    let checking = open("Checking").await;
+    let savings = open("Savings").await;
+
+    ledger_client
+        .deposit(authed(
+            &operator,
+            ledger::DepositRequest {
+                account_id: checking.clone(),
+                amount_minor: 250_000,
+                currency: "EUR".into(),
+                reference: "salary".into(),
+                idempotency_key: "salary-1".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    ledger_client
+        .create_transfer(authed(
+            &token,
+            ledger::CreateTransferRequest {
+                from_account_id: checking.clone(),
+                to_account_id: savings.clone(),
+                amount_minor: 50_000,
+                currency: "EUR".into(),
+                description: "savings".into(),
+                idempotency_key: "save-1".into(),
+            },
+        ))
+        .await
+        .unwrap();
+
+    let balance = |account_id: String| {
+        let request = authed(&token, ledger::GetBalanceRequest { account_id });
+        let mut client = ledger_client.clone();
+        async move {
+            client
+                .get_balance(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .balance_minor
+        }
+    };
+    assert_eq!(balance(checking.clone()).await, 200_000);
+    assert_eq!(balance(savings.clone()).await, 50_000);
+    let listed = account_client
+        .list_accounts(authed(&token, account::ListAccountsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .accounts;
+    assert_eq!(listed.len(), 2);
+}
