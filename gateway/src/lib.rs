@@ -4,6 +4,7 @@
 
 pub mod extract;
 pub mod problem;
+pub mod rate_limit;
 pub mod routes;
 
 use std::{net::SocketAddr, time::Duration};
@@ -34,7 +35,10 @@ use tower_http::{
     trace::TraceLayer,
 };
 
-use crate::problem::{ApiError, TRACE_ID};
+use crate::{
+    problem::{ApiError, TRACE_ID},
+    rate_limit::{Decision, Quota, RateLimiter},
+};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -48,6 +52,14 @@ pub struct Config {
     pub ledger_endpoint: String,
     pub cors_allowed_origins: Vec<HeaderValue>,
     pub request_timeout: Duration,
+    /// Unset: buckets in process. Set: buckets in Redis, shared by all replicas.
+    pub redis_url: Option<String>,
+    /// Prefix of the Redis keys, so that several deployments can share a server.
+    pub rate_limit_namespace: String,
+    /// Per client address, for every `/v1/` route but `/v1/auth/*`.
+    pub api_quota: Quota,
+    /// Per client address, for `/v1/auth/*`: tight, against credential stuffing.
+    pub auth_quota: Quota,
 }
 
 impl Config {
@@ -82,6 +94,25 @@ impl Config {
                 "must be between 1 and 300",
             ));
         }
+        let redis_url = env.optional("REDIS_URL");
+        if let Some(url) = &redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "must start with redis:// or rediss:// (value not shown)",
+            ));
+        }
+        let api_per_minute: u32 = env.parse("GATEWAY_RATE_LIMIT_PER_MINUTE", 1200)?;
+        let auth_per_minute: u32 = env.parse("GATEWAY_AUTH_RATE_LIMIT_PER_MINUTE", 30)?;
+        for (variable, value) in [
+            ("GATEWAY_RATE_LIMIT_PER_MINUTE", api_per_minute),
+            ("GATEWAY_AUTH_RATE_LIMIT_PER_MINUTE", auth_per_minute),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(variable, "must be at least 1"));
+            }
+        }
         Ok(Config {
             listen_addr: env.socket_addr("GATEWAY_LISTEN_ADDR", "127.0.0.1:8080")?,
             identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
@@ -89,6 +120,10 @@ impl Config {
             ledger_endpoint: env.endpoint("LEDGER_ENDPOINT", "http://127.0.0.1:50053")?,
             cors_allowed_origins: origins,
             request_timeout: Duration::from_secs(timeout_seconds),
+            redis_url,
+            rate_limit_namespace: "bank".to_owned(),
+            api_quota: Quota::per_minute(api_per_minute),
+            auth_quota: Quota::per_minute(auth_per_minute),
         })
     }
 }
@@ -136,9 +171,13 @@ impl GatewayApp {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
     }
 }
 
@@ -158,13 +197,19 @@ pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
             ledger,
         },
     };
-    let router = router(state, config);
+    let limiter = match &config.redis_url {
+        Some(url) => RateLimiter::redis(url, &config.rate_limit_namespace)
+            .await
+            .map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?,
+        None => RateLimiter::in_process(),
+    };
+    let router = router(state, config, limiter);
     let listener = TcpListener::bind(config.listen_addr).await?;
     Ok(GatewayApp { listener, router })
 }
 
 /// Every route, with the layers that guard them.
-pub fn router(state: AppState, config: &Config) -> Router {
+pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router {
     use routes::{accounts, admin, auth, ops, transfers};
     let api = Router::new()
         .route("/v1/auth/register", post(auth::register))
@@ -198,7 +243,14 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .with_state(state);
 
     let timeout = config.request_timeout;
+    let quotas = Quotas {
+        api: config.api_quota,
+        auth: config.auth_quota,
+    };
     api.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(move |request, next| {
+            rate_limit(limiter.clone(), quotas, request, next)
+        }))
         .layer(middleware::from_fn(move |request, next| deadline(timeout, request, next)))
         .layer(cors(&config.cors_allowed_origins))
         .layer(SetResponseHeaderLayer::overriding(
@@ -262,6 +314,43 @@ async fn request_id(mut request: Request, next: Next) -> Response {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+#[derive(Clone, Copy)]
+struct Quotas {
+    api: Quota,
+    auth: Quota,
+}
+
+/// Refuses a client that exceeds its quota with 429 and `Retry-After`. Clients are
+/// told apart by the address of the connection; behind a load balancer that is the
+/// balancer, which must then do per-client limiting itself.
+async fn rate_limit(
+    limiter: RateLimiter,
+    quotas: Quotas,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::response::IntoResponse;
+    let path = request.uri().path();
+    let (class, quota) = if path.starts_with("/v1/auth/") {
+        ("auth", quotas.auth)
+    } else if path.starts_with("/v1/") {
+        ("api", quotas.api)
+    } else {
+        return next.run(request).await;
+    };
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip().to_string())
+        .unwrap_or_default();
+    match limiter.check(&format!("{class}:{client}"), quota).await {
+        Decision::Allowed => next.run(request).await,
+        Decision::Limited { retry_after } => {
+            ApiError::rate_limited(retry_after.as_secs_f64().ceil() as u64).into_response()
+        }
+    }
 }
 
 /// Answers 503 when a request takes longer than the configured deadline.

@@ -151,6 +151,10 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
             ledger_endpoint: format!("http://{}", ledger_addr.expect("gateway needs the ledger")),
             cors_allowed_origins: vec!["https://app.bank.test".parse().expect("origin")],
             request_timeout: std::time::Duration::from_secs(10),
+            redis_url: None,
+            rate_limit_namespace: "bank-test".into(),
+            api_quota: bank_gateway::rate_limit::Quota::per_minute(1_000_000),
+            auth_quota: bank_gateway::rate_limit::Quota::per_minute(1_000_000),
         };
         let gateway = bank_gateway::build(&config).await.expect("gateway starts");
         gateway_addr = Some(gateway.local_addr().expect("gateway address"));

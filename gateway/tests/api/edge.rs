@@ -218,6 +218,10 @@ async fn unreachable_services_give_opaque_unavailable_problems() {
         ledger_endpoint: closed_port().await,
         cors_allowed_origins: Vec::new(),
         request_timeout: std::time::Duration::from_secs(5),
+        redis_url: None,
+        rate_limit_namespace: "bank-test".into(),
+        api_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
+        auth_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
     };
     let gateway = bank_gateway::build(&config).await.unwrap();
     let url = format!("http://{}", gateway.local_addr().unwrap());

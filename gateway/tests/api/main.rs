@@ -6,3 +6,4 @@
 mod contract;
 mod edge;
 mod helpers;
+mod limits;

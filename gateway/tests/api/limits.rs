@@ -1,0 +1,123 @@
+//! Rate limits, in process and in Redis (with BANK_TEST_REDIS_URL, where two
+//! gateway replicas must share one bucket). The gateways here point at services
+//! that do not exist: an allowed request answers 503, a limited one 429.
+
+use bank_gateway::rate_limit::Quota;
+use reqwest::StatusCode;
+use serde_json::json;
+
+const REDIS_URL_VAR: &str = "BANK_TEST_REDIS_URL";
+
+async fn closed_port() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// Starts a gateway allowing one auth request per minute per client.
+async fn gateway(redis_url: Option<String>, namespace: &str) -> String {
+    let config = bank_gateway::Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        identity_endpoint: closed_port().await,
+        account_endpoint: closed_port().await,
+        ledger_endpoint: closed_port().await,
+        cors_allowed_origins: Vec::new(),
+        request_timeout: std::time::Duration::from_secs(5),
+        redis_url,
+        rate_limit_namespace: namespace.to_owned(),
+        api_quota: Quota::per_minute(1_000),
+        auth_quota: Quota {
+            per_minute: 1,
+            burst: 1,
+        },
+    };
+    let gateway = bank_gateway::build(&config).await.unwrap();
+    let url = format!("http://{}", gateway.local_addr().unwrap());
+    tokio::spawn(gateway.run_until_stopped(std::future::pending()));
+    url
+}
+
+async fn login(http: &reqwest::Client, base: &str) -> reqwest::Response {
+    http.post(format!("{base}/v1/auth/login"))
+        .json(&json!({"email": "a@example.com", "password": "whatever password"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn assert_limited(response: reqwest::Response) {
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn auth_routes_are_rate_limited_per_client() {
+    let base = gateway(None, "bank-test").await;
+    let http = reqwest::Client::new();
+
+    let first = login(&http, &base).await;
+    let second = login(&http, &base).await;
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+
+    assert_eq!(
+        first.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "allowed through to the (absent) service"
+    );
+    assert_limited(second).await;
+    assert_eq!(
+        health.status(),
+        StatusCode::OK,
+        "health checks are not limited"
+    );
+}
+
+#[tokio::test]
+async fn redis_buckets_are_shared_by_gateway_replicas() {
+    let Some(redis_url) = std::env::var(REDIS_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())
+    else {
+        eprintln!("{REDIS_URL_VAR} is not set: Redis variant not run");
+        return;
+    };
+    let namespace = format!("bank-test-{}", uuid::Uuid::new_v4().simple());
+    let replica_a = gateway(Some(redis_url.clone()), &namespace).await;
+    let replica_b = gateway(Some(redis_url), &namespace).await;
+    let http = reqwest::Client::new();
+
+    let first = login(&http, &replica_a).await;
+    let second = login(&http, &replica_b).await;
+
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_limited(second).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_stops_the_gateway_at_start() {
+    let config = bank_gateway::Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        identity_endpoint: closed_port().await,
+        account_endpoint: closed_port().await,
+        ledger_endpoint: closed_port().await,
+        cors_allowed_origins: Vec::new(),
+        request_timeout: std::time::Duration::from_secs(5),
+        redis_url: Some(closed_port().await.replace("http://", "redis://")),
+        rate_limit_namespace: "bank-test".into(),
+        api_quota: Quota::per_minute(1_000),
+        auth_quota: Quota::per_minute(1_000),
+    };
+    let error = bank_gateway::build(&config)
+        .await
+        .err()
+        .expect("start must fail");
+    assert!(error.to_string().starts_with("REDIS_URL:"), "{error}");
+}
