@@ -3,6 +3,7 @@
 //! caller's token, which the service verifies again.
 
 pub mod extract;
+pub mod metrics;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;
@@ -203,6 +204,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
             .map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?,
         None => RateLimiter::in_process(),
     };
+    crate::metrics::install();
     let router = router(state, config, limiter);
     let listener = TcpListener::bind(config.listen_addr).await?;
     Ok(GatewayApp { listener, router })
@@ -238,6 +240,8 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/openapi.json", get(ops::openapi_json))
+        .route("/metrics", get(crate::metrics::render))
+        .route_layer(middleware::from_fn(crate::metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);

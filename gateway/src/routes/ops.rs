@@ -106,6 +106,7 @@ impl Modify for BearerSecurity {
         healthz,
         readyz,
         openapi_json,
+        crate::metrics::render,
     ),
     modifiers(&BearerSecurity)
 )]

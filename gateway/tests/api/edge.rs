@@ -163,6 +163,20 @@ async fn discovery(urls: Vec<String>) {
     assert_eq!(key["use"], "sig");
     assert!(key["kid"].as_str().is_some_and(|kid| !kid.is_empty()));
 
+    let metrics = http
+        .get(stack.gateway_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("http_requests_total"), "{metrics}");
+    assert!(
+        metrics.contains("route=\"/readyz\""),
+        "requests are labelled by route template: {metrics}"
+    );
+
     let openapi: serde_json::Value = http
         .get(stack.gateway_url("/openapi.json"))
         .send()
