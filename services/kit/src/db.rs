@@ -27,12 +27,36 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Ok(db)
 }
 
-/// Connects and applies every pending migration of `M`.
+/// Connects and applies every pending migration of `M`. On PostgreSQL, replicas
+/// starting together take turns: a session-level advisory lock, held on a
+/// connection of its own, serialises their migrations.
 pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbErr> {
     let db = connect(url).await?;
-    M::up(&db, None).await?;
+    if db.get_database_backend() != DbBackend::Postgres {
+        M::up(&db, None).await?;
+        return Ok(db);
+    }
+    let mut lock_options = ConnectOptions::new(url.to_owned());
+    lock_options
+        .max_connections(1)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    let lock = Database::connect(lock_options).await?;
+    lock.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+        .await?;
+    let migrated = M::up(&db, None).await;
+    let unlocked = lock
+        .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+        .await;
+    lock.close().await.ok();
+    migrated?;
+    unlocked?;
     Ok(db)
 }
+
+/// Advisory lock key taken while migrating ("bankmigr" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x62616e6b6d696772;
 
 fn create_sqlite_parent_dir(url: &str) -> Result<(), DbErr> {
     let path = url

@@ -131,3 +131,31 @@ async fn history_paging(urls: Vec<String>) {
         .unwrap_err();
     assert_eq!(bad_token.code(), tonic::Code::InvalidArgument);
 }
+
+/// Replicas starting together on one PostgreSQL database take turns migrating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_once_on_postgres() {
+    bank_kit::testing::run_with_databases(
+        bank_kit::testing::Backend::Postgres,
+        1,
+        |urls| async move {
+            let url = urls[0].clone();
+            let starts: Vec<_> =
+                (0..4)
+                    .map(|_| {
+                        let url = url.clone();
+                        tokio::spawn(async move {
+                            bank_kit::db::connect_and_migrate::<
+                                bank_ledger::store::migrations::Migrator,
+                            >(&url)
+                            .await
+                        })
+                    })
+                    .collect();
+            for start in starts {
+                assert!(start.await.unwrap().is_ok(), "every replica starts");
+            }
+        },
+    )
+    .await;
+}
