@@ -28,6 +28,7 @@ pub fn anonymous<T>(message: T) -> tonic::Request<T> {
     if let Ok(value) = current_trace_id().parse() {
         request.metadata_mut().insert("x-request-id", value);
     }
+    bank_kit::telemetry::inject_trace_context(request.metadata_mut());
     request
 }
 

@@ -86,6 +86,7 @@ pub async fn serve(
         .timeout(REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .trace_fn(crate::telemetry::grpc_request_span)
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await?;

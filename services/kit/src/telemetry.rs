@@ -77,3 +77,85 @@ pub fn init(env: &Env, default_service_name: &str) -> Result<TelemetryGuard, Con
         .map_err(|error| ConfigError::new("RUST_LOG", error.to_string()))?;
     Ok(TelemetryGuard { provider })
 }
+
+/// Writes the current span's trace context (W3C `traceparent`) into outgoing gRPC
+/// metadata, so the callee's spans join the caller's trace. A no-op when no
+/// OpenTelemetry exporter is configured.
+pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MetadataInjector(metadata));
+    });
+}
+
+/// The span of one incoming gRPC request, continuing the caller's trace when
+/// its metadata carries one.
+pub fn grpc_request_span(request: &http::Request<()>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(request.headers()))
+    });
+    let span = tracing::info_span!("grpc.request", rpc = %request.uri().path());
+    // Fails only when no OpenTelemetry layer is installed, where there is no
+    // trace to continue.
+    let _ = span.set_parent(parent);
+    span
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl opentelemetry::propagation::Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+            value.parse(),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    #[test]
+    fn the_callers_trace_continues_across_grpc_metadata() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let caller = tracing::info_span!("caller");
+            let _entered = caller.enter();
+            let trace_id = caller.context().span().span_context().trace_id();
+
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            inject_trace_context(&mut metadata);
+            let mut request = http::Request::new(());
+            *request.headers_mut() = metadata.into_headers();
+            let callee = grpc_request_span(&request);
+
+            assert_eq!(callee.context().span().span_context().trace_id(), trace_id);
+        });
+    }
+}

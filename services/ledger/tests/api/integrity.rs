@@ -140,18 +140,17 @@ async fn replicas_starting_together_migrate_once_on_postgres() {
         1,
         |urls| async move {
             let url = urls[0].clone();
-            let starts: Vec<_> =
-                (0..4)
-                    .map(|_| {
-                        let url = url.clone();
-                        tokio::spawn(async move {
-                            bank_kit::db::connect_and_migrate::<
+            let starts: Vec<_> = (0..4)
+                .map(|_| {
+                    let url = url.clone();
+                    tokio::spawn(async move {
+                        bank_kit::db::connect_and_migrate::<
                                 bank_ledger::store::migrations::Migrator,
                             >(&url)
                             .await
-                        })
                     })
-                    .collect();
+                })
+                .collect();
             for start in starts {
                 assert!(start.await.unwrap().is_ok(), "every replica starts");
             }
