@@ -27,7 +27,7 @@ trap cleanup EXIT
 
 secret=$(head -c 32 /dev/urandom | base64 | tr -d '/+=\n')
 operator_password=$(head -c 24 /dev/urandom | base64 | tr -d '/+=\n')
-export RUST_LOG=warn
+export RUST_LOG=error
 export IDENTITY_LISTEN_ADDR=127.0.0.1:15051 ACCOUNT_LISTEN_ADDR=127.0.0.1:15052 LEDGER_LISTEN_ADDR=127.0.0.1:15053
 export IDENTITY_ENDPOINT=http://127.0.0.1:15051 ACCOUNT_ENDPOINT=http://127.0.0.1:15052 LEDGER_ENDPOINT=http://127.0.0.1:15053
 export GATEWAY_LISTEN_ADDR=127.0.0.1:18080

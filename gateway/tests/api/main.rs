@@ -7,3 +7,4 @@ mod contract;
 mod edge;
 mod helpers;
 mod limits;
+mod startup;

@@ -30,11 +30,11 @@ pub struct Env {
 }
 
 impl Env {
-    /// The process environment, after applying `.env` from the working directory if
-    /// one exists. Variables already set win over `.env`.
+    /// The process environment, after applying `.env` from the working directory
+    /// (not its parents) if one exists. Variables already set win over `.env`.
     pub fn from_process() -> Env {
         // A missing `.env` is the normal case; a malformed one is reported at start.
-        if let Err(error) = dotenvy::dotenv()
+        if let Err(error) = dotenvy::from_path(".env")
             && !error.not_found()
         {
             eprintln!("invalid configuration: .env: {error}");

@@ -96,7 +96,14 @@ pub fn grpc_request_span(request: &http::Request<()>) -> tracing::Span {
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&HeaderExtractor(request.headers()))
     });
-    let span = tracing::info_span!("grpc.request", rpc = %request.uri().path());
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| value.len() <= 64)
+        .unwrap_or_default();
+    let span =
+        tracing::info_span!("grpc.request", rpc = %request.uri().path(), trace_id = %request_id);
     // Fails only when no OpenTelemetry layer is installed, where there is no
     // trace to continue.
     let _ = span.set_parent(parent);

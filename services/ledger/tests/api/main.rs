@@ -7,3 +7,4 @@ mod helpers;
 mod integrity;
 mod postings;
 mod security;
+mod startup;
