@@ -71,7 +71,11 @@ impl ApiError {
 
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> ApiError {
-        ApiError::new(error.code, error.message)
+        ApiError {
+            code: error.code,
+            detail: error.message,
+            retry_after_seconds: error.retry_after_seconds,
+        }
     }
 }
 
@@ -84,7 +88,11 @@ impl From<tonic::Status> for ApiError {
             tracing::error!(grpc_code = ?status.code(), message = status.message(), "downstream failure");
             ApiError::new(code, code.title())
         } else {
-            ApiError::new(code, status.message())
+            ApiError {
+                code,
+                detail: status.message().to_owned(),
+                retry_after_seconds: bank_kit::error::retry_after_of(&status),
+            }
         }
     }
 }

@@ -1,6 +1,12 @@
 //! Registration, login, token refresh, logout and the caller's own profile.
 
-use axum::{Json, extract::State, http::StatusCode};
+use std::net::SocketAddr;
+
+use axum::{
+    Json,
+    extract::{ConnectInfo, State},
+    http::StatusCode,
+};
 use bank_proto::identity::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -112,20 +118,21 @@ pub async fn register(
 }
 
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginBody,
-    responses((status = 200, body = TokenView), (status = 401, body = crate::problem::Problem)))]
+    responses((status = 200, body = TokenView), (status = 401, body = crate::problem::Problem), (status = 429, body = crate::problem::Problem)))]
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Json<TokenView>, ApiError> {
-    let response = state
-        .identity
-        .clone()
-        .login(anonymous(pb::LoginRequest {
-            email: body.email,
-            password: body.password,
-        }))
-        .await?
-        .into_inner();
+    let mut request = anonymous(pb::LoginRequest {
+        email: body.email,
+        password: body.password,
+    });
+    // Identity throttles failed logins per email and client address.
+    if let Ok(value) = peer.ip().to_string().parse() {
+        request.metadata_mut().insert("x-client-address", value);
+    }
+    let response = state.identity.clone().login(request).await?.into_inner();
     Ok(Json(required(response.tokens)?.into()))
 }
 

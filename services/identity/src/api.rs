@@ -20,7 +20,9 @@ use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{Email, FullName, IdentityError, MAX_PASSWORD_BYTES, NewPassword, Role, User},
+    domain::{
+        Backoff, Email, FullName, IdentityError, MAX_PASSWORD_BYTES, NewPassword, Role, User,
+    },
     keys::KeyRing,
     passwords::PasswordHasherPool,
     store::{IdentityStore, RevokeReason, Rotation, SessionPolicy},
@@ -145,6 +147,40 @@ impl IdentityApi {
         Ok(())
     }
 
+    /// The user the credentials belong to, or why they do not (and whose they
+    /// were meant to be, if known). Rehashes the password when its parameters are
+    /// out of date.
+    async fn check_credentials(
+        &self,
+        body: &pb::LoginRequest,
+    ) -> Result<Result<User, (&'static str, Option<String>)>, IdentityError> {
+        if body.password.len() > MAX_PASSWORD_BYTES {
+            return Ok(Err(("password too long", None)));
+        }
+        let found = match Email::parse(&body.email) {
+            Ok(email) => self.store.user_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let Some((user, stored_hash)) = found else {
+            // Same work as a real check, so response time does not reveal whether
+            // the email is registered.
+            self.hasher.verify_dummy(&body.password).await?;
+            return Ok(Err(("unknown email", None)));
+        };
+        let verified = self.hasher.verify(&body.password, &stored_hash).await?;
+        if !verified.matches {
+            return Ok(Err(("wrong password", Some(user.user_id))));
+        }
+        if !user.enabled {
+            return Ok(Err(("user disabled", Some(user.user_id))));
+        }
+        if verified.needs_rehash {
+            let hash = self.hasher.hash(&body.password).await?;
+            self.store.set_password_hash(&user.user_id, &hash).await?;
+        }
+        Ok(Ok(user))
+    }
+
     async fn target_user(
         &self,
         principal: &Principal,
@@ -159,6 +195,42 @@ impl IdentityApi {
             .user_by_id(&user_id)
             .await?
             .ok_or(IdentityError::UserNotFound)?)
+    }
+}
+
+/// Metadata naming the end client's address, set by the gateway.
+pub const CLIENT_ADDRESS_METADATA: &str = "x-client-address";
+
+/// The address the login comes from: as the gateway reports it, else the peer.
+fn client_address<T>(request: &Request<T>) -> String {
+    request
+        .metadata()
+        .get(CLIENT_ADDRESS_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty() && value.len() <= 64)
+        .map(str::to_owned)
+        .or_else(|| request.remote_addr().map(|addr| addr.ip().to_string()))
+        .unwrap_or_default()
+}
+
+/// Throttle keys for a login attempt: hashed, so the table holds no emails.
+struct ThrottleKeys {
+    per_client: String,
+    per_account: String,
+}
+
+impl ThrottleKeys {
+    fn new(raw_email: &str, client: &str) -> ThrottleKeys {
+        let email = raw_email.trim().to_lowercase();
+        let digest = |parts: &[&str]| hex::encode(Sha256::digest(parts.join("\n").as_bytes()));
+        ThrottleKeys {
+            per_client: digest(&["client", &email, client]),
+            per_account: digest(&["account", &email]),
+        }
+    }
+
+    fn both(&self) -> [&str; 2] {
+        [&self.per_client, &self.per_account]
     }
 }
 
@@ -208,40 +280,30 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = client_address(&request);
         let body = request.into_inner();
-        if body.password.len() > MAX_PASSWORD_BYTES {
-            return Err(IdentityError::InvalidCredentials.into());
+        let throttle = ThrottleKeys::new(&body.email, &client);
+        if let Some(wait) = self.store.login_blocked_for(&throttle.both()).await? {
+            let seconds = u64::try_from(wait.num_seconds()).unwrap_or(0) + 1;
+            return Err(IdentityError::LoginThrottled(seconds).into());
         }
-        let found = match Email::parse(&body.email) {
-            Ok(email) => self.store.user_by_email(&email).await?,
-            Err(_) => None,
+        let outcome = self.check_credentials(&body).await?;
+        let user = match outcome {
+            Ok(user) => user,
+            Err((reason, user_id)) => {
+                self.store
+                    .record_login_failure(&throttle.per_client, Backoff::PER_CLIENT)
+                    .await?;
+                self.store
+                    .record_login_failure(&throttle.per_account, Backoff::PER_ACCOUNT)
+                    .await?;
+                self.store
+                    .audit("login_failed", user_id.as_deref(), reason)
+                    .await?;
+                return Err(IdentityError::InvalidCredentials.into());
+            }
         };
-        let Some((user, stored_hash)) = found else {
-            // Same work as a real check, so response time does not reveal whether
-            // the email is registered.
-            self.hasher.verify_dummy(&body.password).await?;
-            self.store
-                .audit("login_failed", None, "unknown email")
-                .await?;
-            return Err(IdentityError::InvalidCredentials.into());
-        };
-        let verified = self.hasher.verify(&body.password, &stored_hash).await?;
-        if !verified.matches {
-            self.store
-                .audit("login_failed", Some(&user.user_id), "wrong password")
-                .await?;
-            return Err(IdentityError::InvalidCredentials.into());
-        }
-        if !user.enabled {
-            self.store
-                .audit("login_failed", Some(&user.user_id), "user disabled")
-                .await?;
-            return Err(IdentityError::InvalidCredentials.into());
-        }
-        if verified.needs_rehash {
-            let hash = self.hasher.hash(&body.password).await?;
-            self.store.set_password_hash(&user.user_id, &hash).await?;
-        }
+        self.store.clear_login_failures(&throttle.both()).await?;
         let refresh_token = new_refresh_token()?;
         let session_id = self
             .store

@@ -113,6 +113,48 @@ impl NewPassword {
 /// is refused before any work is done, so it cannot be used to burn CPU.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
 
+/// How failed logins slow down further attempts. Counting per email and client
+/// pair punishes the guesser, not the owner on another device; a looser count per
+/// email alone slows guessing spread over many clients, with a short cap so that
+/// nobody can keep the owner out for long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Failures allowed before any delay.
+    pub free_failures: i64,
+    /// The delay after the first failure beyond the free ones, in seconds.
+    pub first_delay_seconds: i64,
+    /// The longest delay, in seconds.
+    pub cap_seconds: i64,
+}
+
+impl Backoff {
+    pub const PER_CLIENT: Backoff = Backoff {
+        free_failures: 5,
+        first_delay_seconds: 5,
+        cap_seconds: 15 * 60,
+    };
+    pub const PER_ACCOUNT: Backoff = Backoff {
+        free_failures: 20,
+        first_delay_seconds: 1,
+        cap_seconds: 60,
+    };
+
+    /// The delay after `failures` consecutive failures: none for the free ones,
+    /// then doubling from the first delay up to the cap.
+    pub fn delay_after(self, failures: i64) -> Option<chrono::Duration> {
+        let over = failures.checked_sub(self.free_failures)?;
+        if over < 1 {
+            return None;
+        }
+        let doublings = u32::try_from(over - 1).unwrap_or(u32::MAX).min(40);
+        let seconds = self
+            .first_delay_seconds
+            .saturating_mul(1_i64 << doublings)
+            .min(self.cap_seconds);
+        Some(chrono::Duration::seconds(seconds))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Customer,
@@ -190,6 +232,8 @@ pub enum IdentityError {
     EmailTaken,
     #[error("user not found")]
     UserNotFound,
+    #[error("too many failed logins, retry in {0} seconds")]
+    LoginThrottled(u64),
     #[error("database error: {0}")]
     Storage(#[from] sea_orm::DbErr),
     #[error("password hashing failed: {0}")]
@@ -210,6 +254,9 @@ impl From<IdentityError> for bank_kit::ServiceError {
             | IdentityError::InvalidClient => ServiceError::unauthenticated(error.to_string()),
             IdentityError::EmailTaken => ServiceError::conflict(error.to_string()),
             IdentityError::UserNotFound => ServiceError::not_found(error.to_string()),
+            IdentityError::LoginThrottled(seconds) => {
+                ServiceError::rate_limited(error.to_string(), seconds)
+            }
             IdentityError::Storage(_)
             | IdentityError::Hashing(_)
             | IdentityError::Signing(_)
@@ -265,6 +312,26 @@ mod tests {
     fn common_passwords_are_refused() {
         assert!(NewPassword::parse("password1234").is_err());
         assert!(NewPassword::parse("Password1234").is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_after_the_free_failures_up_to_the_cap() {
+        let backoff = Backoff {
+            free_failures: 5,
+            first_delay_seconds: 2,
+            cap_seconds: 60,
+        };
+        assert_eq!(backoff.delay_after(5), None);
+        assert_eq!(backoff.delay_after(6), Some(chrono::Duration::seconds(2)));
+        assert_eq!(backoff.delay_after(8), Some(chrono::Duration::seconds(8)));
+        assert_eq!(
+            backoff.delay_after(100),
+            Some(chrono::Duration::seconds(60))
+        );
+        assert_eq!(
+            backoff.delay_after(i64::MAX),
+            Some(chrono::Duration::seconds(60))
+        );
     }
 
     #[test]

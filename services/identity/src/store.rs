@@ -9,7 +9,7 @@ use sea_orm::{
 };
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::domain::{Email, IdentityError, Role, User};
+use crate::domain::{Backoff, Email, IdentityError, Role, User};
 
 const USER_COLUMNS: &str = "user_id, email, full_name, roles, enabled, created_at";
 
@@ -346,6 +346,85 @@ impl IdentityStore {
             ))
             .await?;
         Ok(result.rows_affected())
+    }
+
+    /// How long logins under any of `keys` are still blocked, if at all.
+    pub async fn login_blocked_for(
+        &self,
+        keys: &[&str],
+    ) -> Result<Option<Duration>, IdentityError> {
+        let now = bank_kit::time::now();
+        let mut longest: Option<Duration> = None;
+        for key in keys {
+            let row = self
+                .db
+                .query_one_raw(statement(
+                    self.backend(),
+                    "SELECT blocked_until FROM login_throttle WHERE throttle_key = $1",
+                    [(*key).into()],
+                ))
+                .await?;
+            let blocked_until: Option<DateTime<Utc>> = match row {
+                Some(row) => row.try_get("", "blocked_until")?,
+                None => None,
+            };
+            if let Some(until) = blocked_until
+                && until > now
+            {
+                longest = Some(longest.map_or(until - now, |current| current.max(until - now)));
+            }
+        }
+        Ok(longest)
+    }
+
+    /// Counts a failed login under `key` and blocks further attempts as `backoff`
+    /// says. A count idle for a day starts again.
+    pub async fn record_login_failure(
+        &self,
+        key: &str,
+        backoff: Backoff,
+    ) -> Result<(), IdentityError> {
+        let now = bank_kit::time::now();
+        let row = self
+            .db
+            .query_one_raw(statement(
+                self.backend(),
+                "INSERT INTO login_throttle (throttle_key, failures, blocked_until, updated_at)
+                 VALUES ($1, 1, NULL, $2)
+                 ON CONFLICT (throttle_key) DO UPDATE SET
+                   failures = CASE WHEN login_throttle.updated_at < $3 THEN 1 ELSE login_throttle.failures + 1 END,
+                   updated_at = $2
+                 RETURNING failures",
+                [key.into(), now.into(), (now - Duration::days(1)).into()],
+            ))
+            .await?;
+        let failures: i64 = match row {
+            Some(row) => row.try_get("", "failures")?,
+            None => 1,
+        };
+        if let Some(delay) = backoff.delay_after(failures) {
+            self.db
+                .execute_raw(statement(
+                    self.backend(),
+                    "UPDATE login_throttle SET blocked_until = $1 WHERE throttle_key = $2",
+                    [(now + delay).into(), key.into()],
+                ))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn clear_login_failures(&self, keys: &[&str]) -> Result<(), IdentityError> {
+        for key in keys {
+            self.db
+                .execute_raw(statement(
+                    self.backend(),
+                    "DELETE FROM login_throttle WHERE throttle_key = $1",
+                    [(*key).into()],
+                ))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Appends to the audit trail. Details never contain secrets.

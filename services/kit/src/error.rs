@@ -8,6 +8,9 @@ use tonic::{Code, Status, metadata::MetadataValue};
 /// Metadata key carrying the stable snake_case error code on every error status.
 pub const ERROR_CODE_METADATA: &str = "bank-error-code";
 
+/// Metadata key telling a rate-limited caller how many seconds to wait.
+pub const RETRY_AFTER_METADATA: &str = "retry-after";
+
 /// Stable error codes shared by every service and the REST API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
@@ -191,6 +194,8 @@ impl std::fmt::Display for ErrorCode {
 pub struct ServiceError {
     pub code: ErrorCode,
     pub message: String,
+    /// For `rate_limited`: seconds until a retry may succeed.
+    pub retry_after_seconds: Option<u64>,
 }
 
 impl ServiceError {
@@ -198,6 +203,15 @@ impl ServiceError {
         ServiceError {
             code,
             message: message.into(),
+            retry_after_seconds: None,
+        }
+    }
+
+    pub fn rate_limited(message: impl Into<String>, retry_after_seconds: u64) -> Self {
+        ServiceError {
+            code: ErrorCode::RateLimited,
+            message: message.into(),
+            retry_after_seconds: Some(retry_after_seconds.max(1)),
         }
     }
 
@@ -247,6 +261,11 @@ impl From<ServiceError> for Status {
             ERROR_CODE_METADATA,
             MetadataValue::from_static(error.code.as_str()),
         );
+        if let Some(seconds) = error.retry_after_seconds {
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_METADATA, MetadataValue::from(seconds));
+        }
         status
     }
 }
@@ -263,8 +282,21 @@ pub fn from_downstream(status: &Status) -> ServiceError {
             status.message()
         ))
     } else {
-        ServiceError::new(code, status.message())
+        ServiceError {
+            code,
+            message: status.message().to_owned(),
+            retry_after_seconds: retry_after_of(status),
+        }
     }
+}
+
+/// The `retry-after` seconds a status carries, if any.
+pub fn retry_after_of(status: &Status) -> Option<u64> {
+    status
+        .metadata()
+        .get(RETRY_AFTER_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
 }
 
 #[cfg(test)]

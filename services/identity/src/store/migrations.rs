@@ -3,14 +3,16 @@
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261128_000001_create_users_and_sessions;
+mod m20261128_000002_create_login_throttle;
 
 pub struct Migrator;
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(
-            m20261128_000001_create_users_and_sessions::Migration,
-        )]
+        vec![
+            Box::new(m20261128_000001_create_users_and_sessions::Migration),
+            Box::new(m20261128_000002_create_login_throttle::Migration),
+        ]
     }
 }

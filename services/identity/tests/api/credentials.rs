@@ -208,3 +208,90 @@ async fn service_tokens(urls: Vec<String>) {
     assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
     assert_eq!(unknown.code(), tonic::Code::Unauthenticated);
 }
+
+fn login_from(client: &str, email: &str, password: &str) -> tonic::Request<pb::LoginRequest> {
+    let mut request = tonic::Request::new(pb::LoginRequest {
+        email: email.into(),
+        password: password.into(),
+    });
+    request
+        .metadata_mut()
+        .insert("x-client-address", client.parse().unwrap());
+    request
+}
+
+db_test!(
+    repeated_failures_slow_the_guesser_not_the_owner,
+    databases = 1,
+    login_backoff
+);
+async fn login_backoff(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let alice = stack.customer().await;
+    let mut identity = stack.identity().await;
+
+    for _ in 0..6 {
+        let error = identity
+            .login(login_from(
+                "203.0.113.7",
+                &alice.email,
+                "a wrong guess of a password",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unauthenticated);
+    }
+    let throttled = identity
+        .login(login_from("203.0.113.7", &alice.email, USER_PASSWORD))
+        .await
+        .unwrap_err();
+    let owner_elsewhere = identity
+        .login(login_from("198.51.100.20", &alice.email, USER_PASSWORD))
+        .await;
+
+    assert_eq!(ErrorCode::of_status(&throttled), ErrorCode::RateLimited);
+    let retry_after: u64 = throttled
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=5).contains(&retry_after), "retry after {retry_after}");
+    assert!(
+        owner_elsewhere.is_ok(),
+        "the owner on another client is not locked out"
+    );
+}
+
+db_test!(
+    unknown_emails_are_throttled_like_known_ones,
+    databases = 1,
+    unknown_email_backoff
+);
+async fn unknown_email_backoff(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let mut identity = stack.identity().await;
+
+    for _ in 0..6 {
+        identity
+            .login(login_from(
+                "203.0.113.9",
+                "nobody@example.com",
+                "some password guess",
+            ))
+            .await
+            .unwrap_err();
+    }
+    let throttled = identity
+        .login(login_from(
+            "203.0.113.9",
+            "nobody@example.com",
+            "some password guess",
+        ))
+        .await
+        .unwrap_err();
+
+    assert_eq!(ErrorCode::of_status(&throttled), ErrorCode::RateLimited);
+}
