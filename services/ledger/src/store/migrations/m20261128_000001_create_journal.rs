@@ -8,58 +8,95 @@ use sea_orm_migration::prelude::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-const POSTGRES: &[&str] = &[
-    r"CREATE TABLE ledger_accounts (
-        account_id TEXT PRIMARY KEY,
-        owner_id TEXT,
-        currency TEXT NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('customer', 'settlement')),
-        status TEXT NOT NULL CHECK (status IN ('active', 'frozen', 'closed')),
-        balance_minor BIGINT NOT NULL DEFAULT 0,
-        entry_count BIGINT NOT NULL DEFAULT 0,
-        last_entry_hash TEXT NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL,
-        updated_at TIMESTAMPTZ NOT NULL,
-        CHECK (kind = 'settlement' OR balance_minor >= 0)
-    )",
-    r"CREATE TABLE ledger_transfers (
-        transfer_id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        from_account_id TEXT NOT NULL REFERENCES ledger_accounts (account_id),
-        to_account_id TEXT NOT NULL REFERENCES ledger_accounts (account_id),
-        amount_minor BIGINT NOT NULL CHECK (amount_minor > 0),
-        currency TEXT NOT NULL,
-        description TEXT NOT NULL,
-        reverses_transfer_id TEXT UNIQUE REFERENCES ledger_transfers (transfer_id),
-        status TEXT NOT NULL,
-        initiated_by TEXT NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL,
-        CHECK (from_account_id <> to_account_id)
-    )",
-    r"CREATE TABLE ledger_entries (
-        entry_id BIGSERIAL PRIMARY KEY,
-        transfer_id TEXT NOT NULL REFERENCES ledger_transfers (transfer_id),
-        account_id TEXT NOT NULL REFERENCES ledger_accounts (account_id),
-        account_seq BIGINT NOT NULL,
-        amount_minor BIGINT NOT NULL CHECK (amount_minor <> 0),
-        balance_after_minor BIGINT NOT NULL,
-        currency TEXT NOT NULL,
-        counterparty_account_id TEXT NOT NULL,
-        description TEXT NOT NULL,
-        prev_hash TEXT NOT NULL,
-        entry_hash TEXT NOT NULL,
-        created_at TIMESTAMPTZ NOT NULL,
-        UNIQUE (account_id, account_seq)
-    )",
-    "CREATE INDEX ledger_entries_transfer ON ledger_entries (transfer_id)",
-    r"CREATE TABLE ledger_idempotency_keys (
-        scope TEXT NOT NULL,
-        idempotency_key TEXT NOT NULL,
-        request_hash TEXT NOT NULL,
-        transfer_id TEXT NOT NULL REFERENCES ledger_transfers (transfer_id),
-        created_at TIMESTAMPTZ NOT NULL,
-        PRIMARY KEY (scope, idempotency_key)
-    )",
+/// Column types that differ between the backends.
+struct Types {
+    integer: &'static str,
+    timestamp: &'static str,
+    serial_key: &'static str,
+}
+
+const POSTGRES_TYPES: Types = Types {
+    integer: "BIGINT",
+    timestamp: "TIMESTAMPTZ",
+    serial_key: "BIGSERIAL PRIMARY KEY",
+};
+
+const SQLITE_TYPES: Types = Types {
+    integer: "INTEGER",
+    timestamp: "TEXT",
+    serial_key: "INTEGER PRIMARY KEY AUTOINCREMENT",
+};
+
+fn tables(types: &Types) -> Vec<String> {
+    let Types {
+        integer,
+        timestamp,
+        serial_key,
+    } = types;
+    vec![
+        format!(
+            "CREATE TABLE ledger_accounts (
+                account_id TEXT PRIMARY KEY,
+                owner_id TEXT,
+                currency TEXT NOT NULL,
+                kind TEXT NOT NULL CHECK (kind IN ('customer', 'settlement')),
+                status TEXT NOT NULL CHECK (status IN ('active', 'frozen', 'closed')),
+                balance_minor {integer} NOT NULL DEFAULT 0,
+                entry_count {integer} NOT NULL DEFAULT 0,
+                last_entry_hash TEXT NOT NULL,
+                created_at {timestamp} NOT NULL,
+                updated_at {timestamp} NOT NULL,
+                CHECK (kind = 'settlement' OR balance_minor >= 0)
+            )"
+        ),
+        format!(
+            "CREATE TABLE ledger_transfers (
+                transfer_id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                from_account_id TEXT NOT NULL REFERENCES ledger_accounts (account_id),
+                to_account_id TEXT NOT NULL REFERENCES ledger_accounts (account_id),
+                amount_minor {integer} NOT NULL CHECK (amount_minor > 0),
+                currency TEXT NOT NULL,
+                description TEXT NOT NULL,
+                reverses_transfer_id TEXT UNIQUE REFERENCES ledger_transfers (transfer_id),
+                status TEXT NOT NULL,
+                initiated_by TEXT NOT NULL,
+                created_at {timestamp} NOT NULL,
+                CHECK (from_account_id <> to_account_id)
+            )"
+        ),
+        format!(
+            "CREATE TABLE ledger_entries (
+                entry_id {serial_key},
+                transfer_id TEXT NOT NULL REFERENCES ledger_transfers (transfer_id),
+                account_id TEXT NOT NULL REFERENCES ledger_accounts (account_id),
+                account_seq {integer} NOT NULL,
+                amount_minor {integer} NOT NULL CHECK (amount_minor <> 0),
+                balance_after_minor {integer} NOT NULL,
+                currency TEXT NOT NULL,
+                counterparty_account_id TEXT NOT NULL,
+                description TEXT NOT NULL,
+                prev_hash TEXT NOT NULL,
+                entry_hash TEXT NOT NULL,
+                created_at {timestamp} NOT NULL,
+                UNIQUE (account_id, account_seq)
+            )"
+        ),
+        "CREATE INDEX ledger_entries_transfer ON ledger_entries (transfer_id)".to_owned(),
+        format!(
+            "CREATE TABLE ledger_idempotency_keys (
+                scope TEXT NOT NULL,
+                idempotency_key TEXT NOT NULL,
+                request_hash TEXT NOT NULL,
+                transfer_id TEXT NOT NULL REFERENCES ledger_transfers (transfer_id),
+                created_at {timestamp} NOT NULL,
+                PRIMARY KEY (scope, idempotency_key)
+            )"
+        ),
+    ]
+}
+
+const POSTGRES_TRIGGERS: &[&str] = &[
     r"CREATE FUNCTION ledger_reject_change() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN
         RAISE EXCEPTION 'the ledger journal is append-only: % on % refused', TG_OP, TG_TABLE_NAME;
@@ -75,58 +112,7 @@ const POSTGRES: &[&str] = &[
       FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_change()",
 ];
 
-const SQLITE: &[&str] = &[
-    r"CREATE TABLE ledger_accounts (
-        account_id TEXT PRIMARY KEY,
-        owner_id TEXT,
-        currency TEXT NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('customer', 'settlement')),
-        status TEXT NOT NULL CHECK (status IN ('active', 'frozen', 'closed')),
-        balance_minor INTEGER NOT NULL DEFAULT 0,
-        entry_count INTEGER NOT NULL DEFAULT 0,
-        last_entry_hash TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        updated_at TEXT NOT NULL,
-        CHECK (kind = 'settlement' OR balance_minor >= 0)
-    )",
-    r"CREATE TABLE ledger_transfers (
-        transfer_id TEXT PRIMARY KEY,
-        kind TEXT NOT NULL,
-        from_account_id TEXT NOT NULL REFERENCES ledger_accounts (account_id),
-        to_account_id TEXT NOT NULL REFERENCES ledger_accounts (account_id),
-        amount_minor INTEGER NOT NULL CHECK (amount_minor > 0),
-        currency TEXT NOT NULL,
-        description TEXT NOT NULL,
-        reverses_transfer_id TEXT UNIQUE REFERENCES ledger_transfers (transfer_id),
-        status TEXT NOT NULL,
-        initiated_by TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        CHECK (from_account_id <> to_account_id)
-    )",
-    r"CREATE TABLE ledger_entries (
-        entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
-        transfer_id TEXT NOT NULL REFERENCES ledger_transfers (transfer_id),
-        account_id TEXT NOT NULL REFERENCES ledger_accounts (account_id),
-        account_seq INTEGER NOT NULL,
-        amount_minor INTEGER NOT NULL CHECK (amount_minor <> 0),
-        balance_after_minor INTEGER NOT NULL,
-        currency TEXT NOT NULL,
-        counterparty_account_id TEXT NOT NULL,
-        description TEXT NOT NULL,
-        prev_hash TEXT NOT NULL,
-        entry_hash TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        UNIQUE (account_id, account_seq)
-    )",
-    "CREATE INDEX ledger_entries_transfer ON ledger_entries (transfer_id)",
-    r"CREATE TABLE ledger_idempotency_keys (
-        scope TEXT NOT NULL,
-        idempotency_key TEXT NOT NULL,
-        request_hash TEXT NOT NULL,
-        transfer_id TEXT NOT NULL REFERENCES ledger_transfers (transfer_id),
-        created_at TEXT NOT NULL,
-        PRIMARY KEY (scope, idempotency_key)
-    )",
+const SQLITE_TRIGGERS: &[&str] = &[
     r"CREATE TRIGGER ledger_entries_no_update BEFORE UPDATE ON ledger_entries
       BEGIN SELECT RAISE(ABORT, 'the ledger journal is append-only'); END",
     r"CREATE TRIGGER ledger_entries_no_delete BEFORE DELETE ON ledger_entries
@@ -141,11 +127,14 @@ const SQLITE: &[&str] = &[
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        let statements = match db.get_database_backend() {
-            DbBackend::Postgres => POSTGRES,
-            _ => SQLITE,
+        let (types, triggers) = match db.get_database_backend() {
+            DbBackend::Postgres => (&POSTGRES_TYPES, POSTGRES_TRIGGERS),
+            _ => (&SQLITE_TYPES, SQLITE_TRIGGERS),
         };
-        for statement in statements {
+        for statement in tables(types) {
+            db.execute_unprepared(&statement).await?;
+        }
+        for statement in triggers {
             db.execute_unprepared(statement).await?;
         }
         Ok(())
