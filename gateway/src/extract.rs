@@ -32,7 +32,7 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
             "the body must be JSON with Content-Type: application/json",
         ),
         JsonRejection::JsonDataError(error) => {
-            ApiError::invalid(format!("invalid JSON body: {}", error.body_text()))
+            ApiError::invalid(describe_data_error(&error.body_text()))
         }
         JsonRejection::JsonSyntaxError(_) => ApiError::invalid("the body is not valid JSON"),
         JsonRejection::BytesRejection(error)
@@ -41,6 +41,36 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
             ApiError::new(ErrorCode::PayloadTooLarge, "the body is larger than 64 KiB")
         }
         _ => ApiError::invalid("the body could not be read"),
+    }
+}
+
+/// Says which field of a JSON body is wrong without echoing serde's wording,
+/// which names Rust types.
+fn describe_data_error(text: &str) -> String {
+    let inner = text
+        .split_once("target type: ")
+        .map_or(text, |(_, inner)| inner);
+    if let Some(start) = inner.find("missing field `") {
+        let rest = &inner[start + "missing field `".len()..];
+        if let Some(end) = rest.find('`') {
+            return format!("invalid JSON body: missing field `{}`", &rest[..end]);
+        }
+    }
+    match inner.split_once(": ") {
+        Some((path, _)) if !path.is_empty() && !path.contains(' ') => {
+            format!("invalid JSON body: `{path}` has the wrong type or value")
+        }
+        _ => "invalid JSON body: expected an object with the documented fields".to_owned(),
+    }
+}
+
+fn describe_query_error(text: &str) -> String {
+    let inner = text.split_once("string: ").map_or(text, |(_, inner)| inner);
+    match inner.split_once(": ") {
+        Some((parameter, _)) if !parameter.is_empty() && !parameter.contains(' ') => {
+            format!("invalid query: `{parameter}` has the wrong type or value")
+        }
+        _ => "invalid query parameters".to_owned(),
     }
 }
 
@@ -54,9 +84,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(value)| ApiQuery(value))
-            .map_err(|rejection| {
-                ApiError::invalid(format!("invalid query: {}", rejection.body_text()))
-            })
+            .map_err(|rejection| ApiError::invalid(describe_query_error(&rejection.body_text())))
     }
 }
 
@@ -87,6 +115,30 @@ impl FromRequestParts<AppState> for AuthUser {
             principal,
             user_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_errors_name_the_field_but_no_rust_type() {
+        let wrong_type = describe_data_error(
+            "Failed to deserialize the JSON body into the target type: amount: invalid type: floating point `10.5`, expected i64 at line 1 column 80",
+        );
+        assert_eq!(
+            wrong_type,
+            "invalid JSON body: `amount` has the wrong type or value"
+        );
+        let missing = describe_data_error(
+            "Failed to deserialize the JSON body into the target type: missing field `currency` at line 1 column 25",
+        );
+        assert_eq!(missing, "invalid JSON body: missing field `currency`");
+        let not_an_object = describe_data_error(
+            "Failed to deserialize the JSON body into the target type: invalid type: string \"x\", expected struct TransferBody at line 1 column 3",
+        );
+        assert!(!not_an_object.contains("TransferBody") && !not_an_object.contains("struct"));
     }
 }
 

@@ -281,6 +281,7 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
+        .layer(middleware::from_fn(problem_fallback))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             tracing::info_span!(
                 "http.request",
@@ -380,6 +381,34 @@ fn cors(origins: &[HeaderValue]) -> CorsLayer {
         ])
         .expose_headers([REQUEST_ID, header::RETRY_AFTER])
         .max_age(Duration::from_secs(600))
+}
+
+/// Turns any error response that is not yet a problem document (from a layer or
+/// extractor outside our control) into one, so every error has the same shape.
+async fn problem_fallback(request: Request, next: Next) -> Response {
+    use axum::response::IntoResponse;
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (code, detail) = match status.as_u16() {
+        401 => (ErrorCode::Unauthenticated, "authentication required"),
+        403 => (ErrorCode::Forbidden, "forbidden"),
+        404 => (ErrorCode::NotFound, "not found"),
+        409 => (ErrorCode::Conflict, "conflict"),
+        413 => (ErrorCode::PayloadTooLarge, "the body is larger than 64 KiB"),
+        415 => (ErrorCode::UnsupportedMediaType, "unsupported media type"),
+        429 => (ErrorCode::RateLimited, "too many requests"),
+        503 => (ErrorCode::Unavailable, "service unavailable"),
+        400..=499 => (ErrorCode::InvalidArgument, "the request is malformed"),
+        _ => (ErrorCode::Internal, "internal error"),
+    };
+    ApiError::new(code, detail).into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -259,3 +259,48 @@ async fn unreachable_services_give_opaque_unavailable_problems() {
     );
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
 }
+
+db_test!(
+    every_error_is_a_problem_document,
+    databases = 3,
+    errors_are_problems
+);
+async fn errors_are_problems(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::ALL).await;
+    let rest = Rest::new(&stack);
+    let operator = rest.operator_token().await;
+
+    let oversized_reversal = rest
+        .http
+        .post(stack.gateway_url("/v1/admin/transfers/00000000-0000-0000-0000-000000000000/reverse"))
+        .bearer_auth(&operator)
+        .header("idempotency-key", "r")
+        .header("content-type", "application/json")
+        .body(format!("{{\"reason\":\"{}\"}}", "x".repeat(70 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized_reversal.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        oversized_reversal.headers()["content-type"],
+        "application/problem+json"
+    );
+
+    let bad_utf8_path = rest.get("/v1/accounts/%FF%FE", &operator).await;
+    assert_problem(&bad_utf8_path, StatusCode::BAD_REQUEST, "invalid_argument");
+
+    let wrong_type = rest
+        .post(
+            "/v1/transfers",
+            Some(&operator),
+            Some("k"),
+            json!("just a string"),
+        )
+        .await;
+    assert_problem(&wrong_type, StatusCode::BAD_REQUEST, "invalid_argument");
+    assert!(
+        !wrong_type.body.to_string().contains("TransferBody"),
+        "{:?}",
+        wrong_type.body
+    );
+}

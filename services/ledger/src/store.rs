@@ -383,6 +383,13 @@ async fn post_in(
     {
         return Err(LedgerError::AccountNotFound);
     }
+    // Only deposits and withdrawals touch a settlement account; to a customer's
+    // transfer it does not exist.
+    if request.kind == TransferKind::Transfer
+        && (from.kind != AccountKind::Customer || to.kind != AccountKind::Customer)
+    {
+        return Err(LedgerError::AccountNotFound);
+    }
     if from.currency != request.currency || to.currency != request.currency {
         return Err(LedgerError::CurrencyMismatch);
     }

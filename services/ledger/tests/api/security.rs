@@ -243,3 +243,28 @@ async fn idempotency_key_is_required(urls: Vec<String>) {
     assert_eq!(code(&error), ErrorCode::InvalidArgument);
     assert_eq!(balance(&stack, &alice, &from).await, 1_000);
 }
+
+db_test!(
+    customers_cannot_transfer_into_the_settlement_account,
+    databases = 2,
+    settlement_is_not_a_customer_target
+);
+async fn settlement_is_not_a_customer_target(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::LEDGER).await;
+    let operator = stack.operator().await;
+    let alice = stack.customer().await;
+    let account = open_book(&stack, &alice, "EUR").await;
+    let funding = deposit(&stack, &operator, &account, 1_000).await;
+    let settlement = funding.from_account_id;
+
+    let error = transfer(
+        &stack,
+        &alice,
+        transfer_request(&account, &settlement, 500, "out"),
+    )
+    .await
+    .unwrap_err();
+
+    assert_eq!(code(&error), ErrorCode::NotFound);
+    assert_eq!(balance(&stack, &alice, &account).await, 1_000);
+}
