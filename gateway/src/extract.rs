@@ -118,30 +118,6 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn body_errors_name_the_field_but_no_rust_type() {
-        let wrong_type = describe_data_error(
-            "Failed to deserialize the JSON body into the target type: amount: invalid type: floating point `10.5`, expected i64 at line 1 column 80",
-        );
-        assert_eq!(
-            wrong_type,
-            "invalid JSON body: `amount` has the wrong type or value"
-        );
-        let missing = describe_data_error(
-            "Failed to deserialize the JSON body into the target type: missing field `currency` at line 1 column 25",
-        );
-        assert_eq!(missing, "invalid JSON body: missing field `currency`");
-        let not_an_object = describe_data_error(
-            "Failed to deserialize the JSON body into the target type: invalid type: string \"x\", expected struct TransferBody at line 1 column 3",
-        );
-        assert!(!not_an_object.contains("TransferBody") && !not_an_object.contains("struct"));
-    }
-}
-
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -170,5 +146,29 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             ));
         }
         Ok(IdempotencyKey(key.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_errors_name_the_field_but_no_rust_type() {
+        let wrong_type = describe_data_error(
+            "Failed to deserialize the JSON body into the target type: amount: invalid type: floating point `10.5`, expected i64 at line 1 column 80",
+        );
+        assert_eq!(
+            wrong_type,
+            "invalid JSON body: `amount` has the wrong type or value"
+        );
+        let missing = describe_data_error(
+            "Failed to deserialize the JSON body into the target type: missing field `currency` at line 1 column 25",
+        );
+        assert_eq!(missing, "invalid JSON body: missing field `currency`");
+        let not_an_object = describe_data_error(
+            "Failed to deserialize the JSON body into the target type: invalid type: string \"x\", expected struct TransferBody at line 1 column 3",
+        );
+        assert!(!not_an_object.contains("TransferBody") && !not_an_object.contains("struct"));
     }
 }
