@@ -98,11 +98,25 @@ impl AccountApi {
                 status: ledger_status as i32,
             })
             .await?;
-        self.ledger
+        let confirmed = self
+            .ledger
             .clone()
             .set_ledger_account_status(request)
             .await
-            .map_err(|status| from_downstream(&status))?;
+            .map_err(|status| from_downstream(&status))?
+            .into_inner();
+        // Record what the ledger, which enforces it, now holds: after a race with
+        // another change that may differ from what was asked.
+        let status = match LedgerAccountStatus::try_from(confirmed.status) {
+            Ok(LedgerAccountStatus::Active) => AccountStatus::Active,
+            Ok(LedgerAccountStatus::Frozen) => AccountStatus::Frozen,
+            Ok(LedgerAccountStatus::Closed) => AccountStatus::Closed,
+            Ok(LedgerAccountStatus::Unspecified) | Err(_) => {
+                return Err(ServiceError::internal(
+                    &"the ledger answered without a status",
+                ));
+            }
+        };
         self.store.set_status(account.account_id, status).await?;
         account.status = status;
         Ok(account)

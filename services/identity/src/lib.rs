@@ -89,13 +89,37 @@ impl Config {
             ),
             bootstrap_operator,
             service_clients: parse_service_clients(env)?,
-            session_idle_timeout: chrono::Duration::minutes(
-                env.parse("IDENTITY_SESSION_IDLE_MINUTES", 30)?,
-            ),
-            session_absolute_lifetime: chrono::Duration::hours(
-                env.parse("IDENTITY_SESSION_LIFETIME_HOURS", 12)?,
-            ),
+            session_idle_timeout: chrono::Duration::minutes(bounded(
+                env,
+                "IDENTITY_SESSION_IDLE_MINUTES",
+                30,
+                1..=24 * 60,
+            )?),
+            session_absolute_lifetime: chrono::Duration::hours(bounded(
+                env,
+                "IDENTITY_SESSION_LIFETIME_HOURS",
+                12,
+                1..=24 * 90,
+            )?),
         })
+    }
+}
+
+/// A whole number in `range`, or an error naming the variable.
+fn bounded(
+    env: &Env,
+    variable: &str,
+    default: i64,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<i64, ConfigError> {
+    let value: i64 = env.parse(variable, default)?;
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            variable,
+            format!("must be between {} and {}", range.start(), range.end()),
+        ))
     }
 }
 
@@ -158,4 +182,30 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     let routes = service_routes.routes.add_service(server);
     grpc::mark_serving(&service_routes.health, service_name).await;
     Ok(GrpcApp::bind(config.listen_addr, routes).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_lifetimes_out_of_range_name_their_variable() {
+        for (variable, value) in [
+            ("IDENTITY_SESSION_IDLE_MINUTES", "0"),
+            ("IDENTITY_SESSION_IDLE_MINUTES", "-5"),
+            ("IDENTITY_SESSION_LIFETIME_HOURS", "2000000000"),
+        ] {
+            let error = Config::from_env(&Env::from_pairs([(variable, value)])).err();
+            assert_eq!(error.map(|error| error.variable), Some(variable.to_owned()));
+        }
+    }
+
+    #[test]
+    fn service_clients_need_long_secrets() {
+        let short = Env::from_pairs([("IDENTITY_SERVICE_CLIENTS", "account=short")]);
+        assert!(Config::from_env(&short).is_err());
+        let good = Env::from_pairs([("IDENTITY_SERVICE_CLIENTS", "account=0123456789abcdef")]);
+        let config = Config::from_env(&good).unwrap_or_else(|error| panic!("{error}"));
+        assert!(config.service_clients.contains_key("account"));
+    }
 }

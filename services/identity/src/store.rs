@@ -7,17 +7,16 @@ use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, TransactionTrait, Value,
 };
-use tokio::sync::{Mutex, MutexGuard};
 
 use crate::domain::{Backoff, Email, IdentityError, Role, User};
 
 const USER_COLUMNS: &str = "user_id, email, full_name, roles, enabled, created_at";
 
+/// Every write transaction here starts with a write, so on SQLite it takes the
+/// database's write lock (waiting out the busy timeout) before it reads anything
+/// and can never fail to upgrade a read snapshot.
 pub struct IdentityStore {
     db: DatabaseConnection,
-    /// SQLite allows one writer per file; multi-statement write transactions
-    /// queue here instead of failing with SQLITE_BUSY.
-    sqlite_writer: Option<Mutex<()>>,
 }
 
 /// Why a session stopped being usable.
@@ -66,20 +65,11 @@ pub enum Rotation {
 
 impl IdentityStore {
     pub fn new(db: DatabaseConnection) -> IdentityStore {
-        let sqlite_writer =
-            (db.get_database_backend() == DbBackend::Sqlite).then(|| Mutex::new(()));
-        IdentityStore { db, sqlite_writer }
+        IdentityStore { db }
     }
 
     fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
-    }
-
-    async fn writer(&self) -> Option<MutexGuard<'_, ()>> {
-        match &self.sqlite_writer {
-            Some(mutex) => Some(mutex.lock().await),
-            None => None,
-        }
     }
 
     pub async fn insert_user(&self, user: &User, password_hash: &str) -> Result<(), IdentityError> {
@@ -201,7 +191,6 @@ impl IdentityStore {
         token_hash: &str,
         policy: SessionPolicy,
     ) -> Result<String, IdentityError> {
-        let _writer = self.writer().await;
         let session_id = uuid::Uuid::new_v4().to_string();
         let now = bank_kit::time::now();
         let txn = self.db.begin().await?;
@@ -236,16 +225,36 @@ impl IdentityStore {
         replacement: &str,
         policy: SessionPolicy,
     ) -> Result<Rotation, IdentityError> {
-        let _writer = self.writer().await;
         let backend = self.backend();
         let now = bank_kit::time::now();
         let txn = self.db.begin().await?;
+        // Spend first: the write takes the token's row lock (the database's write
+        // lock on SQLite) before anything is read, so two presentations of one
+        // token are strictly ordered and the second always sees it spent.
+        let spent_now = txn
+            .execute_raw(statement(
+                backend,
+                "UPDATE refresh_tokens SET spent_at = $1 WHERE token_hash = $2 AND spent_at IS NULL",
+                [now.into(), presented.into()],
+            ))
+            .await?
+            .rows_affected()
+            == 1;
+        // The session row is locked too, so a logout or disable running now either
+        // finishes first (and is seen) or waits for this rotation.
+        let lock = if backend == DbBackend::Postgres {
+            " FOR UPDATE OF s"
+        } else {
+            ""
+        };
         let row = txn
             .query_one_raw(statement(
                 backend,
-                "SELECT t.session_id, t.spent_at, s.user_id, s.last_used_at, s.expires_at, s.revoked_at
-                 FROM refresh_tokens t JOIN sessions s ON s.session_id = t.session_id
-                 WHERE t.token_hash = $1",
+                &format!(
+                    "SELECT t.session_id, s.user_id, s.last_used_at, s.expires_at, s.revoked_at
+                     FROM refresh_tokens t JOIN sessions s ON s.session_id = t.session_id
+                     WHERE t.token_hash = $1{lock}"
+                ),
                 [presented.into()],
             ))
             .await?;
@@ -254,23 +263,12 @@ impl IdentityStore {
         };
         let session_id: String = row.try_get("", "session_id")?;
         let user_id: String = row.try_get("", "user_id")?;
-        let spent_at: Option<DateTime<Utc>> = row.try_get("", "spent_at")?;
         let last_used_at: DateTime<Utc> = row.try_get("", "last_used_at")?;
         let expires_at: DateTime<Utc> = row.try_get("", "expires_at")?;
         let revoked_at: Option<DateTime<Utc>> = row.try_get("", "revoked_at")?;
         if revoked_at.is_some() {
             return Ok(Rotation::Invalid);
         }
-        let spent_now = spent_at.is_none()
-            && txn
-                .execute_raw(statement(
-                    backend,
-                    "UPDATE refresh_tokens SET spent_at = $1 WHERE token_hash = $2 AND spent_at IS NULL",
-                    [now.into(), presented.into()],
-                ))
-                .await?
-                .rows_affected()
-                == 1;
         if !spent_now {
             revoke_session(&txn, &session_id, RevokeReason::RefreshTokenReused, now).await?;
             txn.commit().await?;

@@ -174,3 +174,31 @@ async fn password_change(urls: Vec<String>) {
     assert!(old_login.is_err());
     stack.login(&alice.email, new_password).await;
 }
+
+db_test!(
+    a_refresh_token_presented_twice_at_once_rotates_at_most_once,
+    databases = 1,
+    concurrent_refresh
+);
+async fn concurrent_refresh(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let alice = stack.customer().await;
+    let identity = stack.identity().await;
+
+    let attempts: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = identity.clone();
+            let refresh_token = alice.refresh_token.clone();
+            tokio::spawn(async move { client.refresh(pb::RefreshRequest { refresh_token }).await })
+        })
+        .collect();
+    let mut rotated = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => rotated += 1,
+            Err(status) => assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}"),
+        }
+    }
+
+    assert!(rotated <= 1, "{rotated} rotations of one token");
+}
