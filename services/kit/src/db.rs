@@ -78,18 +78,30 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), DbErr> {
 }
 
 /// Whether an error is a transient conflict worth retrying the whole transaction
-/// for: a PostgreSQL serialization failure or deadlock, or a busy SQLite file.
+/// for: a serialization failure or deadlock (SQLSTATE 40001, 40P01, as PostgreSQL
+/// and Postgres-compatible distributed engines report them) or a busy SQLite file
+/// (SQLITE_BUSY and its extended codes). Decided by the database's error code,
+/// never by message text.
 pub fn is_retryable(error: &DbErr) -> bool {
-    let text = error.to_string();
-    [
-        "40001",
-        "40P01",
-        "database is locked",
-        "SQLITE_BUSY",
-        "could not serialize",
-    ]
-    .iter()
-    .any(|marker| text.contains(marker))
+    use sea_orm::{RuntimeErr, sqlx};
+    let (DbErr::Exec(RuntimeErr::SqlxError(inner))
+    | DbErr::Query(RuntimeErr::SqlxError(inner))
+    | DbErr::Conn(RuntimeErr::SqlxError(inner))) = error
+    else {
+        return false;
+    };
+    let sqlx::Error::Database(database_error) = inner.as_ref() else {
+        return false;
+    };
+    let Some(code) = database_error.code() else {
+        return false;
+    };
+    match code.as_ref() {
+        "40001" | "40P01" => true,
+        // SQLite reports its (extended) result code as the code: 5 is SQLITE_BUSY,
+        // 261 SQLITE_BUSY_RECOVERY, 517 SQLITE_BUSY_SNAPSHOT, 773 SQLITE_BUSY_TIMEOUT.
+        sqlite_code => matches!(sqlite_code.parse::<u32>(), Ok(5 | 261 | 517 | 773)),
+    }
 }
 
 /// Whether an error is a unique-constraint violation.

@@ -1,0 +1,101 @@
+//! Classification of database errors into retryable or not, against real
+//! databases: a busy SQLite file and a PostgreSQL serialization failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bank_kit::{
+    db,
+    testing::{Backend, run_with_databases},
+};
+use sea_orm::{
+    AccessMode, ConnectOptions, ConnectionTrait, Database, IsolationLevel, TransactionTrait,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_sqlite_file_is_retryable() {
+    run_with_databases(Backend::Sqlite, 1, |urls| async move {
+        let holder = db::connect(&urls[0]).await.unwrap();
+        holder
+            .execute_unprepared("CREATE TABLE counter (value INTEGER)")
+            .await
+            .unwrap();
+        let mut options = ConnectOptions::new(urls[0].clone());
+        options.max_connections(1).sqlx_logging(false);
+        let impatient = Database::connect(options).await.unwrap();
+        impatient
+            .execute_unprepared("PRAGMA busy_timeout = 0")
+            .await
+            .unwrap();
+
+        let writing = holder.begin().await.unwrap();
+        writing
+            .execute_unprepared("INSERT INTO counter VALUES (1)")
+            .await
+            .unwrap();
+        let error = impatient
+            .execute_unprepared("INSERT INTO counter VALUES (2)")
+            .await
+            .unwrap_err();
+
+        assert!(db::is_retryable(&error), "{error}");
+        writing.rollback().await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_serialization_failure_is_retryable() {
+    run_with_databases(Backend::Postgres, 1, |urls| async move {
+        let pool = db::connect(&urls[0]).await.unwrap();
+        pool.execute_unprepared("CREATE TABLE counter (id INT PRIMARY KEY, value INT)")
+            .await
+            .unwrap();
+        pool.execute_unprepared("INSERT INTO counter VALUES (1, 0)")
+            .await
+            .unwrap();
+
+        let first = pool
+            .begin_with_config(
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadWrite),
+            )
+            .await
+            .unwrap();
+        first
+            .execute_unprepared("SELECT value FROM counter WHERE id = 1")
+            .await
+            .unwrap();
+        pool.execute_unprepared("UPDATE counter SET value = 1 WHERE id = 1")
+            .await
+            .unwrap();
+        let error = first
+            .execute_unprepared("UPDATE counter SET value = 2 WHERE id = 1")
+            .await
+            .unwrap_err();
+
+        assert!(db::is_retryable(&error), "{error}");
+        assert!(!db::is_unique_violation(&error));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn constraint_violations_are_not_retryable() {
+    run_with_databases(Backend::Sqlite, 1, |urls| async move {
+        let pool = db::connect(&urls[0]).await.unwrap();
+        pool.execute_unprepared("CREATE TABLE unique_values (value INTEGER UNIQUE)")
+            .await
+            .unwrap();
+        pool.execute_unprepared("INSERT INTO unique_values VALUES (1)")
+            .await
+            .unwrap();
+        let error = pool
+            .execute_unprepared("INSERT INTO unique_values VALUES (1)")
+            .await
+            .unwrap_err();
+
+        assert!(!db::is_retryable(&error));
+        assert!(db::is_unique_violation(&error));
+    })
+    .await;
+}
