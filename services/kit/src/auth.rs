@@ -36,6 +36,10 @@ pub const SERVICE_SUBJECT_PREFIX: &str = "service:";
 /// flood of forged `kid`s cannot turn into a flood of requests to identity.
 const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How long a fetched key set is trusted before it is fetched again, so that a
+/// key removed from identity (rotated out, or compromised) stops verifying.
+const KEY_SET_TTL: Duration = Duration::from_secs(5 * 60);
+
 /// Claims of every token. All are required: a token missing one is rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
@@ -165,7 +169,10 @@ enum KeySource {
 struct Inner {
     keys: RwLock<HashMap<String, DecodingKey>>,
     source: KeySource,
+    /// When a fetch was last attempted; limits refetches on unknown key ids.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When the key set was last fetched successfully.
+    fetched_at: RwLock<Option<Instant>>,
 }
 
 /// Verifies bearer tokens. Cheap to clone.
@@ -200,6 +207,7 @@ impl TokenVerifier {
                 keys: RwLock::new(HashMap::new()),
                 source,
                 last_fetch: tokio::sync::Mutex::new(None),
+                fetched_at: RwLock::new(None),
             }),
         }
     }
@@ -227,6 +235,13 @@ impl TokenVerifier {
             return Err(invalid_token());
         }
         let kid = header.kid.ok_or_else(invalid_token)?;
+        if self.key_set_is_stale()
+            && let Err(error) = self.refetch().await
+        {
+            // Keep verifying with the keys already held rather than failing every
+            // request while identity is briefly unreachable.
+            tracing::warn!(%error, "signing keys could not be refreshed");
+        }
         let key = match self.cached_key(&kid) {
             Some(key) => key,
             None => {
@@ -257,14 +272,33 @@ impl TokenVerifier {
             .and_then(|keys| keys.get(kid).cloned())
     }
 
+    fn key_set_is_stale(&self) -> bool {
+        matches!(self.inner.source, KeySource::Identity(_))
+            && self
+                .inner
+                .fetched_at
+                .read()
+                .ok()
+                .and_then(|fetched_at| *fetched_at)
+                .is_some_and(|at| at.elapsed() >= KEY_SET_TTL)
+    }
+
     async fn refetch(&self) -> Result<(), ServiceError> {
         let KeySource::Identity(client) = &self.inner.source else {
             return Ok(());
         };
         let mut last_fetch = self.inner.last_fetch.lock().await;
-        if last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
+        let ever_fetched = self
+            .inner
+            .fetched_at
+            .read()
+            .is_ok_and(|fetched_at| fetched_at.is_some());
+        if ever_fetched && last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
             return Ok(());
         }
+        // Counted as an attempt even if it fails, so an unreachable identity is
+        // not asked again on every request.
+        *last_fetch = Some(Instant::now());
         let response = client
             .clone()
             .get_jwks(GetJwksRequest {})
@@ -275,8 +309,10 @@ impl TokenVerifier {
                     format!("cannot fetch signing keys: {}", status.code()),
                 )
             })?;
-        *last_fetch = Some(Instant::now());
         self.replace_keys(&response.into_inner().keys);
+        if let Ok(mut fetched_at) = self.inner.fetched_at.write() {
+            *fetched_at = Some(Instant::now());
+        }
         Ok(())
     }
 }
