@@ -9,8 +9,9 @@ pub mod migrations;
 use bank_kit::{db, money::Currency};
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, QueryResult,
-    Statement, TransactionTrait, Value,
+    AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    IsolationLevel, QueryResult, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait, Value,
 };
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -49,6 +50,23 @@ impl LedgerStore {
 
     fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
+    }
+
+    /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: it takes the
+    /// write lock up front, so it never has to upgrade a read snapshot later,
+    /// even if another process writes to the file.
+    async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
+        match self.backend() {
+            DbBackend::Sqlite => {
+                self.db
+                    .begin_with_options(TransactionOptions {
+                        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                        ..TransactionOptions::default()
+                    })
+                    .await
+            }
+            _ => self.db.begin().await,
+        }
     }
 
     async fn writer(&self) -> Option<MutexGuard<'_, ()>> {
@@ -106,7 +124,7 @@ impl LedgerStore {
     ) -> Result<LedgerAccount, LedgerError> {
         for _ in 0..MAX_ATTEMPTS {
             let _writer = self.writer().await;
-            let txn = self.db.begin().await?;
+            let txn = self.begin_write().await?;
             let result = set_status_in(&txn, account_id, status).await;
             match finish(txn, result).await {
                 Attempt::Done(result) => return result,
@@ -131,7 +149,7 @@ impl LedgerStore {
         let fingerprint = request.fingerprint();
         for _ in 0..MAX_ATTEMPTS {
             let _writer = self.writer().await;
-            let txn = self.db.begin().await?;
+            let txn = self.begin_write().await?;
             let result = post_in(&txn, request, &fingerprint).await;
             match finish(txn, result).await {
                 Attempt::Done(result) => return result,
@@ -182,80 +200,145 @@ impl LedgerStore {
     }
 
     /// Recomputes every account's hash chain and balance from its entries, and
-    /// checks that every transfer's entries sum to zero.
+    /// checks every transfer against its entries. Runs in one read-only snapshot
+    /// (repeatable read on PostgreSQL, a read transaction on SQLite), so postings
+    /// committing meanwhile are either wholly seen or not at all; entries are read
+    /// page by page so memory stays bounded however long the journal grows.
     pub async fn verify(&self) -> Result<VerifyReport, LedgerError> {
-        let mut report = VerifyReport::default();
-        let accounts = self
-            .db
+        let txn = match self.backend() {
+            DbBackend::Postgres => {
+                self.db
+                    .begin_with_config(
+                        Some(IsolationLevel::RepeatableRead),
+                        Some(AccessMode::ReadOnly),
+                    )
+                    .await?
+            }
+            _ => self.db.begin().await?,
+        };
+        let report = verify_in(&txn).await;
+        txn.rollback().await.ok();
+        report
+    }
+}
+
+/// Rows read per query while verifying.
+const VERIFY_PAGE: i64 = 1_000;
+
+async fn verify_in(txn: &DatabaseTransaction) -> Result<VerifyReport, LedgerError> {
+    let backend = txn.get_database_backend();
+    let mut report = VerifyReport::default();
+    let mut after_account = String::new();
+    loop {
+        let accounts = txn
             .query_all_raw(statement(
-                self.backend(),
-                &format!("SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts ORDER BY account_id"),
-                [],
+                backend,
+                &format!(
+                    "SELECT {ACCOUNT_COLUMNS} FROM ledger_accounts WHERE account_id > $1
+                     ORDER BY account_id LIMIT $2"
+                ),
+                [after_account.clone().into(), VERIFY_PAGE.into()],
             ))
             .await?;
         for row in &accounts {
             let account = account_from_row(row)?;
-            report.accounts_checked += 1;
-            let entries = self
-                .db
-                .query_all_raw(statement(
-                    self.backend(),
-                    &format!(
-                        "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE account_id = $1 ORDER BY account_seq"
-                    ),
-                    [account.account_id.to_string().into()],
-                ))
-                .await?;
-            verify_account(&account, &entries, &mut report)?;
+            verify_account(txn, &account, &mut report).await?;
+            after_account = account.account_id.to_string();
         }
-        let unbalanced = self
-            .db
-            .query_all_raw(statement(
-                self.backend(),
-                "SELECT transfer_id FROM ledger_entries GROUP BY transfer_id
-                 HAVING SUM(amount_minor) <> 0 OR COUNT(*) < 2",
-                [],
-            ))
-            .await?;
-        for row in &unbalanced {
-            let transfer_id: String = row.try_get("", "transfer_id")?;
-            report.mismatches.push(Mismatch {
-                account_id: String::new(),
-                kind: "transfer_sum",
-                detail: format!("entries of transfer {transfer_id} do not sum to zero"),
-            });
+        if (accounts.len() as i64) < VERIFY_PAGE {
+            break;
         }
-        Ok(report)
     }
+    let unbalanced = txn
+        .query_all_raw(statement(
+            backend,
+            "SELECT transfer_id FROM ledger_entries GROUP BY transfer_id
+             HAVING SUM(amount_minor) <> 0 OR COUNT(*) <> 2",
+            [],
+        ))
+        .await?;
+    for row in &unbalanced {
+        let transfer_id: String = row.try_get("", "transfer_id")?;
+        report.mismatches.push(Mismatch {
+            account_id: String::new(),
+            kind: "transfer_sum",
+            detail: format!("entries of transfer {transfer_id} do not sum to zero in two legs"),
+        });
+    }
+    let unmatched = txn
+        .query_all_raw(statement(
+            backend,
+            "SELECT t.transfer_id FROM ledger_transfers t
+             LEFT JOIN ledger_entries debit ON debit.transfer_id = t.transfer_id
+                  AND debit.account_id = t.from_account_id AND debit.amount_minor = -t.amount_minor
+             LEFT JOIN ledger_entries credit ON credit.transfer_id = t.transfer_id
+                  AND credit.account_id = t.to_account_id AND credit.amount_minor = t.amount_minor
+             WHERE debit.entry_id IS NULL OR credit.entry_id IS NULL",
+            [],
+        ))
+        .await?;
+    for row in &unmatched {
+        let transfer_id: String = row.try_get("", "transfer_id")?;
+        report.mismatches.push(Mismatch {
+            account_id: String::new(),
+            kind: "transfer_entries",
+            detail: format!("transfer {transfer_id} lacks its debit or credit entry"),
+        });
+    }
+    Ok(report)
 }
 
-fn verify_account(
+/// Replays one account's entries in order, page by page.
+async fn verify_account(
+    txn: &DatabaseTransaction,
     account: &LedgerAccount,
-    rows: &[QueryResult],
     report: &mut VerifyReport,
 ) -> Result<(), LedgerError> {
     let mut balance: i64 = 0;
     let mut prev_hash = GENESIS_HASH.to_owned();
+    let mut count: i64 = 0;
     let mut chain_broken = false;
-    for (index, row) in rows.iter().enumerate() {
-        let entry = entry_from_row(row)?;
-        report.entries_checked += 1;
-        balance = balance.saturating_add(entry.amount_minor);
-        let expected_seq = i64::try_from(index).unwrap_or(i64::MAX) + 1;
-        let intact = entry.account_seq == expected_seq
-            && entry.prev_hash == prev_hash
-            && entry.entry_hash == entry_hash(&entry)
-            && entry.balance_after_minor == balance;
-        if !intact && !chain_broken {
-            chain_broken = true;
-            report.mismatches.push(Mismatch {
-                account_id: account.account_id.to_string(),
-                kind: "hash_chain",
-                detail: format!("entry {} does not match the chain", entry.account_seq),
-            });
+    loop {
+        let rows = txn
+            .query_all_raw(statement(
+                txn.get_database_backend(),
+                &format!(
+                    "SELECT {ENTRY_COLUMNS} FROM ledger_entries WHERE account_id = $1 AND account_seq > $2
+                     ORDER BY account_seq LIMIT $3"
+                ),
+                [
+                    account.account_id.to_string().into(),
+                    count.into(),
+                    VERIFY_PAGE.into(),
+                ],
+            ))
+            .await?;
+        for row in &rows {
+            let entry = entry_from_row(row)?;
+            report.entries_checked += 1;
+            count += 1;
+            balance = balance.saturating_add(entry.amount_minor);
+            let intact = entry.account_seq == count
+                && entry.prev_hash == prev_hash
+                && entry.entry_hash == entry_hash(&entry)
+                && entry.balance_after_minor == balance;
+            if !intact && !chain_broken {
+                chain_broken = true;
+                report.mismatches.push(Mismatch {
+                    account_id: account.account_id.to_string(),
+                    kind: "hash_chain",
+                    detail: format!("entry {} does not match the chain", entry.account_seq),
+                });
+            }
+            // Continue after the stored sequence, so a gap cannot repeat a page.
+            count = count.max(entry.account_seq);
+            prev_hash = entry.entry_hash;
         }
-        prev_hash = entry.entry_hash.clone();
+        if (rows.len() as i64) < VERIFY_PAGE {
+            break;
+        }
     }
+    report.accounts_checked += 1;
     if balance != account.balance_minor {
         report.mismatches.push(Mismatch {
             account_id: account.account_id.to_string(),
@@ -266,7 +349,6 @@ fn verify_account(
             ),
         });
     }
-    let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
     if !chain_broken && (count != account.entry_count || prev_hash != account.last_entry_hash) {
         report.mismatches.push(Mismatch {
             account_id: account.account_id.to_string(),

@@ -158,3 +158,93 @@ async fn replicas_starting_together_migrate_once_on_postgres() {
     )
     .await;
 }
+
+db_test!(
+    verification_reports_a_tampered_entry,
+    databases = 2,
+    tampered_entry_is_reported
+);
+async fn tampered_entry_is_reported(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::LEDGER).await;
+    let operator = stack.operator().await;
+    let alice = stack.customer().await;
+    let from = open_book(&stack, &alice, "EUR").await;
+    let to = open_book(&stack, &alice, "EUR").await;
+    deposit(&stack, &operator, &from, 1_000).await;
+    let posted = transfer(&stack, &alice, transfer_request(&from, &to, 300, "t"))
+        .await
+        .unwrap();
+    let db = bank_kit::db::connect(&stack.database_urls["ledger"])
+        .await
+        .unwrap();
+
+    // An attacker with database access bypasses the append-only triggers.
+    let (disable, enable) = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => (
+            "ALTER TABLE ledger_entries DISABLE TRIGGER USER",
+            "ALTER TABLE ledger_entries ENABLE TRIGGER USER",
+        ),
+        _ => ("DROP TRIGGER ledger_entries_no_update", "SELECT 1"),
+    };
+    db.execute_unprepared(disable).await.unwrap();
+    db.execute_unprepared(&format!(
+        "UPDATE ledger_entries SET amount_minor = 30 WHERE transfer_id = '{}' AND account_id = '{to}'",
+        posted.transfer_id
+    ))
+    .await
+    .unwrap();
+    db.execute_unprepared(enable).await.unwrap();
+
+    let report = verify(&stack, &operator).await;
+    let kinds: Vec<&str> = report.mismatches.iter().map(|m| m.kind.as_str()).collect();
+    assert!(!report.ok);
+    for kind in ["hash_chain", "transfer_sum", "transfer_entries"] {
+        assert!(
+            kinds.contains(&kind),
+            "{kind} not reported: {:?}",
+            report.mismatches
+        );
+    }
+}
+
+db_test!(
+    verification_under_live_traffic_reports_no_false_mismatches,
+    databases = 2,
+    verify_under_traffic
+);
+async fn verify_under_traffic(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::LEDGER).await;
+    let operator = stack.operator().await;
+    let alice = stack.customer().await;
+    let from = open_book(&stack, &alice, "EUR").await;
+    let to = open_book(&stack, &alice, "EUR").await;
+    deposit(&stack, &operator, &from, 100_000).await;
+
+    let ledger = stack.ledger().await;
+    let traffic: Vec<_> = (0..40)
+        .map(|index| {
+            let mut client = ledger.clone();
+            let request = authed(
+                &alice.access_token,
+                transfer_request(&from, &to, 10, &format!("live-{index}")),
+            );
+            tokio::spawn(async move { client.create_transfer(request).await })
+        })
+        .collect();
+    let audits: Vec<_> = (0..5)
+        .map(|_| {
+            let mut client = ledger.clone();
+            let request = authed(&operator.access_token, pb::VerifyLedgerRequest {});
+            tokio::spawn(async move { client.verify_ledger(request).await })
+        })
+        .collect();
+
+    for audit in audits {
+        let report = audit.await.unwrap().unwrap().into_inner();
+        assert!(report.ok, "{:?}", report.mismatches);
+    }
+    for posted in traffic {
+        posted.await.unwrap().unwrap();
+    }
+    assert!(verify(&stack, &operator).await.ok);
+}
