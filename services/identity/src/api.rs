@@ -25,7 +25,7 @@ use crate::{
     },
     keys::KeyRing,
     passwords::PasswordHasherPool,
-    store::{IdentityStore, RevokeReason, Rotation, SessionPolicy},
+    store::{IdentityStore, Reservation, RevokeReason, Rotation, SessionPolicy},
 };
 
 /// Lifetime of access and service tokens.
@@ -145,6 +145,36 @@ impl IdentityApi {
             .audit("operator_bootstrapped", Some(&user.user_id), "new user")
             .await?;
         Ok(())
+    }
+
+    /// Counts the attempt against the client and the account before the password
+    /// is checked. The account-wide count only holds back clients that have failed
+    /// before, so a guesser elsewhere can never keep the owner's device out.
+    async fn reserve_attempt(&self, throttle: &ThrottleKeys) -> Result<(), IdentityError> {
+        let blocked = |wait: chrono::Duration| {
+            IdentityError::LoginThrottled(u64::try_from(wait.num_seconds()).unwrap_or(1).max(1))
+        };
+        let client_attempts = match self
+            .store
+            .reserve_login_attempt(&throttle.per_client, Backoff::PER_CLIENT, true)
+            .await?
+        {
+            Reservation::Counted(attempts) => attempts,
+            Reservation::Blocked(wait) => return Err(blocked(wait)),
+        };
+        let returning_client = client_attempts > 1;
+        match self
+            .store
+            .reserve_login_attempt(
+                &throttle.per_account,
+                Backoff::PER_ACCOUNT,
+                returning_client,
+            )
+            .await?
+        {
+            Reservation::Counted(_) => Ok(()),
+            Reservation::Blocked(wait) => Err(blocked(wait)),
+        }
     }
 
     /// The user the credentials belong to, or why they do not (and whose they
@@ -283,20 +313,11 @@ impl IdentityService for IdentityApi {
         let client = client_address(&request);
         let body = request.into_inner();
         let throttle = ThrottleKeys::new(&body.email, &client);
-        if let Some(wait) = self.store.login_blocked_for(&throttle.both()).await? {
-            let seconds = u64::try_from(wait.num_seconds()).unwrap_or(0) + 1;
-            return Err(IdentityError::LoginThrottled(seconds).into());
-        }
+        self.reserve_attempt(&throttle).await?;
         let outcome = self.check_credentials(&body).await?;
         let user = match outcome {
             Ok(user) => user,
             Err((reason, user_id)) => {
-                self.store
-                    .record_login_failure(&throttle.per_client, Backoff::PER_CLIENT)
-                    .await?;
-                self.store
-                    .record_login_failure(&throttle.per_account, Backoff::PER_ACCOUNT)
-                    .await?;
                 self.store
                     .audit("login_failed", user_id.as_deref(), reason)
                     .await?;

@@ -48,6 +48,15 @@ pub struct SessionPolicy {
     pub absolute_lifetime: Duration,
 }
 
+/// The outcome of counting a login attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// Counted: this many attempts without a success so far, this one included.
+    Counted(i64),
+    /// Refused: attempts are blocked for this long.
+    Blocked(Duration),
+}
+
 /// What presenting a refresh token led to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rotation {
@@ -346,70 +355,68 @@ impl IdentityStore {
         Ok(result.rows_affected())
     }
 
-    /// How long logins under any of `keys` are still blocked, if at all.
-    pub async fn login_blocked_for(
-        &self,
-        keys: &[&str],
-    ) -> Result<Option<Duration>, IdentityError> {
-        let now = bank_kit::time::now();
-        let mut longest: Option<Duration> = None;
-        for key in keys {
-            let row = self
-                .db
-                .query_one_raw(statement(
-                    self.backend(),
-                    "SELECT blocked_until FROM login_throttle WHERE throttle_key = $1",
-                    [(*key).into()],
-                ))
-                .await?;
-            let blocked_until: Option<DateTime<Utc>> = match row {
-                Some(row) => row.try_get("", "blocked_until")?,
-                None => None,
-            };
-            if let Some(until) = blocked_until
-                && until > now
-            {
-                longest = Some(longest.map_or(until - now, |current| current.max(until - now)));
-            }
-        }
-        Ok(longest)
-    }
-
-    /// Counts a failed login under `key` and blocks further attempts as `backoff`
-    /// says. A count idle for a day starts again.
-    pub async fn record_login_failure(
+    /// Counts a login attempt under `key` before it is checked, so that parallel
+    /// guesses cannot all slip past the count; a success clears it again. When
+    /// `respect_block` is set, an attempt during a backoff is refused without
+    /// being counted. A count idle for a day starts again.
+    pub async fn reserve_login_attempt(
         &self,
         key: &str,
         backoff: Backoff,
-    ) -> Result<(), IdentityError> {
+        respect_block: bool,
+    ) -> Result<Reservation, IdentityError> {
         let now = bank_kit::time::now();
-        let row = self
-            .db
+        let guard = if respect_block {
+            "WHERE login_throttle.blocked_until IS NULL OR login_throttle.blocked_until <= $2"
+        } else {
+            ""
+        };
+        // One transaction whose first statement writes: it holds the row (the
+        // file on SQLite) from the count to the block, so a parallel attempt sees
+        // the block its predecessor set.
+        let txn = self.db.begin().await?;
+        let row = txn
             .query_one_raw(statement(
                 self.backend(),
-                "INSERT INTO login_throttle (throttle_key, failures, blocked_until, updated_at)
-                 VALUES ($1, 1, NULL, $2)
-                 ON CONFLICT (throttle_key) DO UPDATE SET
-                   failures = CASE WHEN login_throttle.updated_at < $3 THEN 1 ELSE login_throttle.failures + 1 END,
-                   updated_at = $2
-                 RETURNING failures",
+                &format!(
+                    "INSERT INTO login_throttle (throttle_key, failures, blocked_until, updated_at)
+                     VALUES ($1, 1, NULL, $2)
+                     ON CONFLICT (throttle_key) DO UPDATE SET
+                       failures = CASE WHEN login_throttle.updated_at < $3 THEN 1
+                                       ELSE login_throttle.failures + 1 END,
+                       updated_at = $2
+                     {guard}
+                     RETURNING failures"
+                ),
                 [key.into(), now.into(), (now - Duration::days(1)).into()],
             ))
             .await?;
-        let failures: i64 = match row {
-            Some(row) => row.try_get("", "failures")?,
-            None => 1,
-        };
-        if let Some(delay) = backoff.delay_after(failures) {
-            self.db
-                .execute_raw(statement(
+        let Some(row) = row else {
+            let blocked_until: Option<DateTime<Utc>> = txn
+                .query_one_raw(statement(
                     self.backend(),
-                    "UPDATE login_throttle SET blocked_until = $1 WHERE throttle_key = $2",
-                    [(now + delay).into(), key.into()],
+                    "SELECT blocked_until FROM login_throttle WHERE throttle_key = $1",
+                    [key.into()],
                 ))
-                .await?;
+                .await?
+                .map(|row| row.try_get("", "blocked_until"))
+                .transpose()?
+                .flatten();
+            txn.commit().await?;
+            let wait = blocked_until.map_or(Duration::seconds(1), |until| until - now);
+            return Ok(Reservation::Blocked(wait.max(Duration::seconds(1))));
+        };
+        let failures: i64 = row.try_get("", "failures")?;
+        if let Some(delay) = backoff.delay_after(failures) {
+            txn.execute_raw(statement(
+                self.backend(),
+                "UPDATE login_throttle SET blocked_until = $1 WHERE throttle_key = $2",
+                [(now + delay).into(), key.into()],
+            ))
+            .await?;
         }
-        Ok(())
+        txn.commit().await?;
+        Ok(Reservation::Counted(failures))
     }
 
     pub async fn clear_login_failures(&self, keys: &[&str]) -> Result<(), IdentityError> {

@@ -295,3 +295,77 @@ async fn unknown_email_backoff(urls: Vec<String>) {
 
     assert_eq!(ErrorCode::of_status(&throttled), ErrorCode::RateLimited);
 }
+
+db_test!(
+    parallel_guesses_cannot_outrun_the_count,
+    databases = 1,
+    parallel_guesses
+);
+async fn parallel_guesses(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let alice = stack.customer().await;
+    let identity = stack.identity().await;
+
+    let guesses: Vec<_> = (0..20)
+        .map(|index| {
+            let mut client = identity.clone();
+            let request = login_from(
+                "203.0.113.50",
+                &alice.email,
+                &format!("parallel guess number {index}"),
+            );
+            tokio::spawn(async move { client.login(request).await })
+        })
+        .collect();
+    let mut checked = 0;
+    for guess in guesses {
+        let status = guess.await.unwrap().unwrap_err();
+        if status.code() == tonic::Code::Unauthenticated {
+            checked += 1;
+        } else {
+            assert_eq!(ErrorCode::of_status(&status), ErrorCode::RateLimited);
+        }
+    }
+
+    assert!(checked <= 6, "{checked} passwords were checked");
+}
+
+db_test!(
+    guessing_from_many_clients_cannot_lock_out_a_fresh_device,
+    databases = 1,
+    distributed_guessing
+);
+async fn distributed_guessing(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let alice = stack.customer().await;
+    let mut identity = stack.identity().await;
+
+    for index in 0..22 {
+        let client = format!("192.0.2.{index}");
+        identity
+            .login(login_from(
+                &client,
+                &alice.email,
+                "a distributed wrong guess",
+            ))
+            .await
+            .unwrap_err();
+    }
+    let returning_guesser = identity
+        .login(login_from(
+            "192.0.2.0",
+            &alice.email,
+            "a distributed wrong guess",
+        ))
+        .await
+        .unwrap_err();
+    let owner = identity
+        .login(login_from("198.51.100.1", &alice.email, USER_PASSWORD))
+        .await;
+
+    assert_eq!(
+        ErrorCode::of_status(&returning_guesser),
+        ErrorCode::RateLimited
+    );
+    assert!(owner.is_ok(), "the owner's fresh device logs in");
+}
