@@ -2,6 +2,7 @@
 //! enforces limits, and forwards each request to a service over gRPC with the
 //! caller's token, which the service verifies again.
 
+pub mod client;
 pub mod extract;
 pub mod metrics;
 pub mod problem;
@@ -37,6 +38,7 @@ use tower_http::{
 };
 
 use crate::{
+    client::{ClientAddress, TrustedProxies},
     problem::{ApiError, TRACE_ID},
     rate_limit::{Decision, Quota, RateLimiter},
 };
@@ -61,6 +63,8 @@ pub struct Config {
     pub api_quota: Quota,
     /// Per client address, for `/v1/auth/*`: tight, against credential stuffing.
     pub auth_quota: Quota,
+    /// Load balancers and ingresses whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Config {
@@ -125,6 +129,8 @@ impl Config {
             rate_limit_namespace: "bank".to_owned(),
             api_quota: Quota::per_minute(api_per_minute),
             auth_quota: Quota::per_minute(auth_per_minute),
+            trusted_proxies: TrustedProxies::parse(&env.string("GATEWAY_TRUSTED_PROXIES", ""))
+                .map_err(|reason| ConfigError::new("GATEWAY_TRUSTED_PROXIES", reason))?,
         })
     }
 }
@@ -247,6 +253,7 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
         .with_state(state);
 
     let timeout = config.request_timeout;
+    let trusted_proxies = config.trusted_proxies.clone();
     let quotas = Quotas {
         api: config.api_quota,
         auth: config.auth_quota,
@@ -254,6 +261,9 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
     api.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(move |request, next| {
             rate_limit(limiter.clone(), quotas, request, next)
+        }))
+        .layer(middleware::from_fn(move |request, next| {
+            crate::client::resolve(trusted_proxies.clone(), request, next)
         }))
         .layer(middleware::from_fn(move |request, next| deadline(timeout, request, next)))
         .layer(cors(&config.cors_allowed_origins))
@@ -328,8 +338,7 @@ struct Quotas {
 }
 
 /// Refuses a client that exceeds its quota with 429 and `Retry-After`. Clients are
-/// told apart by the address of the connection; behind a load balancer that is the
-/// balancer, which must then do per-client limiting itself.
+/// told apart by their resolved address (see [`crate::client`]).
 async fn rate_limit(
     limiter: RateLimiter,
     quotas: Quotas,
@@ -347,8 +356,8 @@ async fn rate_limit(
     };
     let client = request
         .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip().to_string())
+        .get::<ClientAddress>()
+        .map(|client| client.0.to_string())
         .unwrap_or_default();
     match limiter.check(&format!("{class}:{client}"), quota).await {
         Decision::Allowed => next.run(request).await,

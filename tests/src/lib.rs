@@ -155,6 +155,7 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
             rate_limit_namespace: "bank-test".into(),
             api_quota: bank_gateway::rate_limit::Quota::per_minute(1_000_000),
             auth_quota: bank_gateway::rate_limit::Quota::per_minute(1_000_000),
+            trusted_proxies: Default::default(),
         };
         let gateway = bank_gateway::build(&config).await.expect("gateway starts");
         gateway_addr = Some(gateway.local_addr().expect("gateway address"));

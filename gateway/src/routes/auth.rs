@@ -1,18 +1,13 @@
 //! Registration, login, token refresh, logout and the caller's own profile.
 
-use std::net::SocketAddr;
-
-use axum::{
-    Json,
-    extract::{ConnectInfo, State},
-    http::StatusCode,
-};
+use axum::{Extension, Json, extract::State, http::StatusCode};
 use bank_proto::identity::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use super::{anonymous, forward, required};
 use crate::{
     AppState,
+    client::ClientAddress,
     extract::{ApiJson, AuthUser},
     problem::ApiError,
 };
@@ -121,7 +116,7 @@ pub async fn register(
     responses((status = 200, body = TokenView), (status = 401, body = crate::problem::Problem), (status = 429, body = crate::problem::Problem)))]
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Option<Extension<ClientAddress>>,
     ApiJson(body): ApiJson<LoginBody>,
 ) -> Result<Json<TokenView>, ApiError> {
     let mut request = anonymous(pb::LoginRequest {
@@ -129,7 +124,9 @@ pub async fn login(
         password: body.password,
     });
     // Identity throttles failed logins per email and client address.
-    if let Ok(value) = peer.ip().to_string().parse() {
+    if let Some(Extension(ClientAddress(address))) = client
+        && let Ok(value) = address.to_string().parse()
+    {
         request.metadata_mut().insert("x-client-address", value);
     }
     let response = state.identity.clone().login(request).await?.into_inner();

@@ -236,6 +236,7 @@ async fn unreachable_services_give_opaque_unavailable_problems() {
         rate_limit_namespace: "bank-test".into(),
         api_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
         auth_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
+        trusted_proxies: Default::default(),
     };
     let gateway = bank_gateway::build(&config).await.unwrap();
     let url = format!("http://{}", gateway.local_addr().unwrap());

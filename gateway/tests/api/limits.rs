@@ -2,7 +2,7 @@
 //! gateway replicas must share one bucket). The gateways here point at services
 //! that do not exist: an allowed request answers 503, a limited one 429.
 
-use bank_gateway::rate_limit::Quota;
+use bank_gateway::{client::TrustedProxies, rate_limit::Quota};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -17,6 +17,14 @@ async fn closed_port() -> String {
 
 /// Starts a gateway allowing one auth request per minute per client.
 async fn gateway(redis_url: Option<String>, namespace: &str) -> String {
+    gateway_behind(redis_url, namespace, TrustedProxies::default()).await
+}
+
+async fn gateway_behind(
+    redis_url: Option<String>,
+    namespace: &str,
+    trusted_proxies: TrustedProxies,
+) -> String {
     let config = bank_gateway::Config {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         identity_endpoint: closed_port().await,
@@ -31,11 +39,50 @@ async fn gateway(redis_url: Option<String>, namespace: &str) -> String {
             per_minute: 1,
             burst: 1,
         },
+        trusted_proxies,
     };
     let gateway = bank_gateway::build(&config).await.unwrap();
     let url = format!("http://{}", gateway.local_addr().unwrap());
     tokio::spawn(gateway.run_until_stopped(std::future::pending()));
     url
+}
+
+async fn login_forwarded_for(
+    http: &reqwest::Client,
+    base: &str,
+    forwarded_for: &str,
+) -> reqwest::Response {
+    http.post(format!("{base}/v1/auth/login"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(&json!({"email": "a@example.com", "password": "whatever password"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_bucket() {
+    let behind_proxy = gateway_behind(
+        None,
+        "bank-test",
+        TrustedProxies::parse("127.0.0.1").unwrap(),
+    )
+    .await;
+    let exposed = gateway(None, "bank-test").await;
+    let http = reqwest::Client::new();
+
+    let first_client = login_forwarded_for(&http, &behind_proxy, "198.51.100.1").await;
+    let second_client = login_forwarded_for(&http, &behind_proxy, "198.51.100.2").await;
+    let first_again = login_forwarded_for(&http, &behind_proxy, "198.51.100.1").await;
+    assert_eq!(first_client.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(second_client.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_limited(first_again).await;
+
+    // Without trusted proxies a forged header does not buy a fresh bucket.
+    let forged_one = login_forwarded_for(&http, &exposed, "198.51.100.3").await;
+    let forged_two = login_forwarded_for(&http, &exposed, "198.51.100.4").await;
+    assert_eq!(forged_one.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_limited(forged_two).await;
 }
 
 async fn login(http: &reqwest::Client, base: &str) -> reqwest::Response {
@@ -114,6 +161,7 @@ async fn an_unreachable_redis_stops_the_gateway_at_start() {
         rate_limit_namespace: "bank-test".into(),
         api_quota: Quota::per_minute(1_000),
         auth_quota: Quota::per_minute(1_000),
+        trusted_proxies: Default::default(),
     };
     let error = bank_gateway::build(&config)
         .await

@@ -1,0 +1,141 @@
+//! Who the client is, by network address. Behind a load balancer or ingress the
+//! TCP peer is the proxy, so when the peer is one of the configured trusted
+//! proxies the address is taken from `X-Forwarded-For`: the right-most hop that
+//! is not itself a trusted proxy. Without trusted proxies the peer is the client,
+//! and a client-supplied `X-Forwarded-For` is ignored.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::{
+    extract::{ConnectInfo, Request},
+    http::HeaderMap,
+    middleware::Next,
+    response::Response,
+};
+use ipnet::IpNet;
+
+/// The client's address, as resolved for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddress(pub IpAddr);
+
+/// Proxies whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(networks: Vec<IpNet>) -> TrustedProxies {
+        TrustedProxies(networks)
+    }
+
+    /// Parses a comma-separated list of addresses and networks (CIDR).
+    pub fn parse(raw: &str) -> Result<TrustedProxies, String> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse::<IpNet>()
+                    .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("{item:?} is not an address or network like 10.0.0.0/8"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(TrustedProxies)
+    }
+
+    fn trusts(&self, address: IpAddr) -> bool {
+        self.0.iter().any(|network| network.contains(&address))
+    }
+
+    /// The client address for a request from `peer` with `headers`.
+    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let hops: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map_while(|hop| hop.trim().parse::<IpAddr>().ok())
+            .collect();
+        hops.iter()
+            .rev()
+            .find(|hop| !self.trusts(**hop))
+            .or_else(|| hops.first())
+            .copied()
+            .unwrap_or(peer)
+    }
+}
+
+/// Resolves the client address once per request for the layers and handlers
+/// that need it.
+pub async fn resolve(trusted: TrustedProxies, mut request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    if let Some(peer) = peer {
+        let client = trusted.resolve(peer, request.headers());
+        request.extensions_mut().insert(ClientAddress(client));
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(forwarded: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-forwarded-for",
+            forwarded.parse().unwrap_or_else(|_| unreachable!()),
+        );
+        headers
+    }
+
+    fn ip(raw: &str) -> IpAddr {
+        raw.parse().unwrap_or_else(|_| unreachable!())
+    }
+
+    #[test]
+    fn without_trusted_proxies_the_peer_is_the_client() {
+        let trusted = TrustedProxies::default();
+        assert_eq!(
+            trusted.resolve(ip("203.0.113.1"), &headers("198.51.100.7")),
+            ip("203.0.113.1")
+        );
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_right_most_untrusted_hop_is_the_client() {
+        let trusted = TrustedProxies::parse("10.0.0.0/8, 192.168.1.1").unwrap_or_default();
+        let forwarded = headers("6.6.6.6, 198.51.100.7, 10.1.2.3");
+        assert_eq!(
+            trusted.resolve(ip("10.0.0.5"), &forwarded),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            trusted.resolve(ip("192.168.1.1"), &headers("198.51.100.8")),
+            ip("198.51.100.8")
+        );
+    }
+
+    #[test]
+    fn a_client_cannot_spoof_through_an_untrusted_peer() {
+        let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap_or_default();
+        assert_eq!(
+            trusted.resolve(ip("203.0.113.9"), &headers("10.0.0.1")),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn malformed_lists_are_refused() {
+        assert!(TrustedProxies::parse("10.0.0.0/33").is_err());
+        assert!(TrustedProxies::parse("proxy.internal").is_err());
+        assert_eq!(
+            TrustedProxies::parse("").ok(),
+            Some(TrustedProxies::default())
+        );
+    }
+}
