@@ -122,6 +122,26 @@ impl AccountApi {
         Ok(account)
     }
 
+    /// Moves an account to `target`: closing is the owner's (or an operator's),
+    /// freezing and unfreezing are operators' only. A closed account stays closed.
+    async fn transition(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        target: AccountStatus,
+    ) -> Result<Account, ServiceError> {
+        if target != AccountStatus::Closed {
+            principal.require_operator()?;
+        }
+        let account = self.visible(principal, raw_id).await?;
+        if account.status == AccountStatus::Closed {
+            return Err(AccountError::Closed.into());
+        }
+        let account = self.change_status(account, target).await?;
+        tracing::info!(account_id = %account.account_id, status = target.as_str(), "account status changed");
+        Ok(account)
+    }
+
     /// The account if the caller may see it. Other users' accounts and accounts
     /// still pending answer NOT_FOUND; a pending account of the caller's is
     /// completed first.
@@ -301,13 +321,12 @@ impl AccountService for AccountApi {
     ) -> Result<Response<pb::CloseAccountResponse>, Status> {
         let principal = self.verifier.authenticate(&request).await?;
         let account = self
-            .visible(&principal, &request.get_ref().account_id)
+            .transition(
+                &principal,
+                &request.get_ref().account_id,
+                AccountStatus::Closed,
+            )
             .await?;
-        if account.status == AccountStatus::Closed {
-            return Err(AccountError::Closed.into());
-        }
-        let account = self.change_status(account, AccountStatus::Closed).await?;
-        tracing::info!(account_id = %account.account_id, "account closed");
         Ok(Response::new(pb::CloseAccountResponse {
             account: Some(account_to_proto(&account)),
         }))
@@ -319,15 +338,13 @@ impl AccountService for AccountApi {
         request: Request<pb::FreezeAccountRequest>,
     ) -> Result<Response<pb::FreezeAccountResponse>, Status> {
         let principal = self.verifier.authenticate(&request).await?;
-        principal.require_operator()?;
         let account = self
-            .visible(&principal, &request.get_ref().account_id)
+            .transition(
+                &principal,
+                &request.get_ref().account_id,
+                AccountStatus::Frozen,
+            )
             .await?;
-        if account.status == AccountStatus::Closed {
-            return Err(AccountError::Closed.into());
-        }
-        let account = self.change_status(account, AccountStatus::Frozen).await?;
-        tracing::info!(account_id = %account.account_id, "account frozen");
         Ok(Response::new(pb::FreezeAccountResponse {
             account: Some(account_to_proto(&account)),
         }))
@@ -339,15 +356,13 @@ impl AccountService for AccountApi {
         request: Request<pb::UnfreezeAccountRequest>,
     ) -> Result<Response<pb::UnfreezeAccountResponse>, Status> {
         let principal = self.verifier.authenticate(&request).await?;
-        principal.require_operator()?;
         let account = self
-            .visible(&principal, &request.get_ref().account_id)
+            .transition(
+                &principal,
+                &request.get_ref().account_id,
+                AccountStatus::Active,
+            )
             .await?;
-        if account.status == AccountStatus::Closed {
-            return Err(AccountError::Closed.into());
-        }
-        let account = self.change_status(account, AccountStatus::Active).await?;
-        tracing::info!(account_id = %account.account_id, "account unfrozen");
         Ok(Response::new(pb::UnfreezeAccountResponse {
             account: Some(account_to_proto(&account)),
         }))
