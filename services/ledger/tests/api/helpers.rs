@@ -1,6 +1,6 @@
 //! Helpers shared by the ledger's integration tests.
 
-use bank_e2e::{Stack, TestUser, authed};
+use bank_e2e::{Parts, Stack, TestUser, authed, spawn};
 use bank_kit::ErrorCode;
 use bank_proto::ledger::v1 as pb;
 
@@ -107,4 +107,30 @@ pub async fn verify(stack: &Stack, operator: &TestUser) -> pb::VerifyLedgerRespo
 
 pub fn code(status: &tonic::Status) -> ErrorCode {
     ErrorCode::of_status(status)
+}
+
+/// The world most ledger tests start from: an operator, a customer (alice) with two
+/// euro books, and `funding` deposited into the first.
+pub struct World {
+    pub stack: Stack,
+    pub operator: TestUser,
+    pub alice: TestUser,
+    pub from: String,
+    pub to: String,
+}
+
+pub async fn world(urls: &[String], funding: i64) -> World {
+    let stack = spawn(urls, Parts::LEDGER).await;
+    let operator = stack.operator().await;
+    let alice = stack.customer().await;
+    let from = open_book(&stack, &alice, "EUR").await;
+    let to = open_book(&stack, &alice, "EUR").await;
+    deposit(&stack, &operator, &from, funding).await;
+    World {
+        stack,
+        operator,
+        alice,
+        from,
+        to,
+    }
 }

@@ -4,7 +4,7 @@ use bank_e2e::{Parts, authed, db_test, spawn};
 use bank_proto::ledger::v1 as pb;
 use sea_orm::ConnectionTrait;
 
-use crate::helpers::{deposit, open_book, transfer, transfer_request, verify};
+use crate::helpers::{World, deposit, open_book, transfer, transfer_request, verify, world};
 
 db_test!(
     journal_rows_cannot_be_updated_or_deleted,
@@ -72,12 +72,13 @@ db_test!(
     history_paging
 );
 async fn history_paging(urls: Vec<String>) {
-    let stack = spawn(&urls, Parts::LEDGER).await;
-    let operator = stack.operator().await;
-    let alice = stack.customer().await;
-    let from = open_book(&stack, &alice, "EUR").await;
-    let to = open_book(&stack, &alice, "EUR").await;
-    deposit(&stack, &operator, &from, 1_000).await;
+    let World {
+        stack,
+        operator: _,
+        alice,
+        from,
+        to,
+    } = world(&urls, 1_000).await;
     for index in 1..=5 {
         transfer(
             &stack,
@@ -165,12 +166,13 @@ db_test!(
     tampered_entry_is_reported
 );
 async fn tampered_entry_is_reported(urls: Vec<String>) {
-    let stack = spawn(&urls, Parts::LEDGER).await;
-    let operator = stack.operator().await;
-    let alice = stack.customer().await;
-    let from = open_book(&stack, &alice, "EUR").await;
-    let to = open_book(&stack, &alice, "EUR").await;
-    deposit(&stack, &operator, &from, 1_000).await;
+    let World {
+        stack,
+        operator,
+        alice,
+        from,
+        to,
+    } = world(&urls, 1_000).await;
     let posted = transfer(&stack, &alice, transfer_request(&from, &to, 300, "t"))
         .await
         .unwrap();
@@ -213,12 +215,13 @@ db_test!(
     verify_under_traffic
 );
 async fn verify_under_traffic(urls: Vec<String>) {
-    let stack = spawn(&urls, Parts::LEDGER).await;
-    let operator = stack.operator().await;
-    let alice = stack.customer().await;
-    let from = open_book(&stack, &alice, "EUR").await;
-    let to = open_book(&stack, &alice, "EUR").await;
-    deposit(&stack, &operator, &from, 100_000).await;
+    let World {
+        stack,
+        operator,
+        alice,
+        from,
+        to,
+    } = world(&urls, 100_000).await;
 
     let ledger = stack.ledger().await;
     let traffic: Vec<_> = (0..40)

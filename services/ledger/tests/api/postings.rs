@@ -4,7 +4,9 @@ use bank_e2e::{Parts, authed, db_test, spawn};
 use bank_kit::ErrorCode;
 use bank_proto::ledger::v1 as pb;
 
-use crate::helpers::{balance, code, deposit, open_book, transfer, transfer_request, verify};
+use crate::helpers::{
+    World, balance, code, deposit, open_book, transfer, transfer_request, verify, world,
+};
 
 db_test!(
     transfer_moves_money_between_accounts,
@@ -62,12 +64,13 @@ db_test!(
     replay_is_idempotent
 );
 async fn replay_is_idempotent(urls: Vec<String>) {
-    let stack = spawn(&urls, Parts::LEDGER).await;
-    let operator = stack.operator().await;
-    let alice = stack.customer().await;
-    let from = open_book(&stack, &alice, "EUR").await;
-    let to = open_book(&stack, &alice, "EUR").await;
-    deposit(&stack, &operator, &from, 10_000).await;
+    let World {
+        stack,
+        operator: _,
+        alice,
+        from,
+        to,
+    } = world(&urls, 10_000).await;
 
     let first = transfer(
         &stack,
@@ -95,12 +98,13 @@ db_test!(
     key_reuse_is_refused
 );
 async fn key_reuse_is_refused(urls: Vec<String>) {
-    let stack = spawn(&urls, Parts::LEDGER).await;
-    let operator = stack.operator().await;
-    let alice = stack.customer().await;
-    let from = open_book(&stack, &alice, "EUR").await;
-    let to = open_book(&stack, &alice, "EUR").await;
-    deposit(&stack, &operator, &from, 10_000).await;
+    let World {
+        stack,
+        operator: _,
+        alice,
+        from,
+        to,
+    } = world(&urls, 10_000).await;
     transfer(&stack, &alice, transfer_request(&from, &to, 1_000, "key"))
         .await
         .unwrap();
@@ -149,12 +153,13 @@ db_test!(
     overdraft_is_refused
 );
 async fn overdraft_is_refused(urls: Vec<String>) {
-    let stack = spawn(&urls, Parts::LEDGER).await;
-    let operator = stack.operator().await;
-    let alice = stack.customer().await;
-    let from = open_book(&stack, &alice, "EUR").await;
-    let to = open_book(&stack, &alice, "EUR").await;
-    deposit(&stack, &operator, &from, 1_000).await;
+    let World {
+        stack,
+        operator,
+        alice,
+        from,
+        to,
+    } = world(&urls, 1_000).await;
 
     let error = transfer(
         &stack,
@@ -184,12 +189,13 @@ db_test!(
     non_positive_amounts_are_refused
 );
 async fn non_positive_amounts_are_refused(urls: Vec<String>) {
-    let stack = spawn(&urls, Parts::LEDGER).await;
-    let operator = stack.operator().await;
-    let alice = stack.customer().await;
-    let from = open_book(&stack, &alice, "EUR").await;
-    let to = open_book(&stack, &alice, "EUR").await;
-    deposit(&stack, &operator, &from, 1_000).await;
+    let World {
+        stack,
+        operator: _,
+        alice,
+        from,
+        to,
+    } = world(&urls, 1_000).await;
 
     for (amount, key) in [(0, "zero"), (-500, "negative"), (i64::MIN, "minimum")] {
         let error = transfer(&stack, &alice, transfer_request(&from, &to, amount, key))
@@ -270,12 +276,13 @@ async fn withdrawal(urls: Vec<String>) {
 
 db_test!(reversal_moves_the_money_back_once, databases = 2, reversal);
 async fn reversal(urls: Vec<String>) {
-    let stack = spawn(&urls, Parts::LEDGER).await;
-    let operator = stack.operator().await;
-    let alice = stack.customer().await;
-    let from = open_book(&stack, &alice, "EUR").await;
-    let to = open_book(&stack, &alice, "EUR").await;
-    deposit(&stack, &operator, &from, 1_000).await;
+    let World {
+        stack,
+        operator,
+        alice,
+        from,
+        to,
+    } = world(&urls, 1_000).await;
     let original = transfer(&stack, &alice, transfer_request(&from, &to, 700, "pay"))
         .await
         .unwrap();
@@ -314,12 +321,13 @@ db_test!(
     frozen_and_closed
 );
 async fn frozen_and_closed(urls: Vec<String>) {
-    let stack = spawn(&urls, Parts::LEDGER).await;
-    let operator = stack.operator().await;
-    let alice = stack.customer().await;
-    let from = open_book(&stack, &alice, "EUR").await;
-    let to = open_book(&stack, &alice, "EUR").await;
-    deposit(&stack, &operator, &from, 1_000).await;
+    let World {
+        stack,
+        operator: _,
+        alice,
+        from,
+        to,
+    } = world(&urls, 1_000).await;
     let service = stack.account_service_token().await;
     let set_status = |account_id: &str, status: pb::LedgerAccountStatus| {
         authed(

@@ -4,7 +4,7 @@ use bank_e2e::{Parts, authed, db_test, spawn};
 use bank_kit::ErrorCode;
 use bank_proto::ledger::v1 as pb;
 
-use crate::helpers::{balance, code, deposit, open_book, transfer, transfer_request};
+use crate::helpers::{World, balance, code, deposit, open_book, transfer, transfer_request, world};
 
 db_test!(
     transfer_from_someone_elses_account_is_not_found,
@@ -229,12 +229,13 @@ db_test!(
     idempotency_key_is_required
 );
 async fn idempotency_key_is_required(urls: Vec<String>) {
-    let stack = spawn(&urls, Parts::LEDGER).await;
-    let operator = stack.operator().await;
-    let alice = stack.customer().await;
-    let from = open_book(&stack, &alice, "EUR").await;
-    let to = open_book(&stack, &alice, "EUR").await;
-    deposit(&stack, &operator, &from, 1_000).await;
+    let World {
+        stack,
+        operator: _,
+        alice,
+        from,
+        to,
+    } = world(&urls, 1_000).await;
 
     let error = transfer(&stack, &alice, transfer_request(&from, &to, 100, ""))
         .await
