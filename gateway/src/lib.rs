@@ -249,7 +249,6 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
         .route("/metrics", get(crate::metrics::render))
         .route_layer(middleware::from_fn(crate::metrics::track))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);
 
     let timeout = config.request_timeout;
@@ -409,6 +408,10 @@ async fn problem_fallback(request: Request, next: Next) -> Response {
         401 => (ErrorCode::Unauthenticated, "authentication required"),
         403 => (ErrorCode::Forbidden, "forbidden"),
         404 => (ErrorCode::NotFound, "not found"),
+        405 => (
+            ErrorCode::MethodNotAllowed,
+            "method not allowed on this route",
+        ),
         409 => (ErrorCode::Conflict, "conflict"),
         413 => (ErrorCode::PayloadTooLarge, "the body is larger than 64 KiB"),
         415 => (ErrorCode::UnsupportedMediaType, "unsupported media type"),
@@ -417,16 +420,14 @@ async fn problem_fallback(request: Request, next: Next) -> Response {
         400..=499 => (ErrorCode::InvalidArgument, "the request is malformed"),
         _ => (ErrorCode::Internal, "internal error"),
     };
-    ApiError::new(code, detail).into_response()
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut problem = ApiError::new(code, detail).into_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(header::ALLOW, allow);
+    }
+    problem
 }
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
-}
-
-async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        ErrorCode::InvalidArgument,
-        "method not allowed on this route",
-    )
 }

@@ -17,8 +17,10 @@ use crate::{
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct OpenAccountBody {
-    /// ISO 4217 code, e.g. `EUR`.
+    /// ISO 4217 code of a supported currency, e.g. `EUR`.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
+    #[schema(max_length = 64)]
     pub nickname: Option<String>,
 }
 
@@ -96,7 +98,7 @@ pub struct TransactionsView {
 }
 
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = OpenAccountBody,
-    responses((status = 201, body = AccountView), (status = 400, body = crate::problem::Problem)), security(("bearer" = [])))]
+    responses((status = 201, body = AccountView), (status = 400, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn open(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -152,8 +154,8 @@ pub async fn list(
     Ok(Json(AccountsView { accounts }))
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path)),
-    responses((status = 200, body = AccountView), (status = 404, body = crate::problem::Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = AccountView), (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -168,8 +170,8 @@ pub async fn get(
     Ok(Json(required(response.account)?.into()))
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{id}/balance", tag = "accounts", params(("id" = String, Path)),
-    responses((status = 200, body = BalanceView), (status = 404, body = crate::problem::Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/accounts/{id}/balance", tag = "accounts", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = BalanceView), (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn balance(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -189,8 +191,8 @@ pub async fn balance(
     }))
 }
 
-#[utoipa::path(get, path = "/v1/accounts/{id}/transactions", tag = "accounts", params(("id" = String, Path), PageQuery),
-    responses((status = 200, body = TransactionsView), (status = 404, body = crate::problem::Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/accounts/{id}/transactions", tag = "accounts", params(("id" = uuid::Uuid, Path), PageQuery),
+    responses((status = 200, body = TransactionsView), (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn transactions(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -227,8 +229,8 @@ pub async fn transactions(
     }))
 }
 
-#[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "accounts", params(("id" = String, Path)),
-    responses((status = 200, body = AccountView), (status = 409, body = crate::problem::Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "accounts", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = AccountView), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn close(
     State(state): State<AppState>,
     auth: AuthUser,

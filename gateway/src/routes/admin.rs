@@ -31,16 +31,21 @@ fn require_operator(auth: &AuthUser) -> Result<(), ApiError> {
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct MoneyMovementBody {
+    #[schema(format = Uuid)]
     pub account_id: String,
     /// Positive amount in minor units.
+    #[schema(minimum = 1)]
     pub amount: i64,
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
     /// External reference, e.g. the incoming wire's id.
+    #[schema(min_length = 1, max_length = 140)]
     pub reference: String,
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct ReverseBody {
+    #[schema(max_length = 140)]
     pub reason: Option<String>,
 }
 
@@ -61,7 +66,7 @@ pub struct MismatchView {
 
 #[utoipa::path(post, path = "/v1/admin/deposits", tag = "admin", request_body = MoneyMovementBody,
     params(("Idempotency-Key" = String, Header)),
-    responses((status = 201, body = TransferView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
+    responses((status = 201, body = TransferView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn deposit(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -92,7 +97,7 @@ pub async fn deposit(
 
 #[utoipa::path(post, path = "/v1/admin/withdrawals", tag = "admin", request_body = MoneyMovementBody,
     params(("Idempotency-Key" = String, Header)),
-    responses((status = 201, body = TransferView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
+    responses((status = 201, body = TransferView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn withdraw(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -121,8 +126,8 @@ pub async fn withdraw(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/admin/accounts/{id}/freeze", tag = "admin", params(("id" = String, Path)),
-    responses((status = 200, body = AccountView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/freeze", tag = "admin", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = AccountView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn freeze(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -141,8 +146,8 @@ pub async fn freeze(
     Ok(Json(required(response.account)?.into()))
 }
 
-#[utoipa::path(post, path = "/v1/admin/accounts/{id}/unfreeze", tag = "admin", params(("id" = String, Path)),
-    responses((status = 200, body = AccountView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/unfreeze", tag = "admin", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = AccountView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn unfreeze(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -161,9 +166,9 @@ pub async fn unfreeze(
     Ok(Json(required(response.account)?.into()))
 }
 
-#[utoipa::path(post, path = "/v1/admin/transfers/{id}/reverse", tag = "admin", params(("id" = String, Path), ("Idempotency-Key" = String, Header)),
+#[utoipa::path(post, path = "/v1/admin/transfers/{id}/reverse", tag = "admin", params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = String, Header)),
     request_body(content = Option<ReverseBody>, description = "Optional reason"),
-    responses((status = 201, body = TransferView), (status = 409, body = crate::problem::Problem)), security(("bearer" = [])))]
+    responses((status = 201, body = TransferView), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn reverse(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -209,7 +214,7 @@ pub async fn reverse(
 }
 
 #[utoipa::path(get, path = "/v1/admin/ledger/verify", tag = "admin",
-    responses((status = 200, body = VerifyView), (status = 403, body = crate::problem::Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = VerifyView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn verify(
     State(state): State<AppState>,
     auth: AuthUser,

@@ -14,9 +14,12 @@ use crate::{
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RegisterBody {
+    #[schema(max_length = 254, example = "alice@example.com")]
     pub email: String,
     /// 12 to 256 characters; common passwords are refused.
+    #[schema(min_length = 12, max_length = 256)]
     pub password: String,
+    #[schema(min_length = 1, max_length = 200)]
     pub full_name: String,
 }
 
@@ -94,7 +97,7 @@ pub struct JwkView {
 }
 
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = RegisterBody,
-    responses((status = 201, body = UserView), (status = 400, body = crate::problem::Problem), (status = 409, body = crate::problem::Problem)))]
+    responses((status = 201, body = UserView), (status = 400, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn register(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RegisterBody>,
@@ -113,7 +116,7 @@ pub async fn register(
 }
 
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginBody,
-    responses((status = 200, body = TokenView), (status = 401, body = crate::problem::Problem), (status = 429, body = crate::problem::Problem)))]
+    responses((status = 200, body = TokenView), (status = 401, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 429, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn login(
     State(state): State<AppState>,
     client: Option<Extension<ClientAddress>>,
@@ -134,7 +137,7 @@ pub async fn login(
 }
 
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshBody,
-    responses((status = 200, body = TokenView), (status = 401, body = crate::problem::Problem)))]
+    responses((status = 200, body = TokenView), (status = 401, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn refresh(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<RefreshBody>,
@@ -151,7 +154,7 @@ pub async fn refresh(
 }
 
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = RefreshBody,
-    responses((status = 204), (status = 401, body = crate::problem::Problem)), security(("bearer" = [])))]
+    responses((status = 204), (status = 401, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn logout(
     State(state): State<AppState>,
     auth: AuthUser,
@@ -171,7 +174,7 @@ pub async fn logout(
 }
 
 #[utoipa::path(get, path = "/v1/me", tag = "auth",
-    responses((status = 200, body = UserView), (status = 401, body = crate::problem::Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = UserView), (status = 401, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<UserView>, ApiError> {
     let response = state
         .identity
@@ -183,7 +186,7 @@ pub async fn me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<Us
 }
 
 #[utoipa::path(post, path = "/v1/me/password", tag = "auth", request_body = ChangePasswordBody,
-    responses((status = 204), (status = 400, body = crate::problem::Problem)), security(("bearer" = [])))]
+    responses((status = 204), (status = 400, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn change_password(
     State(state): State<AppState>,
     auth: AuthUser,

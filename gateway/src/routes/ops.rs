@@ -30,7 +30,7 @@ pub async fn healthz() -> Json<HealthView> {
 
 /// Readiness: every downstream service reports SERVING.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
-    responses((status = 200, body = HealthView), (status = 503, body = crate::problem::Problem)))]
+    responses((status = 200, body = HealthView), (status = 503, body = crate::problem::Problem, content_type = "application/problem+json")))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthView>, ApiError> {
     let checks = [
         ("identity", state.health_channels.identity.clone()),
@@ -64,6 +64,7 @@ struct BearerSecurity;
 
 impl Modify for BearerSecurity {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        document_common_problems(openapi);
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -74,6 +75,62 @@ impl Modify for BearerSecurity {
                     .build(),
             ),
         );
+    }
+}
+
+/// Documents the problem responses any route can give, beside the ones each
+/// handler names: malformed input, authentication, limits, and outages.
+fn document_common_problems(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let problem = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("Problem")))
+                    .build(),
+            )
+            .build()
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let codes: &[(&str, &str)] = if path.starts_with("/v1/") {
+            &[
+                ("400", "Malformed request"),
+                ("401", "Missing or invalid token"),
+                ("403", "Not allowed"),
+                ("404", "Not found"),
+                ("409", "Conflict"),
+                ("413", "Body over 64 KiB"),
+                ("415", "Body is not JSON"),
+                ("422", "Refused by a business rule"),
+                ("429", "Rate limited; see Retry-After"),
+                ("500", "Internal error"),
+                ("503", "A service is unavailable"),
+            ]
+        } else {
+            &[
+                ("500", "Internal error"),
+                ("503", "A service is unavailable"),
+            ]
+        };
+        let operations = [
+            item.get.as_mut(),
+            item.post.as_mut(),
+            item.put.as_mut(),
+            item.delete.as_mut(),
+            item.patch.as_mut(),
+        ];
+        for operation in operations.into_iter().flatten() {
+            for (code, description) in codes {
+                if !operation.responses.responses.contains_key(*code) {
+                    operation
+                        .responses
+                        .responses
+                        .insert((*code).to_owned(), problem(description).into());
+                }
+            }
+        }
     }
 }
 

@@ -17,18 +17,23 @@ use crate::{
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct TransferBody {
+    #[schema(format = Uuid)]
     pub from_account_id: String,
+    #[schema(format = Uuid)]
     pub to_account_id: String,
     /// Positive amount in minor units.
+    #[schema(minimum = 1)]
     pub amount: i64,
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
+    #[schema(max_length = 140)]
     pub description: Option<String>,
 }
 
 #[utoipa::path(post, path = "/v1/transfers", tag = "transfers", request_body = TransferBody,
     params(("Idempotency-Key" = String, Header, description = "Makes the request safe to retry")),
-    responses((status = 201, body = TransferView), (status = 400, body = crate::problem::Problem),
-        (status = 404, body = crate::problem::Problem), (status = 422, body = crate::problem::Problem)),
+    responses((status = 201, body = TransferView), (status = 400, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 422, body = crate::problem::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
 pub async fn create(
     State(state): State<AppState>,
@@ -58,8 +63,8 @@ pub async fn create(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "transfers", params(("id" = String, Path)),
-    responses((status = 200, body = TransferView), (status = 404, body = crate::problem::Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "transfers", params(("id" = uuid::Uuid, Path)),
+    responses((status = 200, body = TransferView), (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     auth: AuthUser,

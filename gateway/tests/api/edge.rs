@@ -5,7 +5,7 @@ use bank_e2e::{Parts, db_test, spawn};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{Rest, assert_problem};
+use crate::helpers::{Rest, assert_problem, offline_config, start};
 
 db_test!(
     malformed_requests_get_precise_problems,
@@ -186,6 +186,11 @@ async fn discovery(urls: Vec<String>) {
         .await
         .unwrap();
     assert!(openapi["openapi"].as_str().unwrap().starts_with("3.1"));
+    let not_found = &openapi["paths"]["/v1/accounts/{id}"]["get"]["responses"]["404"]["content"];
+    assert!(
+        not_found.get("application/problem+json").is_some(),
+        "errors are documented as problem documents: {not_found}"
+    );
     for path in [
         "/v1/auth/register",
         "/v1/auth/login",
@@ -215,32 +220,9 @@ async fn discovery(urls: Vec<String>) {
     }
 }
 
-/// A port nothing listens on.
-async fn closed_port() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
-
 #[tokio::test]
 async fn unreachable_services_give_opaque_unavailable_problems() {
-    let config = bank_gateway::Config {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        identity_endpoint: closed_port().await,
-        account_endpoint: closed_port().await,
-        ledger_endpoint: closed_port().await,
-        cors_allowed_origins: Vec::new(),
-        request_timeout: std::time::Duration::from_secs(5),
-        redis_url: None,
-        rate_limit_namespace: "bank-test".into(),
-        api_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
-        auth_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
-        trusted_proxies: Default::default(),
-    };
-    let gateway = bank_gateway::build(&config).await.unwrap();
-    let url = format!("http://{}", gateway.local_addr().unwrap());
-    tokio::spawn(gateway.run_until_stopped(std::future::pending()));
+    let url = start(&offline_config().await).await;
     let http = reqwest::Client::new();
 
     let register = http
@@ -304,4 +286,29 @@ async fn errors_are_problems(urls: Vec<String>) {
         "{:?}",
         wrong_type.body
     );
+}
+
+#[tokio::test]
+async fn undeclared_methods_are_405_problems_naming_the_allowed_ones() {
+    let url = start(&offline_config().await).await;
+
+    let response = reqwest::Client::new()
+        .delete(format!("{url}/healthz"))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        response.headers()["allow"]
+            .to_str()
+            .unwrap()
+            .contains("GET")
+    );
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "method_not_allowed");
 }

@@ -188,3 +188,36 @@ pub fn assert_problem(reply: &Reply, status: StatusCode, code: &str) {
         assert!(!text.contains(leak), "problem leaks {leak:?}: {text}");
     }
 }
+
+/// A port nothing listens on.
+pub async fn closed_port() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// A gateway configuration whose services do not exist, with generous limits.
+pub async fn offline_config() -> bank_gateway::Config {
+    bank_gateway::Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        identity_endpoint: closed_port().await,
+        account_endpoint: closed_port().await,
+        ledger_endpoint: closed_port().await,
+        cors_allowed_origins: Vec::new(),
+        request_timeout: std::time::Duration::from_secs(5),
+        redis_url: None,
+        rate_limit_namespace: "bank-test".into(),
+        api_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
+        auth_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
+        trusted_proxies: Default::default(),
+    }
+}
+
+/// Starts a gateway with `config`; returns its base URL.
+pub async fn start(config: &bank_gateway::Config) -> String {
+    let gateway = bank_gateway::build(config).await.unwrap();
+    let url = format!("http://{}", gateway.local_addr().unwrap());
+    tokio::spawn(gateway.run_until_stopped(std::future::pending()));
+    url
+}

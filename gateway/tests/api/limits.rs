@@ -6,14 +6,9 @@ use bank_gateway::{client::TrustedProxies, rate_limit::Quota};
 use reqwest::StatusCode;
 use serde_json::json;
 
-const REDIS_URL_VAR: &str = "BANK_TEST_REDIS_URL";
+use crate::helpers::{closed_port, offline_config, start};
 
-async fn closed_port() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
+const REDIS_URL_VAR: &str = "BANK_TEST_REDIS_URL";
 
 /// Starts a gateway allowing one auth request per minute per client.
 async fn gateway(redis_url: Option<String>, namespace: &str) -> String {
@@ -26,25 +21,16 @@ async fn gateway_behind(
     trusted_proxies: TrustedProxies,
 ) -> String {
     let config = bank_gateway::Config {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        identity_endpoint: closed_port().await,
-        account_endpoint: closed_port().await,
-        ledger_endpoint: closed_port().await,
-        cors_allowed_origins: Vec::new(),
-        request_timeout: std::time::Duration::from_secs(5),
         redis_url,
         rate_limit_namespace: namespace.to_owned(),
-        api_quota: Quota::per_minute(1_000),
         auth_quota: Quota {
             per_minute: 1,
             burst: 1,
         },
         trusted_proxies,
+        ..offline_config().await
     };
-    let gateway = bank_gateway::build(&config).await.unwrap();
-    let url = format!("http://{}", gateway.local_addr().unwrap());
-    tokio::spawn(gateway.run_until_stopped(std::future::pending()));
-    url
+    start(&config).await
 }
 
 async fn login_forwarded_for(
@@ -151,17 +137,8 @@ async fn redis_buckets_are_shared_by_gateway_replicas() {
 #[tokio::test]
 async fn an_unreachable_redis_stops_the_gateway_at_start() {
     let config = bank_gateway::Config {
-        listen_addr: "127.0.0.1:0".parse().unwrap(),
-        identity_endpoint: closed_port().await,
-        account_endpoint: closed_port().await,
-        ledger_endpoint: closed_port().await,
-        cors_allowed_origins: Vec::new(),
-        request_timeout: std::time::Duration::from_secs(5),
         redis_url: Some(closed_port().await.replace("http://", "redis://")),
-        rate_limit_namespace: "bank-test".into(),
-        api_quota: Quota::per_minute(1_000),
-        auth_quota: Quota::per_minute(1_000),
-        trusted_proxies: Default::default(),
+        ..offline_config().await
     };
     let error = bank_gateway::build(&config)
         .await

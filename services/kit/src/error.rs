@@ -26,13 +26,14 @@ pub enum ErrorCode {
     IdempotencyKeyReused,
     PayloadTooLarge,
     UnsupportedMediaType,
+    MethodNotAllowed,
     RateLimited,
     Unavailable,
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
@@ -45,6 +46,7 @@ impl ErrorCode {
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
+        ErrorCode::MethodNotAllowed,
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -167,6 +169,12 @@ impl ErrorCode {
                 415,
                 Code::InvalidArgument,
                 "Unsupported media type",
+            ),
+            ErrorCode::MethodNotAllowed => (
+                "method_not_allowed",
+                405,
+                Code::Unimplemented,
+                "Method not allowed",
             ),
             ErrorCode::RateLimited => (
                 "rate_limited",
@@ -349,6 +357,7 @@ mod tests {
             ("idempotency_key_reused", 422),
             ("payload_too_large", 413),
             ("unsupported_media_type", 415),
+            ("method_not_allowed", 405),
             ("rate_limited", 429),
             ("unavailable", 503),
             ("internal", 500),
