@@ -213,3 +213,112 @@ async fn journey_over_grpc(urls: Vec<String>) {
         .accounts;
     assert_eq!(listed.len(), 2);
 }
+
+/// The services reflection lists on `addr`, asked over reflection v1 and v1alpha.
+async fn reflected_services(addr: std::net::SocketAddr) -> (Vec<String>, Vec<String>) {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(listed)) =
+        stream.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("reflection v1 did not list services");
+    };
+    let mut v1_names: Vec<String> = listed
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    v1_names.sort();
+
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut stream = v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(listed)) =
+        stream.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("reflection v1alpha did not list services");
+    };
+    let mut v1alpha_names: Vec<String> = listed
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    v1alpha_names.sort();
+    (v1_names, v1alpha_names)
+}
+
+db_test!(
+    every_service_lists_its_api_health_and_reflection_and_is_serving,
+    databases = 3,
+    operators_view
+);
+async fn operators_view(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::ALL).await;
+    let services = [
+        (stack.identity_addr, "bank.identity.v1.IdentityService"),
+        (
+            stack.account_addr.unwrap(),
+            "bank.account.v1.AccountService",
+        ),
+        (stack.ledger_addr.unwrap(), "bank.ledger.v1.LedgerService"),
+    ];
+
+    for (addr, api) in services {
+        let mut expected = vec![
+            api.to_owned(),
+            "grpc.health.v1.Health".to_owned(),
+            "grpc.reflection.v1.ServerReflection".to_owned(),
+            "grpc.reflection.v1alpha.ServerReflection".to_owned(),
+        ];
+        expected.sort();
+        let (v1, v1alpha) = reflected_services(addr).await;
+        assert_eq!(v1, expected, "reflection v1 on {api}");
+        assert_eq!(v1alpha, expected, "reflection v1alpha on {api}");
+
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        for service in ["", api] {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            assert_eq!(
+                status,
+                tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+                "{api} {service:?}"
+            );
+        }
+    }
+}
