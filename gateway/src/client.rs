@@ -45,24 +45,40 @@ impl TrustedProxies {
         self.0.iter().any(|network| network.contains(&address))
     }
 
-    /// The client address for a request from `peer` with `headers`.
+    /// The client address for a request from `peer` with `headers`. The list is
+    /// walked from the right, the end our own proxies appended to: trusted hops
+    /// are skipped, the first untrusted one is the client. An entry that is not an
+    /// address stops the walk at the nearest trusted hop, so a client cannot hide
+    /// behind garbage it wrote itself.
     pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.trusts(peer) {
             return peer;
         }
-        let hops: Vec<IpAddr> = headers
+        let mut hops: Vec<&str> = headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .map_while(|hop| hop.trim().parse::<IpAddr>().ok())
+            .map(str::trim)
             .collect();
-        hops.iter()
-            .rev()
-            .find(|hop| !self.trusts(**hop))
-            .or_else(|| hops.first())
-            .copied()
-            .unwrap_or(peer)
+        let mut client = peer;
+        while let Some(hop) = hops.pop() {
+            let Ok(address) = hop.parse::<IpAddr>() else {
+                break;
+            };
+            client = address;
+            if !self.trusts(address) {
+                break;
+            }
+        }
+        client
+    }
+}
+
+impl ClientAddress {
+    /// The key this client is counted under (see [`bank_kit::net::client_bucket`]).
+    pub fn bucket(self) -> String {
+        bank_kit::net::client_bucket(self.0)
     }
 }
 
@@ -117,6 +133,26 @@ mod tests {
         assert_eq!(
             trusted.resolve(ip("192.168.1.1"), &headers("198.51.100.8")),
             ip("198.51.100.8")
+        );
+    }
+
+    #[test]
+    fn garbage_in_the_list_stops_at_the_nearest_trusted_hop() {
+        let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap_or_default();
+        let forwarded = headers("198.51.100.7, not-an-address, 10.1.2.3");
+        assert_eq!(trusted.resolve(ip("10.0.0.5"), &forwarded), ip("10.1.2.3"));
+        let forwarded = headers("198.51.100.7, 203.0.113.4, unknown");
+        assert_eq!(trusted.resolve(ip("10.0.0.5"), &forwarded), ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn only_trusted_hops_leave_the_left_most_one() {
+        let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap_or_default();
+        let forwarded = headers("10.9.9.9, 10.1.2.3");
+        assert_eq!(trusted.resolve(ip("10.0.0.5"), &forwarded), ip("10.9.9.9"));
+        assert_eq!(
+            trusted.resolve(ip("10.0.0.5"), &HeaderMap::new()),
+            ip("10.0.0.5")
         );
     }
 

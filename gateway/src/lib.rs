@@ -265,6 +265,8 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
             crate::client::resolve(trusted_proxies.clone(), request, next)
         }))
         .layer(middleware::from_fn(move |request, next| deadline(timeout, request, next)))
+        // Inside the header layers, so the documents it writes get them too.
+        .layer(middleware::from_fn(problem_fallback))
         .layer(cors(&config.cors_allowed_origins))
         .layer(SetResponseHeaderLayer::overriding(
             header::X_CONTENT_TYPE_OPTIONS,
@@ -290,7 +292,6 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
-        .layer(middleware::from_fn(problem_fallback))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             tracing::info_span!(
                 "http.request",
@@ -356,7 +357,7 @@ async fn rate_limit(
     let client = request
         .extensions()
         .get::<ClientAddress>()
-        .map(|client| client.0.to_string())
+        .map(|client| client.bucket())
         .unwrap_or_default();
     match limiter.check(&format!("{class}:{client}"), quota).await {
         Decision::Allowed => next.run(request).await,

@@ -119,11 +119,56 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(seconds) = self.retry_after_seconds
+        // A 429 always says when to come back; a second when nobody said.
+        let retry_after = match (self.code, self.retry_after_seconds) {
+            (ErrorCode::RateLimited, None) => Some(1),
+            (_, seconds) => seconds,
+        };
+        if let Some(seconds) = retry_after
             && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry_after(error: ApiError) -> Option<String> {
+        error
+            .into_response()
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn every_rate_limited_answer_says_when_to_come_back() {
+        assert_eq!(
+            retry_after(ApiError::new(ErrorCode::RateLimited, "slow down")),
+            Some("1".into())
+        );
+        assert_eq!(retry_after(ApiError::rate_limited(7)), Some("7".into()));
+        assert_eq!(retry_after(ApiError::invalid("bad")), None);
+    }
+
+    #[tokio::test]
+    async fn server_errors_hide_their_detail() {
+        let response = ApiError::new(ErrorCode::Internal, "table users is locked").into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers().get(header::CONTENT_TYPE),
+            Some(&HeaderValue::from_static("application/problem+json"))
+        );
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap_or_default();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("\"code\":\"internal\""), "{body}");
+        assert!(!body.contains("users"), "{body}");
     }
 }

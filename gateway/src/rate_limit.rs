@@ -146,27 +146,41 @@ impl RateLimiter {
         })
     }
 
+    /// Checks `key` against `quota`. When Redis fails, the process's own buckets
+    /// decide: a degraded limit beats refusing every client or none.
     pub async fn check(&self, key: &str, quota: Quota) -> Decision {
-        let Backend::Redis { connection, script } = &self.backend else {
-            return self.local.check_at(key, quota, Instant::now());
-        };
-        let mut connection = connection.clone();
-        let result: redis::RedisResult<u64> = script
-            .key(format!("{}:ratelimit:{key}", self.namespace))
-            .arg(u64::try_from(quota.interval().as_millis()).unwrap_or(u64::MAX))
-            .arg(u64::try_from(quota.tolerance().as_millis()).unwrap_or(u64::MAX))
-            .invoke_async(&mut connection)
-            .await;
-        match result {
-            Ok(0) => Decision::Allowed,
-            Ok(wait_ms) => Decision::Limited {
-                retry_after: Duration::from_millis(wait_ms),
-            },
+        match self.check_shared(key, quota).await {
+            Ok(Some(decision)) => decision,
+            Ok(None) => self.local.check_at(key, quota, Instant::now()),
             Err(error) => {
                 tracing::warn!(%error, "Redis rate limiter unavailable, limiting in process");
                 self.local.check_at(key, quota, Instant::now())
             }
         }
+    }
+
+    /// The decision of the shared (Redis) buckets; `None` when there are none.
+    pub async fn check_shared(
+        &self,
+        key: &str,
+        quota: Quota,
+    ) -> Result<Option<Decision>, redis::RedisError> {
+        let Backend::Redis { connection, script } = &self.backend else {
+            return Ok(None);
+        };
+        let mut connection = connection.clone();
+        let wait_ms: u64 = script
+            .key(format!("{}:ratelimit:{key}", self.namespace))
+            .arg(u64::try_from(quota.interval().as_millis()).unwrap_or(u64::MAX))
+            .arg(u64::try_from(quota.tolerance().as_millis()).unwrap_or(u64::MAX))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(Some(match wait_ms {
+            0 => Decision::Allowed,
+            wait_ms => Decision::Limited {
+                retry_after: Duration::from_millis(wait_ms),
+            },
+        }))
     }
 }
 

@@ -309,6 +309,9 @@ async fn undeclared_methods_are_405_problems_naming_the_allowed_ones() {
         response.headers()["content-type"],
         "application/problem+json"
     );
+    assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert!(response.headers().contains_key("x-request-id"));
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed");
 }

@@ -2,13 +2,27 @@
 //! gateway replicas must share one bucket). The gateways here point at services
 //! that do not exist: an allowed request answers 503, a limited one 429.
 
-use bank_gateway::{client::TrustedProxies, rate_limit::Quota};
+use bank_gateway::{
+    client::TrustedProxies,
+    rate_limit::{Decision, Quota, RateLimiter},
+};
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{closed_port, offline_config, start};
 
 const REDIS_URL_VAR: &str = "BANK_TEST_REDIS_URL";
+
+/// The test Redis, or `None` (said on stderr) when the variable is not set.
+fn test_redis_url() -> Option<String> {
+    let url = std::env::var(REDIS_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty());
+    if url.is_none() {
+        eprintln!("{REDIS_URL_VAR} is not set: Redis variant not run");
+    }
+    url
+}
 
 /// Starts a gateway allowing one auth request per minute per client.
 async fn gateway(redis_url: Option<String>, namespace: &str) -> String {
@@ -115,11 +129,7 @@ async fn auth_routes_are_rate_limited_per_client() {
 
 #[tokio::test]
 async fn redis_buckets_are_shared_by_gateway_replicas() {
-    let Some(redis_url) = std::env::var(REDIS_URL_VAR)
-        .ok()
-        .filter(|url| !url.is_empty())
-    else {
-        eprintln!("{REDIS_URL_VAR} is not set: Redis variant not run");
+    let Some(redis_url) = test_redis_url() else {
         return;
     };
     let namespace = format!("bank-test-{}", uuid::Uuid::new_v4().simple());
@@ -132,6 +142,41 @@ async fn redis_buckets_are_shared_by_gateway_replicas() {
 
     assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_limited(second).await;
+}
+
+/// The shared decision itself, with Redis errors surfacing instead of falling
+/// back to per-replica buckets (which would hide a broken script or connection).
+#[tokio::test]
+async fn redis_limiters_decide_together_without_falling_back() {
+    let Some(redis_url) = test_redis_url() else {
+        return;
+    };
+    let namespace = format!("bank-test-{}", uuid::Uuid::new_v4().simple());
+    let replica_a = RateLimiter::redis(&redis_url, &namespace).await.unwrap();
+    let replica_b = RateLimiter::redis(&redis_url, &namespace).await.unwrap();
+    let quota = Quota {
+        per_minute: 2,
+        burst: 2,
+    };
+
+    let decisions = [
+        replica_a.check_shared("auth:198.51.100.1", quota).await,
+        replica_b.check_shared("auth:198.51.100.1", quota).await,
+        replica_a.check_shared("auth:198.51.100.1", quota).await,
+        replica_b.check_shared("auth:198.51.100.2", quota).await,
+    ]
+    .map(|decision| decision.expect("Redis answers"));
+
+    assert_eq!(decisions[0], Some(Decision::Allowed));
+    assert_eq!(decisions[1], Some(Decision::Allowed));
+    let Some(Decision::Limited { retry_after }) = decisions[2] else {
+        panic!("the third request of a burst of two is limited: {decisions:?}");
+    };
+    assert!(
+        retry_after > std::time::Duration::ZERO
+            && retry_after <= std::time::Duration::from_secs(30)
+    );
+    assert_eq!(decisions[3], Some(Decision::Allowed), "another client");
 }
 
 #[tokio::test]

@@ -231,15 +231,16 @@ impl IdentityApi {
 /// Metadata naming the end client's address, set by the gateway.
 pub const CLIENT_ADDRESS_METADATA: &str = "x-client-address";
 
-/// The address the login comes from: as the gateway reports it, else the peer.
+/// The address the login comes from, as the gateway reports it, else the peer;
+/// counted per address (IPv6: per /64, see [`bank_kit::net::client_bucket`]).
 fn client_address<T>(request: &Request<T>) -> String {
     request
         .metadata()
         .get(CLIENT_ADDRESS_METADATA)
         .and_then(|value| value.to_str().ok())
-        .filter(|value| !value.is_empty() && value.len() <= 64)
-        .map(str::to_owned)
-        .or_else(|| request.remote_addr().map(|addr| addr.ip().to_string()))
+        .and_then(|value| value.parse::<std::net::IpAddr>().ok())
+        .or_else(|| request.remote_addr().map(|addr| addr.ip()))
+        .map(bank_kit::net::client_bucket)
         .unwrap_or_default()
 }
 

@@ -9,6 +9,7 @@ pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod money;
+pub mod net;
 pub mod telemetry;
 pub mod testing;
 pub mod time;
