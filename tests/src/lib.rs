@@ -6,6 +6,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
+use bank_identity::domain::{Backoff, LoginThrottle};
 use bank_proto::{
     account::v1::account_service_client::AccountServiceClient,
     identity::v1::{self as identity, identity_service_client::IdentityServiceClient},
@@ -82,6 +83,21 @@ fn stopper(
     }
 }
 
+/// The login backoff of test stacks: the real counts, with delays far longer than
+/// any test, so that no assertion depends on how fast the machine is.
+pub const LOGIN_THROTTLE: LoginThrottle = LoginThrottle {
+    per_client: Backoff {
+        free_failures: 5,
+        first_delay_seconds: 600,
+        cap_seconds: 3_600,
+    },
+    per_account: Backoff {
+        free_failures: 20,
+        first_delay_seconds: 600,
+        cap_seconds: 3_600,
+    },
+};
+
 /// Starts identity and the requested parts on `urls`: identity on `urls[0]`,
 /// ledger on `urls[1]`, account on `urls[2]`.
 pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
@@ -104,6 +120,7 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
         )]),
         session_idle_timeout: chrono::Duration::minutes(30),
         session_absolute_lifetime: chrono::Duration::hours(12),
+        login_throttle: LOGIN_THROTTLE,
     };
     let identity = bank_identity::build(&identity_config)
         .await

@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Backoff, Email, FullName, IdentityError, MAX_PASSWORD_BYTES, NewPassword, Role, User,
+        Email, FullName, IdentityError, LoginThrottle, MAX_PASSWORD_BYTES, NewPassword, Role, User,
     },
     keys::KeyRing,
     passwords::PasswordHasherPool,
@@ -37,6 +37,7 @@ pub struct IdentityApi {
     pub(crate) hasher: PasswordHasherPool,
     pub(crate) verifier: TokenVerifier,
     pub(crate) sessions: SessionPolicy,
+    pub(crate) login_throttle: LoginThrottle,
     /// SHA-256 of each service client's secret, by client id.
     pub(crate) service_clients: HashMap<String, [u8; 32]>,
 }
@@ -152,11 +153,13 @@ impl IdentityApi {
     /// before, so a guesser elsewhere can never keep the owner's device out.
     async fn reserve_attempt(&self, throttle: &ThrottleKeys) -> Result<(), IdentityError> {
         let blocked = |wait: chrono::Duration| {
-            IdentityError::LoginThrottled(u64::try_from(wait.num_seconds()).unwrap_or(1).max(1))
+            // Whole seconds, rounded up, so a client that waits as told is let in.
+            let millis = u64::try_from(wait.num_milliseconds()).unwrap_or(0);
+            IdentityError::LoginThrottled(millis.div_ceil(1000).max(1))
         };
         let client_attempts = match self
             .store
-            .reserve_login_attempt(&throttle.per_client, Backoff::PER_CLIENT, true)
+            .reserve_login_attempt(&throttle.per_client, self.login_throttle.per_client, true)
             .await?
         {
             Reservation::Counted(attempts) => attempts,
@@ -167,7 +170,7 @@ impl IdentityApi {
             .store
             .reserve_login_attempt(
                 &throttle.per_account,
-                Backoff::PER_ACCOUNT,
+                self.login_throttle.per_account,
                 returning_client,
             )
             .await?

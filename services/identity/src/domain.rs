@@ -128,17 +128,6 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub const PER_CLIENT: Backoff = Backoff {
-        free_failures: 5,
-        first_delay_seconds: 5,
-        cap_seconds: 15 * 60,
-    };
-    pub const PER_ACCOUNT: Backoff = Backoff {
-        free_failures: 20,
-        first_delay_seconds: 1,
-        cap_seconds: 60,
-    };
-
     /// The delay after `failures` consecutive failures: none for the free ones,
     /// then doubling from the first delay up to the cap.
     pub fn delay_after(self, failures: i64) -> Option<chrono::Duration> {
@@ -152,6 +141,33 @@ impl Backoff {
             .saturating_mul(1_i64 << doublings)
             .min(self.cap_seconds);
         Some(chrono::Duration::seconds(seconds))
+    }
+}
+
+/// How failed logins are slowed down: per email and client address, and per email
+/// alone (which only holds back clients that have failed before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginThrottle {
+    pub per_client: Backoff,
+    pub per_account: Backoff,
+}
+
+impl Default for LoginThrottle {
+    /// Five free failures per client, then 5 s doubling up to 15 min; twenty free
+    /// failures per account, then 1 s doubling up to 1 min.
+    fn default() -> LoginThrottle {
+        LoginThrottle {
+            per_client: Backoff {
+                free_failures: 5,
+                first_delay_seconds: 5,
+                cap_seconds: 15 * 60,
+            },
+            per_account: Backoff {
+                free_failures: 20,
+                first_delay_seconds: 1,
+                cap_seconds: 60,
+            },
+        }
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Config {
     pub service_clients: HashMap<String, SecretString>,
     pub session_idle_timeout: chrono::Duration,
     pub session_absolute_lifetime: chrono::Duration,
+    /// The backoff after failed logins; fixed in code, set here by tests.
+    pub login_throttle: domain::LoginThrottle,
 }
 
 impl Config {
@@ -101,6 +103,7 @@ impl Config {
                 12,
                 1..=24 * 90,
             )?),
+            login_throttle: domain::LoginThrottle::default(),
         })
     }
 }
@@ -164,6 +167,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
             idle_timeout: config.session_idle_timeout,
             absolute_lifetime: config.session_absolute_lifetime,
         },
+        login_throttle: config.login_throttle,
         service_clients: config
             .service_clients
             .iter()

@@ -408,10 +408,14 @@ impl IdentityStore {
         };
         let failures: i64 = row.try_get("", "failures")?;
         if let Some(delay) = backoff.delay_after(failures) {
+            // A block that is still running is not pushed further out: attempts
+            // that do not respect it (a fresh client's) must not extend it for
+            // the clients that do.
             txn.execute_raw(statement(
                 self.backend(),
-                "UPDATE login_throttle SET blocked_until = $1 WHERE throttle_key = $2",
-                [(now + delay).into(), key.into()],
+                "UPDATE login_throttle SET blocked_until = $1
+                 WHERE throttle_key = $2 AND (blocked_until IS NULL OR blocked_until <= $3)",
+                [(now + delay).into(), key.into(), now.into()],
             ))
             .await?;
         }
