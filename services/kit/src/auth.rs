@@ -4,8 +4,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
-    time::{Duration, Instant},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use bank_proto::identity::v1::{
@@ -13,6 +16,7 @@ use bank_proto::identity::v1::{
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{ErrorCode, ServiceError};
@@ -39,6 +43,14 @@ const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// How long a fetched key set is trusted before it is fetched again, so that a
 /// key removed from identity (rotated out, or compromised) stops verifying.
 const KEY_SET_TTL: Duration = Duration::from_secs(5 * 60);
+
+/// Shortest time between two fetches while none has succeeded yet.
+const MIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The oldest key set that still verifies. Past it, when identity cannot be
+/// reached, tokens are refused: every honest token has expired by then anyway,
+/// and a key withdrawn at identity must not stay trusted forever.
+const MAX_KEY_SET_AGE: Duration = Duration::from_secs(60 * 60);
 
 /// Claims of every token. All are required: a token missing one is rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,20 +171,45 @@ pub fn validation() -> Validation {
     validation
 }
 
-enum KeySource {
-    /// Keys fetched from the identity service's `GetJwks`.
-    Identity(IdentityServiceClient<Channel>),
-    /// Keys handed in directly (the identity service verifying its own tokens).
-    Fixed,
+/// Where a remote verifier gets the identity service's published keys.
+#[tonic::async_trait]
+pub trait KeySource: Send + Sync + 'static {
+    async fn fetch(&self) -> Result<Vec<Jwk>, ServiceError>;
+}
+
+/// The identity service's `GetJwks`.
+struct IdentityKeys(IdentityServiceClient<Channel>);
+
+#[tonic::async_trait]
+impl KeySource for IdentityKeys {
+    async fn fetch(&self) -> Result<Vec<Jwk>, ServiceError> {
+        let response = self
+            .0
+            .clone()
+            .get_jwks(GetJwksRequest {})
+            .await
+            .map_err(|status| {
+                ServiceError::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot fetch signing keys: {}", status.code()),
+                )
+            })?;
+        Ok(response.into_inner().keys)
+    }
 }
 
 struct Inner {
     keys: RwLock<HashMap<String, DecodingKey>>,
-    source: KeySource,
-    /// When a fetch was last attempted; limits refetches on unknown key ids.
+    /// `None`: the keys were handed in and never change (identity verifying its
+    /// own tokens).
+    source: Option<Arc<dyn KeySource>>,
+    /// When a fetch was last attempted. Held during a fetch, so concurrent
+    /// callers wait for one fetch instead of each making their own.
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
     /// When the key set was last fetched successfully.
     fetched_at: RwLock<Option<Instant>>,
+    /// Whether a background refresh of a stale key set is under way.
+    refreshing: AtomicBool,
 }
 
 /// Verifies bearer tokens. Cheap to clone.
@@ -189,25 +226,31 @@ impl TokenVerifier {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(5))
             .connect_lazy();
-        Ok(Self::with_source(KeySource::Identity(
-            IdentityServiceClient::new(channel),
-        )))
+        Ok(Self::from_source(IdentityKeys(IdentityServiceClient::new(
+            channel,
+        ))))
+    }
+
+    /// A verifier that fetches its keys from `source`.
+    pub fn from_source(source: impl KeySource) -> TokenVerifier {
+        Self::with_source(Some(Arc::new(source)))
     }
 
     /// A verifier that trusts exactly `keys`.
     pub fn fixed(keys: &[Jwk]) -> TokenVerifier {
-        let verifier = Self::with_source(KeySource::Fixed);
+        let verifier = Self::with_source(None);
         verifier.replace_keys(keys);
         verifier
     }
 
-    fn with_source(source: KeySource) -> TokenVerifier {
+    fn with_source(source: Option<Arc<dyn KeySource>>) -> TokenVerifier {
         TokenVerifier {
             inner: Arc::new(Inner {
                 keys: RwLock::new(HashMap::new()),
                 source,
                 last_fetch: tokio::sync::Mutex::new(None),
                 fetched_at: RwLock::new(None),
+                refreshing: AtomicBool::new(false),
             }),
         }
     }
@@ -235,13 +278,7 @@ impl TokenVerifier {
             return Err(invalid_token());
         }
         let kid = header.kid.ok_or_else(invalid_token)?;
-        if self.key_set_is_stale()
-            && let Err(error) = self.refetch().await
-        {
-            // Keep verifying with the keys already held rather than failing every
-            // request while identity is briefly unreachable.
-            tracing::warn!(%error, "signing keys could not be refreshed");
-        }
+        self.keep_keys_fresh().await?;
         let key = match self.cached_key(&kid) {
             Some(key) => key,
             None => {
@@ -272,19 +309,60 @@ impl TokenVerifier {
             .and_then(|keys| keys.get(kid).cloned())
     }
 
-    fn key_set_is_stale(&self) -> bool {
-        matches!(self.inner.source, KeySource::Identity(_))
-            && self
-                .inner
-                .fetched_at
-                .read()
-                .ok()
-                .and_then(|fetched_at| *fetched_at)
-                .is_some_and(|at| at.elapsed() >= KEY_SET_TTL)
+    /// How long ago the key set was fetched; `None` for fixed keys and before
+    /// the first fetch.
+    fn key_set_age(&self) -> Option<Duration> {
+        self.inner.source.as_ref()?;
+        self.inner
+            .fetched_at
+            .read()
+            .ok()
+            .and_then(|fetched_at| *fetched_at)
+            .map(|at| at.elapsed())
     }
 
+    /// A key set past its time to live is refreshed in the background while the
+    /// keys held keep verifying, so a slow or briefly unreachable identity does
+    /// not slow every request. One that is much older is no longer trusted: it
+    /// must be refreshed before anything verifies with it.
+    async fn keep_keys_fresh(&self) -> Result<(), ServiceError> {
+        match self.key_set_age() {
+            Some(age) if age >= MAX_KEY_SET_AGE => {
+                if let Err(error) = self.refetch().await {
+                    tracing::warn!(%error, "signing keys could not be refreshed");
+                }
+                if self.key_set_age().is_some_and(|age| age >= MAX_KEY_SET_AGE) {
+                    return Err(ServiceError::new(
+                        ErrorCode::Unavailable,
+                        "signing keys cannot be refreshed",
+                    ));
+                }
+            }
+            Some(age) if age >= KEY_SET_TTL => self.refresh_in_background(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn refresh_in_background(&self) {
+        if self.inner.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let verifier = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = verifier.refetch().await {
+                tracing::warn!(%error, "signing keys could not be refreshed");
+            }
+            verifier.inner.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Fetches the key set, unless a fetch was attempted too recently: at most
+    /// once per [`MIN_REFETCH_INTERVAL`], or [`MIN_RETRY_INTERVAL`] while no fetch
+    /// has succeeded yet, so a flood of forged `kid`s or an unreachable identity
+    /// never turns into a flood of requests to identity.
     async fn refetch(&self) -> Result<(), ServiceError> {
-        let KeySource::Identity(client) = &self.inner.source else {
+        let Some(source) = &self.inner.source else {
             return Ok(());
         };
         let mut last_fetch = self.inner.last_fetch.lock().await;
@@ -293,23 +371,25 @@ impl TokenVerifier {
             .fetched_at
             .read()
             .is_ok_and(|fetched_at| fetched_at.is_some());
-        if ever_fetched && last_fetch.is_some_and(|at| at.elapsed() < MIN_REFETCH_INTERVAL) {
-            return Ok(());
-        }
-        // Counted as an attempt even if it fails, so an unreachable identity is
-        // not asked again on every request.
-        *last_fetch = Some(Instant::now());
-        let response = client
-            .clone()
-            .get_jwks(GetJwksRequest {})
-            .await
-            .map_err(|status| {
-                ServiceError::new(
+        let interval = if ever_fetched {
+            MIN_REFETCH_INTERVAL
+        } else {
+            MIN_RETRY_INTERVAL
+        };
+        if last_fetch.is_some_and(|at| at.elapsed() < interval) {
+            return if ever_fetched {
+                Ok(())
+            } else {
+                Err(ServiceError::new(
                     ErrorCode::Unavailable,
-                    format!("cannot fetch signing keys: {}", status.code()),
-                )
-            })?;
-        self.replace_keys(&response.into_inner().keys);
+                    "signing keys are not available yet",
+                ))
+            };
+        }
+        // Counted as an attempt even if it fails.
+        *last_fetch = Some(Instant::now());
+        let keys = source.fetch().await?;
+        self.replace_keys(&keys);
         if let Ok(mut fetched_at) = self.inner.fetched_at.write() {
             *fetched_at = Some(Instant::now());
         }
@@ -364,6 +444,135 @@ mod tests {
         assert!(!service.is_operator());
         assert!(service.is_service("account"));
         assert!(!customer.is_service("account"));
+    }
+
+    /// Unsigned tokens whose header names key `k1` or `k2`: enough to drive key
+    /// lookup, never to verify.
+    const TOKEN_K1: &str = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIiwidHlwIjoiSldUIn0.e30.c2ln";
+    const TOKEN_K2: &str = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsyIiwidHlwIjoiSldUIn0.e30.c2ln";
+
+    /// A key source that answers fetch `n` (from 0) as `script` says: keys, an
+    /// error, or (None) never.
+    struct Scripted {
+        fetches: Arc<std::sync::atomic::AtomicUsize>,
+        script: fn(usize) -> Option<Result<Vec<Jwk>, ServiceError>>,
+    }
+
+    #[tonic::async_trait]
+    impl KeySource for Scripted {
+        async fn fetch(&self) -> Result<Vec<Jwk>, ServiceError> {
+            let n = self.fetches.fetch_add(1, Ordering::SeqCst);
+            match (self.script)(n) {
+                Some(answer) => answer,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn key_k1() -> Vec<Jwk> {
+        vec![Jwk {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8".into(),
+            kid: "k1".into(),
+            alg: "EdDSA".into(),
+            r#use: "sig".into(),
+        }]
+    }
+
+    fn unreachable_identity() -> ServiceError {
+        ServiceError::new(ErrorCode::Unavailable, "identity is down")
+    }
+
+    fn scripted(
+        script: fn(usize) -> Option<Result<Vec<Jwk>, ServiceError>>,
+    ) -> (TokenVerifier, Arc<std::sync::atomic::AtomicUsize>) {
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let verifier = TokenVerifier::from_source(Scripted {
+            fetches: fetches.clone(),
+            script,
+        });
+        (verifier, fetches)
+    }
+
+    async fn code_of(verifier: &TokenVerifier, token: &str) -> Option<ErrorCode> {
+        verifier.verify(token).await.err().map(|error| error.code)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_key_ids_fetch_at_most_once_per_interval() {
+        let (verifier, fetches) = scripted(|_| Some(Ok(key_k1())));
+
+        assert_eq!(
+            code_of(&verifier, TOKEN_K2).await,
+            Some(ErrorCode::Unauthenticated)
+        );
+        assert_eq!(
+            code_of(&verifier, TOKEN_K2).await,
+            Some(ErrorCode::Unauthenticated)
+        );
+        assert_eq!(
+            code_of(&verifier, TOKEN_K1).await,
+            Some(ErrorCode::Unauthenticated)
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        tokio::time::advance(MIN_REFETCH_INTERVAL).await;
+        code_of(&verifier, TOKEN_K2).await;
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_identity_is_asked_at_most_once_per_retry_interval() {
+        let (verifier, fetches) = scripted(|_| Some(Err(unreachable_identity())));
+
+        for _ in 0..5 {
+            assert_eq!(
+                code_of(&verifier, TOKEN_K1).await,
+                Some(ErrorCode::Unavailable)
+            );
+        }
+        assert_eq!(fetches.load(Ordering::SeqCst), 1);
+
+        tokio::time::advance(MIN_RETRY_INTERVAL).await;
+        code_of(&verifier, TOKEN_K1).await;
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_key_set_is_refreshed_without_holding_requests() {
+        // The first fetch answers; every later one hangs.
+        let (verifier, fetches) = scripted(|n| (n == 0).then(|| Ok(key_k1())));
+        code_of(&verifier, TOKEN_K1).await;
+
+        tokio::time::advance(KEY_SET_TTL).await;
+        for _ in 0..3 {
+            let answered =
+                tokio::time::timeout(Duration::from_secs(1), code_of(&verifier, TOKEN_K1)).await;
+            assert_eq!(answered.ok(), Some(Some(ErrorCode::Unauthenticated)));
+        }
+        tokio::task::yield_now().await;
+
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "one background refresh");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keys_past_their_maximum_age_stop_verifying() {
+        let (verifier, _) = scripted(|n| {
+            Some(if n == 0 {
+                Ok(key_k1())
+            } else {
+                Err(unreachable_identity())
+            })
+        });
+        code_of(&verifier, TOKEN_K1).await;
+
+        tokio::time::advance(MAX_KEY_SET_AGE).await;
+
+        assert_eq!(
+            code_of(&verifier, TOKEN_K1).await,
+            Some(ErrorCode::Unavailable)
+        );
     }
 
     #[tokio::test]
