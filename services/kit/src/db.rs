@@ -36,10 +36,14 @@ pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<Database
         M::up(&db, None).await?;
         return Ok(db);
     }
+    // One connection that the pool never recycles, so the session holding the
+    // lock lives until it is released.
     let mut lock_options = ConnectOptions::new(url.to_owned());
     lock_options
         .max_connections(1)
         .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
         .connect_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
     let lock = Database::connect(lock_options).await?;
@@ -47,11 +51,21 @@ pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<Database
         .await?;
     let migrated = M::up(&db, None).await;
     let unlocked = lock
-        .execute_unprepared(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+        .query_one_raw(sea_orm::Statement::from_string(
+            DbBackend::Postgres,
+            format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY}) AS released"),
+        ))
         .await;
     lock.close().await.ok();
     migrated?;
-    unlocked?;
+    let released = unlocked?
+        .map(|row| row.try_get::<bool>("", "released"))
+        .transpose()?;
+    if released != Some(true) {
+        return Err(DbErr::Custom(
+            "the migration lock was lost while migrating".into(),
+        ));
+    }
     Ok(db)
 }
 
