@@ -124,7 +124,12 @@ impl LedgerStore {
     ) -> Result<LedgerAccount, LedgerError> {
         for _ in 0..MAX_ATTEMPTS {
             let _writer = self.writer().await;
-            let txn = self.begin_write().await?;
+            let txn = match self.begin_write().await {
+                Ok(txn) => txn,
+                // Another process holds the file; take another turn.
+                Err(error) if db::is_retryable(&error) => continue,
+                Err(error) => return Err(error.into()),
+            };
             let result = set_status_in(&txn, account_id, status).await;
             match finish(txn, result).await {
                 Attempt::Done(result) => return result,
@@ -149,7 +154,12 @@ impl LedgerStore {
         let fingerprint = request.fingerprint();
         for _ in 0..MAX_ATTEMPTS {
             let _writer = self.writer().await;
-            let txn = self.begin_write().await?;
+            let txn = match self.begin_write().await {
+                Ok(txn) => txn,
+                // Another process holds the file; take another turn.
+                Err(error) if db::is_retryable(&error) => continue,
+                Err(error) => return Err(error.into()),
+            };
             let result = post_in(&txn, request, &fingerprint).await;
             match finish(txn, result).await {
                 Attempt::Done(result) => return result,
@@ -297,6 +307,9 @@ async fn verify_account(
     let mut balance: i64 = 0;
     let mut prev_hash = GENESIS_HASH.to_owned();
     let mut count: i64 = 0;
+    // Pages continue after the last stored sequence number, starting below any
+    // value so that an entry forged with a sequence of zero or less is read too.
+    let mut cursor = i64::MIN;
     let mut chain_broken = false;
     loop {
         let rows = txn
@@ -308,7 +321,7 @@ async fn verify_account(
                 ),
                 [
                     account.account_id.to_string().into(),
-                    count.into(),
+                    cursor.into(),
                     VERIFY_PAGE.into(),
                 ],
             ))
@@ -330,8 +343,7 @@ async fn verify_account(
                     detail: format!("entry {} does not match the chain", entry.account_seq),
                 });
             }
-            // Continue after the stored sequence, so a gap cannot repeat a page.
-            count = count.max(entry.account_seq);
+            cursor = entry.account_seq;
             prev_hash = entry.entry_hash;
         }
         if (rows.len() as i64) < VERIFY_PAGE {

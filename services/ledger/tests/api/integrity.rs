@@ -160,25 +160,50 @@ async fn replicas_starting_together_migrate_once_on_postgres() {
     .await;
 }
 
+/// A world after one transfer of 300 from `from` to `to`, with a direct
+/// connection to the ledger's database, as an attacker with access would have.
+struct Transferred {
+    world: World,
+    transfer_id: String,
+    db: sea_orm::DatabaseConnection,
+}
+
+async fn transferred(urls: &[String]) -> Transferred {
+    let world = world(urls, 1_000).await;
+    let posted = transfer(
+        &world.stack,
+        &world.alice,
+        transfer_request(&world.from, &world.to, 300, "t"),
+    )
+    .await
+    .unwrap();
+    let db = bank_kit::db::connect(&world.stack.database_urls["ledger"])
+        .await
+        .unwrap();
+    Transferred {
+        world,
+        transfer_id: posted.transfer_id,
+        db,
+    }
+}
+
 db_test!(
     verification_reports_a_tampered_entry,
     databases = 2,
     tampered_entry_is_reported
 );
 async fn tampered_entry_is_reported(urls: Vec<String>) {
-    let World {
-        stack,
-        operator,
-        alice,
-        from,
-        to,
-    } = world(&urls, 1_000).await;
-    let posted = transfer(&stack, &alice, transfer_request(&from, &to, 300, "t"))
-        .await
-        .unwrap();
-    let db = bank_kit::db::connect(&stack.database_urls["ledger"])
-        .await
-        .unwrap();
+    let Transferred {
+        world:
+            World {
+                stack,
+                operator,
+                to,
+                ..
+            },
+        transfer_id,
+        db,
+    } = transferred(&urls).await;
 
     // An attacker with database access bypasses the append-only triggers.
     let (disable, enable) = match db.get_database_backend() {
@@ -191,7 +216,7 @@ async fn tampered_entry_is_reported(urls: Vec<String>) {
     db.execute_unprepared(disable).await.unwrap();
     db.execute_unprepared(&format!(
         "UPDATE ledger_entries SET amount_minor = 30 WHERE transfer_id = '{}' AND account_id = '{to}'",
-        posted.transfer_id
+        transfer_id
     ))
     .await
     .unwrap();
@@ -207,6 +232,49 @@ async fn tampered_entry_is_reported(urls: Vec<String>) {
             report.mismatches
         );
     }
+}
+
+db_test!(
+    verification_reads_entries_forged_below_the_first_sequence,
+    databases = 2,
+    forged_entry_before_the_chain_is_reported
+);
+async fn forged_entry_before_the_chain_is_reported(urls: Vec<String>) {
+    let Transferred {
+        world:
+            World {
+                stack,
+                operator,
+                to,
+                ..
+            },
+        transfer_id,
+        db,
+    } = transferred(&urls).await;
+
+    // Inserts are allowed by the append-only triggers; sequence 0 sits before
+    // the chain, where a verifier that starts counting at 1 would not look.
+    db.execute_unprepared(&format!(
+        "INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor,
+                                     currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
+         SELECT account_id, 0, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id,
+                description, prev_hash, entry_hash, created_at
+         FROM ledger_entries WHERE transfer_id = '{}' AND account_id = '{to}'",
+        transfer_id
+    ))
+    .await
+    .unwrap();
+
+    let report = verify(&stack, &operator).await;
+    assert!(!report.ok);
+    assert!(
+        report
+            .mismatches
+            .iter()
+            .any(|m| m.kind == "hash_chain" && m.account_id == to),
+        "{:?}",
+        report.mismatches
+    );
 }
 
 db_test!(
