@@ -118,6 +118,30 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
+/// An authenticated operator. Extracted before the body and the headers that a
+/// route validates, so that a customer is told 403 whatever else is wrong with
+/// the request.
+pub struct Operator(pub AuthUser);
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let auth = AuthUser::from_request_parts(parts, state).await?;
+        if auth.principal.is_operator() {
+            Ok(Operator(auth))
+        } else {
+            Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "this route requires the operator role",
+            ))
+        }
+    }
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

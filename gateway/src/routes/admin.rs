@@ -1,5 +1,6 @@
 //! Operator routes: deposits, withdrawals, freezes, reversals, ledger checks. The
-//! gateway refuses non-operators up front; each service checks the role again.
+//! gateway refuses non-operators up front (before reading headers or body), and
+//! each service checks the role again.
 
 use axum::{
     Json,
@@ -14,20 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::{TransferView, accounts::AccountView, forward, required};
 use crate::{
     AppState,
-    extract::{ApiJson, AuthUser, IdempotencyKey},
+    extract::{ApiJson, IdempotencyKey, Operator},
     problem::ApiError,
 };
-
-fn require_operator(auth: &AuthUser) -> Result<(), ApiError> {
-    if auth.principal.is_operator() {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ErrorCode::Forbidden,
-            "this route requires the operator role",
-        ))
-    }
-}
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct MoneyMovementBody {
@@ -69,11 +59,10 @@ pub struct MismatchView {
     responses((status = 201, body = TransferView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn deposit(
     State(state): State<AppState>,
-    auth: AuthUser,
+    Operator(auth): Operator,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(body): ApiJson<MoneyMovementBody>,
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
-    require_operator(&auth)?;
     let response = state
         .ledger
         .clone()
@@ -100,11 +89,10 @@ pub async fn deposit(
     responses((status = 201, body = TransferView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn withdraw(
     State(state): State<AppState>,
-    auth: AuthUser,
+    Operator(auth): Operator,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     ApiJson(body): ApiJson<MoneyMovementBody>,
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
-    require_operator(&auth)?;
     let response = state
         .ledger
         .clone()
@@ -130,10 +118,9 @@ pub async fn withdraw(
     responses((status = 200, body = AccountView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn freeze(
     State(state): State<AppState>,
-    auth: AuthUser,
+    Operator(auth): Operator,
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
-    require_operator(&auth)?;
     let response = state
         .account
         .clone()
@@ -150,10 +137,9 @@ pub async fn freeze(
     responses((status = 200, body = AccountView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn unfreeze(
     State(state): State<AppState>,
-    auth: AuthUser,
+    Operator(auth): Operator,
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
-    require_operator(&auth)?;
     let response = state
         .account
         .clone()
@@ -171,13 +157,12 @@ pub async fn unfreeze(
     responses((status = 201, body = TransferView), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn reverse(
     State(state): State<AppState>,
-    auth: AuthUser,
+    Operator(auth): Operator,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
-    require_operator(&auth)?;
     let body = if body.is_empty() {
         ReverseBody::default()
     } else {
@@ -217,9 +202,8 @@ pub async fn reverse(
     responses((status = 200, body = VerifyView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn verify(
     State(state): State<AppState>,
-    auth: AuthUser,
+    Operator(auth): Operator,
 ) -> Result<Json<VerifyView>, ApiError> {
-    require_operator(&auth)?;
     let response = state
         .ledger
         .clone()

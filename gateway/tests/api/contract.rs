@@ -257,6 +257,24 @@ async fn operator_routes(urls: Vec<String>) {
         .post("/v1/admin/deposits", Some(&alice), Some("d"), money.clone())
         .await;
     assert_problem(&deposit, StatusCode::FORBIDDEN, "forbidden");
+    // The role is checked before the key and the body: a customer learns 403,
+    // not which header or field would have been wrong.
+    for path in ["/v1/admin/deposits", "/v1/admin/withdrawals"] {
+        let bare = rest
+            .call(Method::POST, path, Some(&alice), None, None)
+            .await;
+        assert_problem(&bare, StatusCode::FORBIDDEN, "forbidden");
+    }
+    let reverse = rest
+        .call(
+            Method::POST,
+            &format!("/v1/admin/transfers/{account}/reverse"),
+            Some(&alice),
+            None,
+            None,
+        )
+        .await;
+    assert_problem(&reverse, StatusCode::FORBIDDEN, "forbidden");
     let freeze = rest
         .call(
             Method::POST,
