@@ -233,6 +233,61 @@ async fn currency_mismatch(urls: Vec<String>) {
     let error = transfer(&stack, &alice, in_dollars).await.unwrap_err();
     assert_eq!(code(&error), ErrorCode::CurrencyMismatch);
 
+    // A well-formed code no account can hold is a mismatch too, but only once the
+    // accounts are known to be the caller's; a malformed code is invalid.
+    let bob = stack.customer().await;
+    let bobs = open_book(&stack, &bob, "EUR").await;
+    let missing = uuid::Uuid::now_v7().to_string();
+    let cases = [
+        ("HUF", &euros, &bobs, ErrorCode::CurrencyMismatch),
+        ("HUF", &bobs, &euros, ErrorCode::NotFound),
+        ("HUF", &euros, &missing, ErrorCode::NotFound),
+        ("huf", &euros, &bobs, ErrorCode::InvalidArgument),
+        ("EURO", &euros, &bobs, ErrorCode::InvalidArgument),
+    ];
+    for (index, (currency, from, to, expected)) in cases.into_iter().enumerate() {
+        let mut request = transfer_request(from, to, 100, &format!("odd-{index}"));
+        request.currency = currency.into();
+        let error = transfer(&stack, &alice, request).await.unwrap_err();
+        assert_eq!(code(&error), expected, "{currency} from {from} to {to}");
+    }
+    let ledger = stack.ledger().await;
+    for (account_id, expected) in [
+        (&euros, ErrorCode::CurrencyMismatch),
+        (&missing, ErrorCode::NotFound),
+    ] {
+        let deposit = pb::DepositRequest {
+            account_id: account_id.clone(),
+            amount_minor: 100,
+            currency: "HUF".into(),
+            reference: "odd".into(),
+            idempotency_key: uuid::Uuid::new_v4().to_string(),
+        };
+        let withdrawal = pb::WithdrawRequest {
+            account_id: deposit.account_id.clone(),
+            amount_minor: deposit.amount_minor,
+            currency: deposit.currency.clone(),
+            reference: deposit.reference.clone(),
+            idempotency_key: uuid::Uuid::new_v4().to_string(),
+        };
+        let token = &operator.access_token;
+        let errors = [
+            ledger
+                .clone()
+                .deposit(authed(token, deposit))
+                .await
+                .unwrap_err(),
+            ledger
+                .clone()
+                .withdraw(authed(token, withdrawal))
+                .await
+                .unwrap_err(),
+        ];
+        for error in errors {
+            assert_eq!(code(&error), expected, "{account_id}");
+        }
+    }
+
     assert_eq!(balance(&stack, &alice, &euros).await, 1_000);
     assert_eq!(balance(&stack, &alice, &dollars).await, 0);
 }
