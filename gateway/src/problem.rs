@@ -90,7 +90,7 @@ impl From<tonic::Status> for ApiError {
         } else {
             ApiError {
                 code,
-                detail: status.message().to_owned(),
+                detail: bank_kit::error::client_detail_of(&status, code),
                 retry_after_seconds: bank_kit::error::retry_after_of(&status),
             }
         }
@@ -154,6 +154,17 @@ mod tests {
         );
         assert_eq!(retry_after(ApiError::rate_limited(7)), Some("7".into()));
         assert_eq!(retry_after(ApiError::invalid("bad")), None);
+    }
+
+    #[test]
+    fn downstream_details_pass_only_from_the_banks_own_statuses() {
+        let ours: tonic::Status =
+            bank_kit::ServiceError::new(ErrorCode::NotFound, "account not found").into();
+        assert_eq!(ApiError::from(ours).detail, "account not found");
+        let foreign = tonic::Status::not_found("/grpc.Foo/Bar in crate::router");
+        let error = ApiError::from(foreign);
+        assert_eq!(error.code, ErrorCode::NotFound);
+        assert_eq!(error.detail, ErrorCode::NotFound.title());
     }
 
     #[tokio::test]

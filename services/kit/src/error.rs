@@ -292,9 +292,21 @@ pub fn from_downstream(status: &Status) -> ServiceError {
     } else {
         ServiceError {
             code,
-            message: status.message().to_owned(),
+            message: client_detail_of(status, code),
             retry_after_seconds: retry_after_of(status),
         }
+    }
+}
+
+/// The message of a client-error status received from another service, safe to
+/// pass on: only a status that one of the bank's services built (it carries the
+/// error-code metadata) has a message meant for clients; any other status, e.g.
+/// one raised by the transport, is told by its code's title.
+pub fn client_detail_of(status: &Status, code: ErrorCode) -> String {
+    if status.metadata().contains_key(ERROR_CODE_METADATA) {
+        status.message().to_owned()
+    } else {
+        code.title().to_owned()
     }
 }
 
@@ -340,6 +352,19 @@ mod tests {
         let error = from_downstream(&Status::internal("stack trace at src/main.rs"));
         assert_eq!(error.code, ErrorCode::Unavailable);
         assert!(!error.message.contains("src/main.rs"));
+    }
+
+    #[test]
+    fn only_the_banks_own_statuses_pass_their_message_on() {
+        let ours: Status = ServiceError::invalid("amount must be positive").into();
+        let error = from_downstream(&ours);
+        assert_eq!(error.code, ErrorCode::InvalidArgument);
+        assert_eq!(error.message, "amount must be positive");
+
+        let transport = Status::invalid_argument("h2 frame at src/codec.rs rejected");
+        let error = from_downstream(&transport);
+        assert_eq!(error.code, ErrorCode::InvalidArgument);
+        assert_eq!(error.message, ErrorCode::InvalidArgument.title());
     }
 
     #[test]
