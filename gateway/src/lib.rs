@@ -11,6 +11,7 @@ pub mod routes;
 
 use std::{net::SocketAddr, time::Duration};
 
+use anyhow::Context;
 use axum::{
     Router,
     extract::{DefaultBodyLimit, Request},
@@ -212,7 +213,14 @@ pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
     };
     crate::metrics::install();
     let router = router(state, config, limiter);
-    let listener = TcpListener::bind(config.listen_addr).await?;
+    let listener = TcpListener::bind(config.listen_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "GATEWAY_LISTEN_ADDR: cannot listen on {}",
+                config.listen_addr
+            )
+        })?;
     Ok(GatewayApp { listener, router })
 }
 

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::{collections::HashMap, net::SocketAddr};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use bank_identity::domain::{Backoff, LoginThrottle};
 use bank_proto::{
@@ -312,4 +312,39 @@ impl Stack {
             .into_inner()
             .access_token
     }
+}
+
+/// Runs a service binary that is expected to refuse to start, in an empty working
+/// directory (no `.env`, no `var/`), and returns what it printed on stderr. A
+/// binary that starts anyway is killed after a minute and fails the test rather
+/// than hanging it.
+pub fn failed_start(binary: &str, vars: &[(&str, &str)]) -> String {
+    let workdir = tempfile::tempdir().expect("temporary working directory");
+    let child = std::process::Command::new(binary)
+        .current_dir(workdir.path())
+        .env_remove("RUST_LOG")
+        .envs(vars.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let pid = child.id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        let timed_out = finished.recv_timeout(Duration::from_secs(60)).is_err();
+        if timed_out {
+            std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .ok();
+        }
+        timed_out
+    });
+    let output = child.wait_with_output().expect("wait for the binary");
+    done.send(()).ok();
+    let timed_out = watchdog.join().unwrap_or(true);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!timed_out, "{binary} started with {vars:?}: {stderr}");
+    assert!(!output.status.success(), "{binary} exited 0 with {vars:?}");
+    stderr
 }

@@ -7,6 +7,7 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use anyhow::Context;
 use bank_kit::{
     auth::{ServiceTokenSource, TokenVerifier},
     config::{ConfigError, Env},
@@ -53,8 +54,9 @@ impl Config {
 
 /// Connects, migrates, and binds the account service's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
-    let connection =
-        db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
+    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url)
+        .await
+        .context("ACCOUNT_DATABASE_URL: cannot open and migrate the database")?;
     let ledger_channel = Endpoint::from_shared(config.ledger_endpoint.clone())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
@@ -74,5 +76,12 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     let server = AccountServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let routes = service_routes.routes.add_service(server);
     grpc::mark_serving(&service_routes.health, service_name).await;
-    Ok(GrpcApp::bind(config.listen_addr, routes).await?)
+    GrpcApp::bind(config.listen_addr, routes)
+        .await
+        .with_context(|| {
+            format!(
+                "ACCOUNT_LISTEN_ADDR: cannot listen on {}",
+                config.listen_addr
+            )
+        })
 }

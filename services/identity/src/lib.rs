@@ -9,6 +9,7 @@ pub mod store;
 
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc};
 
+use anyhow::Context;
 use bank_kit::{
     auth::TokenVerifier,
     config::{ConfigError, Env},
@@ -155,9 +156,13 @@ fn parse_service_clients(env: &Env) -> Result<HashMap<String, SecretString>, Con
 /// Connects, migrates, loads the signing keys, ensures the bootstrap operator,
 /// and binds identity's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
-    let connection =
-        db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
-    let keys = Arc::new(keys::KeyRing::load_or_generate(&config.signing_keys_dir)?);
+    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url)
+        .await
+        .context("IDENTITY_DATABASE_URL: cannot open and migrate the database")?;
+    let keys = Arc::new(
+        keys::KeyRing::load_or_generate(&config.signing_keys_dir)
+            .context("IDENTITY_SIGNING_KEYS_DIR: cannot load or create the signing keys")?,
+    );
     let api = api::IdentityApi {
         store: Arc::new(store::IdentityStore::new(connection)),
         verifier: TokenVerifier::fixed(&keys.jwks()),
@@ -185,7 +190,14 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     let server = IdentityServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let routes = service_routes.routes.add_service(server);
     grpc::mark_serving(&service_routes.health, service_name).await;
-    Ok(GrpcApp::bind(config.listen_addr, routes).await?)
+    GrpcApp::bind(config.listen_addr, routes)
+        .await
+        .with_context(|| {
+            format!(
+                "IDENTITY_LISTEN_ADDR: cannot listen on {}",
+                config.listen_addr
+            )
+        })
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ async fn main() -> anyhow::Result<()> {
         bank_identity::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
     let _telemetry =
         telemetry::init(&env, "bank-identity").unwrap_or_else(|error| config::exit_with(&error));
-    let app = bank_identity::build(&config).await?;
+    let app = bank_identity::build(&config)
+        .await
+        .unwrap_or_else(|error| config::exit_on_start_failure(&error));
     tracing::info!(addr = %app.local_addr()?, "identity listening");
     app.run_until_stopped(grpc::shutdown_signal()).await?;
     Ok(())

@@ -125,6 +125,15 @@ impl Env {
     }
 }
 
+/// Prints why the process could not start (the database, the listen address or
+/// a key directory named by its variable) as one line and exits non-zero. For
+/// `main` only.
+pub fn exit_on_start_failure(error: &anyhow::Error) -> ! {
+    let line = format!("cannot start: {error:#}").replace(['\n', '\r'], " ");
+    eprintln!("{line}");
+    std::process::exit(1)
+}
+
 /// Prints a configuration error as one line and exits non-zero. For `main` only.
 pub fn exit_with(error: &ConfigError) -> ! {
     eprintln!("{error}");

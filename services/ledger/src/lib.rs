@@ -7,6 +7,7 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc};
 
+use anyhow::Context;
 use bank_kit::{
     auth::TokenVerifier,
     config::{ConfigError, Env},
@@ -36,8 +37,9 @@ impl Config {
 
 /// Connects, migrates, and binds the ledger's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
-    let connection =
-        db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url).await?;
+    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url)
+        .await
+        .context("LEDGER_DATABASE_URL: cannot open and migrate the database")?;
     let store = Arc::new(store::LedgerStore::new(connection));
     let verifier = TokenVerifier::remote(&config.identity_endpoint)?;
     let service_name = grpc::service_name::<LedgerServiceServer<api::LedgerApi>>();
@@ -46,5 +48,12 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
         .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let routes = service_routes.routes.add_service(server);
     grpc::mark_serving(&service_routes.health, service_name).await;
-    Ok(GrpcApp::bind(config.listen_addr, routes).await?)
+    GrpcApp::bind(config.listen_addr, routes)
+        .await
+        .with_context(|| {
+            format!(
+                "LEDGER_LISTEN_ADDR: cannot listen on {}",
+                config.listen_addr
+            )
+        })
 }

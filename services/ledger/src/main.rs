@@ -9,7 +9,9 @@ async fn main() -> anyhow::Result<()> {
         bank_ledger::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
     let _telemetry =
         telemetry::init(&env, "bank-ledger").unwrap_or_else(|error| config::exit_with(&error));
-    let app = bank_ledger::build(&config).await?;
+    let app = bank_ledger::build(&config)
+        .await
+        .unwrap_or_else(|error| config::exit_on_start_failure(&error));
     tracing::info!(addr = %app.local_addr()?, "ledger listening");
     app.run_until_stopped(grpc::shutdown_signal()).await?;
     Ok(())

@@ -6,3 +6,4 @@
 mod admin;
 mod credentials;
 mod sessions;
+mod startup;
