@@ -112,20 +112,29 @@ impl IdentityApi {
         password: &NewPassword,
     ) -> Result<(), IdentityError> {
         if let Some((user, _)) = self.store.user_by_email(email).await? {
-            if !user.roles.contains(&Role::Operator) || !user.enabled {
-                let mut roles = user.roles.clone();
-                roles.push(Role::Operator);
-                let roles = Role::parse_set(roles.iter().map(|role| role.as_str()))?;
-                self.store.set_roles(&user.user_id, &roles).await?;
-                self.store.set_enabled(&user.user_id, true).await?;
-                self.store
-                    .audit(
-                        "operator_bootstrapped",
-                        Some(&user.user_id),
-                        "existing user",
-                    )
-                    .await?;
+            if user.roles.contains(&Role::Operator) && user.enabled {
+                return Ok(());
             }
+            // Whoever registered this address before it was configured must not
+            // become an operator with a password of their own: the configured
+            // password replaces theirs and every session of theirs ends.
+            let hash = self.hasher.hash(password.as_str()).await?;
+            self.store.set_password_hash(&user.user_id, &hash).await?;
+            self.store
+                .revoke_sessions_of_user(&user.user_id, None, RevokeReason::PasswordChanged)
+                .await?;
+            let mut roles = user.roles.clone();
+            roles.push(Role::Operator);
+            let roles = Role::parse_set(roles.iter().map(|role| role.as_str()))?;
+            self.store.set_roles(&user.user_id, &roles).await?;
+            self.store.set_enabled(&user.user_id, true).await?;
+            self.store
+                .audit(
+                    "operator_bootstrapped",
+                    Some(&user.user_id),
+                    "existing user: configured password set, sessions revoked",
+                )
+                .await?;
             return Ok(());
         }
         let user = User {

@@ -1,7 +1,10 @@
 //! Operator methods: disabling users and setting roles.
 
-use bank_e2e::{Parts, USER_PASSWORD, authed, db_test, spawn};
+use std::collections::HashMap;
+
+use bank_e2e::{LOGIN_THROTTLE, OPERATOR_PASSWORD, Parts, USER_PASSWORD, authed, db_test, spawn};
 use bank_proto::identity::v1 as pb;
+use secrecy::SecretString;
 
 db_test!(
     disabled_users_cannot_log_in_or_refresh,
@@ -125,4 +128,57 @@ async fn set_roles(urls: Vec<String>) {
         .user
         .unwrap();
     assert!(me.roles.contains(&"operator".to_owned()));
+}
+
+db_test!(
+    bootstrapping_an_existing_address_replaces_its_password_and_sessions,
+    databases = 1,
+    bootstrap_existing_user
+);
+async fn bootstrap_existing_user(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    // Someone registered the address before it was configured as the operator's.
+    let squatter = stack.customer().await;
+    let keys = tempfile::tempdir().unwrap();
+    let config = bank_identity::Config {
+        listen_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: urls[0].clone(),
+        signing_keys_dir: keys.path().to_path_buf(),
+        bootstrap_operator: Some(bank_identity::BootstrapOperator {
+            email: squatter.email.clone(),
+            password: SecretString::from(OPERATOR_PASSWORD),
+        }),
+        service_clients: HashMap::new(),
+        session_idle_timeout: chrono::Duration::minutes(30),
+        session_absolute_lifetime: chrono::Duration::hours(12),
+        login_throttle: LOGIN_THROTTLE,
+    };
+    bank_identity::build(&config).await.unwrap();
+
+    let mut identity = stack.identity().await;
+    let own_password = identity
+        .login(pb::LoginRequest {
+            email: squatter.email.clone(),
+            password: USER_PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(own_password.code(), tonic::Code::Unauthenticated);
+    let old_session = identity
+        .refresh(pb::RefreshRequest {
+            refresh_token: squatter.refresh_token.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(old_session.code(), tonic::Code::Unauthenticated);
+    let tokens = stack.login(&squatter.email, OPERATOR_PASSWORD).await;
+    let me = identity
+        .get_current_user(authed(&tokens.access_token, pb::GetCurrentUserRequest {}))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert_eq!(me.user_id, squatter.user_id);
+    assert!(me.roles.contains(&"operator".to_owned()), "{:?}", me.roles);
 }
