@@ -74,6 +74,7 @@ pub struct BalanceView {
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct PageQuery {
     /// 1 to 100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub page_size: Option<i32>,
     /// From the previous page's `next_page_token`.
     pub page_token: Option<String>,

@@ -218,6 +218,36 @@ async fn discovery(urls: Vec<String>) {
     ] {
         assert!(openapi["paths"].get(path).is_some(), "openapi lacks {path}");
     }
+    // What the gateway enforces is documented, so generated clients and fuzzers
+    // know the bounds.
+    for (path, method) in [
+        ("/v1/transfers", "post"),
+        ("/v1/admin/deposits", "post"),
+        ("/v1/admin/withdrawals", "post"),
+        ("/v1/admin/transfers/{id}/reverse", "post"),
+    ] {
+        let parameters = openapi["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap();
+        let key = parameters
+            .iter()
+            .find(|parameter| parameter["name"] == "Idempotency-Key")
+            .unwrap_or_else(|| panic!("{path} documents no Idempotency-Key"));
+        assert_eq!(key["in"], "header");
+        assert_eq!(key["required"], true);
+        assert_eq!(key["schema"]["minLength"], 1, "{path}");
+        assert_eq!(key["schema"]["maxLength"], 128, "{path}");
+        assert!(key["schema"]["pattern"].is_string(), "{path}");
+    }
+    let page_size = openapi["paths"]["/v1/accounts/{id}/transactions"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|parameter| parameter["name"] == "page_size")
+        .unwrap()
+        .clone();
+    assert_eq!(page_size["schema"]["minimum"], 1);
+    assert_eq!(page_size["schema"]["maximum"], 100);
 }
 
 #[tokio::test]
