@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use bank_kit::{
-    ServiceError,
+    ErrorCode, ServiceError,
     auth::{Principal, ServiceTokenSource, TokenVerifier},
     error::from_downstream,
     money::Currency,
@@ -122,8 +122,9 @@ impl AccountApi {
         Ok(account)
     }
 
-    /// Moves an account to `target`: closing is the owner's (or an operator's),
-    /// freezing and unfreezing are operators' only. A closed account stays closed.
+    /// Moves an account to `target`: closing is the owner's alone (an operator
+    /// sees other customers' accounts but cannot end them), freezing and
+    /// unfreezing are operators' only. A closed account stays closed.
     async fn transition(
         &self,
         principal: &Principal,
@@ -134,6 +135,13 @@ impl AccountApi {
             principal.require_operator()?;
         }
         let account = self.visible(principal, raw_id).await?;
+        if target == AccountStatus::Closed && principal.user_id() != Some(account.owner_id.as_str())
+        {
+            return Err(ServiceError::new(
+                ErrorCode::Forbidden,
+                "only the account's owner can close it",
+            ));
+        }
         if account.status == AccountStatus::Closed {
             return Err(AccountError::Closed.into());
         }

@@ -255,6 +255,18 @@ async fn close(urls: Vec<String>) {
         .unwrap();
     let mut accounts = stack.account().await;
 
+    // An operator sees the account but cannot end it for its owner.
+    let by_operator = accounts
+        .close_account(authed(
+            &operator.access_token,
+            pb::CloseAccountRequest {
+                account_id: empty.account_id.clone(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(ErrorCode::of_status(&by_operator), ErrorCode::Forbidden);
+
     let refused = accounts
         .close_account(authed(
             &alice.access_token,
