@@ -1,44 +1,15 @@
 //! Prometheus metrics: rate, errors and duration per route (the matched route
 //! template, never the raw path, so ids do not explode the label space).
 
-use std::{sync::OnceLock, time::Instant};
+use std::time::Instant;
 
 use axum::{
     extract::{MatchedPath, Request},
-    http::{HeaderValue, header},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
-
-/// Upper bounds of the request duration histogram, in seconds.
-const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
-/// Installs the process-wide recorder once and returns its handle.
-fn handle() -> Option<&'static PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
-                .set_buckets(DURATION_BUCKETS)
-                .ok()?
-                .build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok()?;
-            Some(handle)
-        })
-        .as_ref()
-}
-
-/// Makes sure the recorder exists before the first request.
-pub fn install() {
-    if handle().is_none() {
-        tracing::warn!("metrics recorder could not be installed");
-    }
-}
+pub use bank_kit::metrics::install;
 
 /// Counts and times every request.
 pub async fn track(request: Request, next: Next) -> Response {
@@ -60,11 +31,5 @@ pub async fn track(request: Request, next: Next) -> Response {
 /// `GET /metrics` in the Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus text format")))]
 pub async fn render() -> Response {
-    let body = handle().map(PrometheusHandle::render).unwrap_or_default();
-    let mut response = body.into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
+    bank_kit::metrics::render().await
 }

@@ -348,3 +348,30 @@ pub fn failed_start(binary: &str, vars: &[(&str, &str)]) -> String {
     assert!(!output.status.success(), "{binary} exited 0 with {vars:?}");
     stderr
 }
+
+/// The Prometheus text a component serves at `GET /metrics` (gRPC ports answer
+/// it over plain HTTP/1.1).
+pub async fn scrape(addr: SocketAddr) -> String {
+    let response = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics answer");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.text().await.expect("metrics text")
+}
+
+/// The value of the sample of `name` whose labels include all of `labels`; 0
+/// when there is none (a counter never incremented is not rendered).
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let matches = metric == name
+                && labels
+                    .iter()
+                    .all(|(key, wanted)| rest.contains(&format!("{key}=\"{wanted}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}

@@ -1,5 +1,6 @@
 //! The gRPC server shell every service runs in: health, reflection (v1 and v1alpha),
-//! request limits and graceful shutdown.
+//! request limits, per-method metrics (and `GET /metrics` on the same port) and
+//! graceful shutdown.
 
 use std::{future::Future, time::Duration};
 
@@ -83,11 +84,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     Server::builder()
+        // Plain HTTP/1.1 reaches only `GET /metrics` usefully; gRPC needs HTTP/2.
+        .accept_http1(true)
         .timeout(REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(256)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .trace_fn(crate::telemetry::grpc_request_span)
-        .add_routes(routes)
+        .add_routes(crate::metrics::instrument(routes))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
         .await?;
     Ok(())

@@ -1,13 +1,15 @@
 //! The shared service kit: everything the identity, account and ledger services and
 //! the gateway do the same way. Configuration parsing, telemetry, the gRPC server
-//! shell (health, reflection, limits, graceful shutdown), database connection and
-//! migration, the error-code table, money types, and JWT verification.
+//! shell (health, reflection, limits, graceful shutdown, per-method metrics),
+//! database connection and migration, the error-code table, money types, and JWT
+//! verification.
 
 pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod money;
 pub mod net;
 pub mod telemetry;

@@ -376,32 +376,34 @@ pub enum LedgerError {
     Corrupt(String),
 }
 
+impl LedgerError {
+    /// The contract's error code for this refusal.
+    pub fn code(&self) -> bank_kit::ErrorCode {
+        use bank_kit::ErrorCode;
+        match self {
+            LedgerError::Invalid(_) | LedgerError::AmountOverflow => ErrorCode::InvalidArgument,
+            LedgerError::AccountNotFound | LedgerError::TransferNotFound => ErrorCode::NotFound,
+            LedgerError::InsufficientFunds => ErrorCode::InsufficientFunds,
+            LedgerError::AccountFrozen(_) => ErrorCode::AccountFrozen,
+            LedgerError::AccountClosed(_) => ErrorCode::AccountClosed,
+            LedgerError::CurrencyMismatch => ErrorCode::CurrencyMismatch,
+            LedgerError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            LedgerError::Conflict(_) => ErrorCode::Conflict,
+            LedgerError::Storage(_) | LedgerError::Corrupt(_) => ErrorCode::Internal,
+        }
+    }
+}
+
 impl From<LedgerError> for bank_kit::ServiceError {
     fn from(error: LedgerError) -> Self {
-        use bank_kit::{ErrorCode, ServiceError};
+        use bank_kit::ServiceError;
+        let code = error.code();
         match error {
-            LedgerError::Invalid(message) => ServiceError::invalid(message),
-            LedgerError::AccountNotFound | LedgerError::TransferNotFound => {
-                ServiceError::not_found(error.to_string())
+            LedgerError::Invalid(message) | LedgerError::Conflict(message) => {
+                ServiceError::new(code, message)
             }
-            LedgerError::InsufficientFunds => {
-                ServiceError::new(ErrorCode::InsufficientFunds, error.to_string())
-            }
-            LedgerError::AccountFrozen(_) => {
-                ServiceError::new(ErrorCode::AccountFrozen, error.to_string())
-            }
-            LedgerError::AccountClosed(_) => {
-                ServiceError::new(ErrorCode::AccountClosed, error.to_string())
-            }
-            LedgerError::CurrencyMismatch => {
-                ServiceError::new(ErrorCode::CurrencyMismatch, error.to_string())
-            }
-            LedgerError::IdempotencyKeyReused => {
-                ServiceError::new(ErrorCode::IdempotencyKeyReused, error.to_string())
-            }
-            LedgerError::AmountOverflow => ServiceError::invalid(error.to_string()),
-            LedgerError::Conflict(message) => ServiceError::conflict(message),
             LedgerError::Storage(_) | LedgerError::Corrupt(_) => ServiceError::internal(&error),
+            _ => ServiceError::new(code, error.to_string()),
         }
     }
 }

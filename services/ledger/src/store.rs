@@ -162,13 +162,16 @@ impl LedgerStore {
             };
             let result = post_in(&txn, request, &fingerprint).await;
             match finish(txn, result).await {
-                Attempt::Done(result) => return result,
+                Attempt::Done(result) => return record_posting(request, result),
                 Attempt::Retry => continue,
             }
         }
-        Err(LedgerError::Conflict(
-            "the accounts are busy, retry with the same idempotency key".into(),
-        ))
+        record_posting(
+            request,
+            Err(LedgerError::Conflict(
+                "the accounts are busy, retry with the same idempotency key".into(),
+            )),
+        )
     }
 
     pub async fn transfer(&self, transfer_id: TransferId) -> Result<Option<Transfer>, LedgerError> {
@@ -435,11 +438,57 @@ async fn set_status_in(
     Ok(account)
 }
 
+/// Business counters of the ledger: postings committed (a replay of an
+/// idempotency key is not a new one) with the minor units they moved, and
+/// postings refused, by kind and the refusal's error code.
+fn record_posting(
+    request: &PostingRequest,
+    result: Result<Posted, LedgerError>,
+) -> Result<Transfer, LedgerError> {
+    let kind = request.kind.as_str();
+    let currency = request.currency.as_str().to_owned();
+    match &result {
+        Ok(Posted::New(_)) => {
+            let labels = [("kind", kind.to_owned()), ("currency", currency)];
+            metrics::counter!("ledger_postings_total", &labels).increment(1);
+            // Positive by construction, so the cast cannot wrap.
+            metrics::counter!("ledger_posted_minor_units_total", &labels)
+                .increment(request.amount.minor().unsigned_abs());
+        }
+        Ok(Posted::Replayed(_)) => {
+            metrics::counter!("ledger_posting_replays_total", "kind" => kind).increment(1);
+        }
+        Err(error) => {
+            let labels = [
+                ("kind", kind.to_owned()),
+                ("code", error.code().as_str().to_owned()),
+            ];
+            metrics::counter!("ledger_postings_refused_total", &labels).increment(1);
+        }
+    }
+    result.map(Posted::into_transfer)
+}
+
+/// What a posting transaction did.
+enum Posted {
+    New(Transfer),
+    /// The idempotency key was used before with the same request.
+    Replayed(Transfer),
+}
+
+impl Posted {
+    fn into_transfer(self) -> Transfer {
+        match self {
+            Posted::New(transfer) | Posted::Replayed(transfer) => transfer,
+        }
+    }
+}
+
 async fn post_in(
     txn: &DatabaseTransaction,
     request: &PostingRequest,
     fingerprint: &str,
-) -> Result<Transfer, LedgerError> {
+) -> Result<Posted, LedgerError> {
     let backend = txn.get_database_backend();
     if matches!(
         request.kind,
@@ -459,7 +508,7 @@ async fn post_in(
     }
 
     if let Some(existing) = idempotent_replay(txn, request, fingerprint).await? {
-        return Ok(existing);
+        return Ok(Posted::Replayed(existing));
     }
 
     let find = |id: AccountId| {
@@ -555,7 +604,7 @@ async fn post_in(
         ],
     ))
     .await?;
-    Ok(transfer)
+    Ok(Posted::New(transfer))
 }
 
 async fn append_entry(

@@ -5,6 +5,7 @@
 
 mod helpers;
 mod integrity;
+mod observability;
 mod postings;
 mod security;
 mod startup;

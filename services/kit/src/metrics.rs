@@ -1,0 +1,140 @@
+//! Prometheus metrics: one recorder per process, rate, errors and duration per gRPC
+//! method, and the text format served at `GET /metrics`. Every gRPC port also
+//! answers plain HTTP/1.1 so that Prometheus can scrape it there.
+
+use std::{sync::OnceLock, time::Instant};
+
+use axum::{
+    extract::Request,
+    http::{HeaderValue, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tonic::service::Routes;
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Upper bounds of the duration histograms, in seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Installs the process-wide recorder once and returns its handle.
+fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(DURATION_BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// Makes sure the recorder exists before the first request.
+pub fn install() {
+    if handle().is_none() {
+        tracing::warn!("metrics recorder could not be installed");
+    }
+}
+
+/// Everything recorded so far, in the Prometheus text format.
+pub async fn render() -> Response {
+    let body = handle().map(PrometheusHandle::render).unwrap_or_default();
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// Counts and times every call to `routes` (`grpc_server_handled_total` and
+/// `grpc_server_handling_seconds`, by service, method and status code) and adds
+/// `GET /metrics`.
+pub fn instrument(routes: Routes) -> Routes {
+    install();
+    let router = routes
+        .into_axum_router()
+        .layer(axum::middleware::from_fn(track))
+        .route("/metrics", get(render));
+    Routes::from(router)
+}
+
+async fn track(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let code = grpc_code(&response);
+    let (service, method) = rpc_labels(&path, code);
+    let labels = [
+        ("grpc_service", service),
+        ("grpc_method", method),
+        ("grpc_code", format!("{code:?}")),
+    ];
+    metrics::counter!("grpc_server_handled_total", &labels).increment(1);
+    metrics::histogram!("grpc_server_handling_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The status of a call as its response head tells it: errors come as
+/// trailers-only responses with `grpc-status` in the head; a head without it
+/// starts a successful response.
+fn grpc_code(response: &Response) -> tonic::Code {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+}
+
+/// Service and method of `/package.Service/Method`. Paths that name no method
+/// this server has are all `unknown`, so callers cannot grow the label space.
+fn rpc_labels(path: &str, code: tonic::Code) -> (String, String) {
+    let parts = path
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .filter(|(service, method)| {
+            code != tonic::Code::Unimplemented
+                && !service.is_empty()
+                && !method.is_empty()
+                && !method.contains('/')
+        });
+    match parts {
+        Some((service, method)) => (service.to_owned(), method.to_owned()),
+        None => ("unknown".to_owned(), "unknown".to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_served_methods_get_their_own_labels() {
+        assert_eq!(
+            rpc_labels(
+                "/bank.ledger.v1.LedgerService/GetBalance",
+                tonic::Code::NotFound
+            ),
+            ("bank.ledger.v1.LedgerService".into(), "GetBalance".into())
+        );
+        let unknown = ("unknown".to_owned(), "unknown".to_owned());
+        assert_eq!(
+            rpc_labels(
+                "/bank.ledger.v1.LedgerService/Nope",
+                tonic::Code::Unimplemented
+            ),
+            unknown
+        );
+        assert_eq!(rpc_labels("/favicon.ico", tonic::Code::Ok), unknown);
+        assert_eq!(rpc_labels("/a/b/c", tonic::Code::Ok), unknown);
+    }
+}

@@ -1,0 +1,124 @@
+//! What the ledger tells its operators about itself: per-method call metrics and
+//! business counters, served at `GET /metrics` on the gRPC port.
+
+use bank_e2e::{Parts, db_test, sample, scrape, spawn};
+
+use crate::helpers::{deposit, open_book, transfer, transfer_request};
+
+db_test!(
+    calls_and_postings_are_counted,
+    databases = 2,
+    calls_and_postings
+);
+async fn calls_and_postings(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::LEDGER).await;
+    let operator = stack.operator().await;
+    let alice = stack.customer().await;
+    let from = open_book(&stack, &alice, "EUR").await;
+    let to = open_book(&stack, &alice, "EUR").await;
+    deposit(&stack, &operator, &from, 1_000).await;
+    transfer(&stack, &alice, transfer_request(&from, &to, 300, "t-1"))
+        .await
+        .unwrap();
+    transfer(&stack, &alice, transfer_request(&from, &to, 300, "t-1"))
+        .await
+        .unwrap();
+    transfer(&stack, &alice, transfer_request(&from, &to, 5_000, "t-2"))
+        .await
+        .unwrap_err();
+
+    let text = scrape(stack.ledger_addr.unwrap()).await;
+    let rpc = |method: &str, code: &str| {
+        sample(
+            &text,
+            "grpc_server_handled_total",
+            &[
+                ("grpc_service", "bank.ledger.v1.LedgerService"),
+                ("grpc_method", method),
+                ("grpc_code", code),
+            ],
+        )
+    };
+    assert_eq!(rpc("CreateTransfer", "Ok"), 2.0, "{text}");
+    assert_eq!(rpc("CreateTransfer", "FailedPrecondition"), 1.0, "{text}");
+    assert_eq!(rpc("Deposit", "Ok"), 1.0, "{text}");
+    assert_eq!(rpc("OpenLedgerAccount", "Ok"), 2.0, "{text}");
+    assert!(
+        sample(
+            &text,
+            "grpc_server_handling_seconds_count",
+            &[("grpc_method", "CreateTransfer")]
+        ) >= 3.0,
+        "{text}"
+    );
+
+    let postings = |kind: &str| {
+        sample(
+            &text,
+            "ledger_postings_total",
+            &[("kind", kind), ("currency", "EUR")],
+        )
+    };
+    assert_eq!(postings("deposit"), 1.0, "{text}");
+    assert_eq!(postings("transfer"), 1.0, "{text}");
+    let moved = |kind: &str| {
+        sample(
+            &text,
+            "ledger_posted_minor_units_total",
+            &[("kind", kind), ("currency", "EUR")],
+        )
+    };
+    assert_eq!(moved("deposit"), 1_000.0, "{text}");
+    assert_eq!(moved("transfer"), 300.0, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "ledger_posting_replays_total",
+            &[("kind", "transfer")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "ledger_postings_refused_total",
+            &[("kind", "transfer"), ("code", "insufficient_funds")]
+        ),
+        1.0,
+        "{text}"
+    );
+}
+
+db_test!(
+    unknown_methods_share_one_label,
+    databases = 2,
+    unknown_methods
+);
+async fn unknown_methods(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::LEDGER).await;
+    // The generated server answers unknown methods itself, over any protocol.
+    let http = reqwest::Client::new();
+    let addr = stack.ledger_addr.unwrap();
+    for method in ["Nope1", "Nope2"] {
+        http.post(format!(
+            "http://{addr}/bank.ledger.v1.LedgerService/{method}"
+        ))
+        .header("content-type", "application/grpc")
+        .body(Vec::<u8>::new())
+        .send()
+        .await
+        .unwrap();
+    }
+    let text = scrape(addr).await;
+    assert!(!text.contains("Nope"), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "grpc_server_handled_total",
+            &[("grpc_method", "unknown"), ("grpc_code", "Unimplemented")]
+        ),
+        2.0,
+        "{text}"
+    );
+}
