@@ -231,7 +231,7 @@ impl AccountService for AccountApi {
         let principal = self.verifier.authenticate(&request).await?;
         let owner_id = principal.require_user()?.to_owned();
         let body = request.into_inner();
-        let currency = Currency::parse(&body.currency)
+        let currency = Currency::parse_supported(&body.currency)
             .map_err(|error| ServiceError::invalid(error.to_string()))?;
         let nickname = Nickname::parse(&body.nickname)?;
         let mut account = None;

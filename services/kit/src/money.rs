@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-/// An ISO 4217 currency the bank supports.
+/// A well-formed ISO 4217 currency code. Accounts are only opened in the
+/// [`SUPPORTED_CURRENCIES`] ([`Currency::parse_supported`]); a posting may name any
+/// well-formed code, and one no account holds is then a currency mismatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Currency([u8; 3]);
 
@@ -17,16 +19,25 @@ pub const SUPPORTED_CURRENCIES: &[&str] = &[
 pub struct UnsupportedCurrency;
 
 impl Currency {
+    /// Any three upper-case letters, the shape of an ISO 4217 code.
     pub fn parse(code: &str) -> Result<Currency, UnsupportedCurrency> {
-        if !SUPPORTED_CURRENCIES.contains(&code) {
-            return Err(UnsupportedCurrency);
+        match code.as_bytes() {
+            &[a, b, c] if [a, b, c].iter().all(u8::is_ascii_uppercase) => Ok(Currency([a, b, c])),
+            _ => Err(UnsupportedCurrency),
         }
-        let bytes = code.as_bytes();
-        Ok(Currency([bytes[0], bytes[1], bytes[2]]))
+    }
+
+    /// A currency accounts can be opened in.
+    pub fn parse_supported(code: &str) -> Result<Currency, UnsupportedCurrency> {
+        if SUPPORTED_CURRENCIES.contains(&code) {
+            Currency::parse(code)
+        } else {
+            Err(UnsupportedCurrency)
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        // Only ASCII codes from the supported list are ever constructed.
+        // Only upper-case ASCII codes are ever constructed.
         std::str::from_utf8(&self.0).unwrap_or("XXX")
     }
 }
@@ -64,15 +75,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_supported_upper_case_codes_parse() {
+    fn codes_are_three_upper_case_letters_and_accounts_use_supported_ones() {
         assert_eq!(
             Currency::parse("EUR").map(|c| c.to_string()),
             Ok("EUR".to_owned())
         );
-        assert!(Currency::parse("eur").is_err());
-        assert!(Currency::parse("XXX").is_err());
-        assert!(Currency::parse("EURO").is_err());
-        assert!(Currency::parse("").is_err());
+        assert!(Currency::parse("HUF").is_ok());
+        assert!(Currency::parse_supported("HUF").is_err());
+        assert!(Currency::parse_supported("EUR").is_ok());
+        for malformed in ["eur", "EURO", "EU", "", "E1R", "ÉUR"] {
+            assert!(Currency::parse(malformed).is_err(), "{malformed}");
+            assert!(Currency::parse_supported(malformed).is_err(), "{malformed}");
+        }
     }
 
     #[test]

@@ -64,32 +64,6 @@ impl LedgerApi {
         }
     }
 
-    /// The answer to a transfer in a currency no account can hold: NOT_FOUND
-    /// when an account is missing or `from` is not the caller's, exactly as for
-    /// any other transfer, and CURRENCY_MISMATCH otherwise.
-    async fn refuse_unheld_currency(
-        &self,
-        user_id: &str,
-        from_account_id: AccountId,
-        to_account_id: AccountId,
-    ) -> ServiceError {
-        let customer_book = |account: Option<LedgerAccount>| {
-            account.filter(|account| account.kind == AccountKind::Customer)
-        };
-        let from = match self.store.account(from_account_id).await {
-            Ok(account) => customer_book(account),
-            Err(error) => return error.into(),
-        };
-        if !from.is_some_and(|from| from.is_owned_by(user_id)) {
-            return LedgerError::AccountNotFound.into();
-        }
-        match self.store.account(to_account_id).await.map(customer_book) {
-            Ok(Some(_)) => LedgerError::CurrencyMismatch.into(),
-            Ok(None) => LedgerError::AccountNotFound.into(),
-            Err(error) => error.into(),
-        }
-    }
-
     async fn operator_posting(
         &self,
         principal: &Principal,
@@ -100,7 +74,7 @@ impl LedgerApi {
         let account_id = AccountId::parse(fields.account_id)?;
         let amount = PositiveAmount::parse(fields.amount_minor)
             .map_err(|error| ServiceError::invalid(error.to_string()))?;
-        let currency = posting_currency(fields.currency)?;
+        let currency = parse_currency(fields.currency)?;
         let reference = fields.reference.trim();
         if reference.is_empty() {
             return Err(ServiceError::invalid("reference is required"));
@@ -114,7 +88,6 @@ impl LedgerApi {
         if account.kind != AccountKind::Customer {
             return Err(LedgerError::AccountNotFound.into());
         }
-        let currency = currency.ok_or(LedgerError::CurrencyMismatch)?;
         let settlement = AccountId::settlement(currency);
         let (from_account_id, to_account_id) = match kind {
             TransferKind::Withdrawal => (account_id, settlement),
@@ -161,15 +134,9 @@ impl LedgerService for LedgerApi {
         }
         let amount = PositiveAmount::parse(body.amount_minor)
             .map_err(|error| ServiceError::invalid(error.to_string()))?;
-        let currency = posting_currency(&body.currency)?;
+        let currency = parse_currency(&body.currency)?;
         let description = Description::parse(&body.description)?;
         let idempotency_key = IdempotencyKey::parse(&body.idempotency_key)?;
-        let Some(currency) = currency else {
-            return Err(self
-                .refuse_unheld_currency(&user_id, from_account_id, to_account_id)
-                .await
-                .into());
-        };
         let posting = PostingRequest {
             kind: TransferKind::Transfer,
             from_account_id,
@@ -410,7 +377,8 @@ impl LedgerService for LedgerApi {
         let account_id = AccountId::parse(&body.account_id)?;
         let owner_id = uuid::Uuid::try_parse(&body.owner_id)
             .map_err(|_| ServiceError::invalid("owner id must be a UUID"))?;
-        let currency = parse_currency(&body.currency)?;
+        let currency = Currency::parse_supported(&body.currency)
+            .map_err(|error| ServiceError::invalid(error.to_string()))?;
         let account = self
             .store
             .open_account(account_id, &owner_id.to_string(), currency)
@@ -459,19 +427,11 @@ impl From<LedgerError> for Status {
     }
 }
 
+/// The currency of a posting: any well-formed code. One that the accounts do not
+/// hold (even one the bank does not support) is a currency mismatch, told by the
+/// posting once the accounts were found, like any other.
 fn parse_currency(raw: &str) -> Result<Currency, ServiceError> {
     Currency::parse(raw).map_err(|error| ServiceError::invalid(error.to_string()))
-}
-
-/// The currency of a posting. A well-formed ISO 4217 code that the bank does not
-/// support is `None`: no account holds it, so it is a currency mismatch, told
-/// once the accounts were found; anything else is malformed.
-fn posting_currency(raw: &str) -> Result<Option<Currency>, ServiceError> {
-    match Currency::parse(raw) {
-        Ok(currency) => Ok(Some(currency)),
-        Err(_) if raw.len() == 3 && raw.bytes().all(|byte| byte.is_ascii_uppercase()) => Ok(None),
-        Err(error) => Err(ServiceError::invalid(error.to_string())),
-    }
 }
 
 fn parse_page_size(raw: i32) -> Result<u64, ServiceError> {

@@ -251,6 +251,13 @@ async fn currency_mismatch(urls: Vec<String>) {
         let error = transfer(&stack, &alice, request).await.unwrap_err();
         assert_eq!(code(&error), expected, "{currency} from {from} to {to}");
     }
+    // A used key with an unsupported currency is a reused key, as with any other
+    // change of body.
+    let mut request = transfer_request(&euros, &bobs, 100, "paid");
+    transfer(&stack, &alice, request.clone()).await.unwrap();
+    request.currency = "HUF".into();
+    let error = transfer(&stack, &alice, request).await.unwrap_err();
+    assert_eq!(code(&error), ErrorCode::IdempotencyKeyReused);
     let ledger = stack.ledger().await;
     for (account_id, expected) in [
         (&euros, ErrorCode::CurrencyMismatch),
@@ -288,8 +295,11 @@ async fn currency_mismatch(urls: Vec<String>) {
         }
     }
 
-    assert_eq!(balance(&stack, &alice, &euros).await, 1_000);
+    assert_eq!(balance(&stack, &alice, &euros).await, 900);
     assert_eq!(balance(&stack, &alice, &dollars).await, 0);
+    assert_eq!(balance(&stack, &bob, &bobs).await, 100);
+    let report = verify(&stack, &operator).await;
+    assert!(report.ok, "{:?}", report.mismatches);
 }
 
 db_test!(
