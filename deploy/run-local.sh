@@ -9,22 +9,25 @@ bin="${CARGO_TARGET_DIR:-target}/debug"
 mkdir -p var
 umask 077
 
-# The binaries read ./.env themselves; load it here too (variables already set
-# win, as in the binaries) so that the defaults below never shadow it.
-if [ -f .env ]; then
-    while IFS= read -r line || [ -n "$line" ]; do
-        line="${line#"${line%%[![:space:]]*}"}"
-        case "$line" in '' | '#'*) continue ;; esac
-        line="${line#export }"
-        key="${line%%=*}"
-        value="${line#*=}"
-        [[ "$line" == *=* && "$key" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
-        if [[ "$value" =~ ^\"(.*)\"$ || "$value" =~ ^\'(.*)\'$ ]]; then
-            value="${BASH_REMATCH[1]}"
-        fi
-        [ -n "${!key+set}" ] || export "$key=$value"
-    done < .env
-fi
+# Whether a variable is configured: set in the environment, or defined in ./.env.
+# The binaries read .env themselves (variables already set win); it is only looked
+# into here, never parsed, so that the local defaults below never shadow it.
+configured() {
+    [ -n "${!1:-}" ] && return 0
+    [ -f .env ] && grep -Eq "^[[:space:]]*(export[[:space:]]+)?$1[[:space:]]*=[[:space:]]*[^[:space:]#]" .env
+}
+
+# The value to show for a variable (after an optional prefix such as http://):
+# its own, the default, or a pointer to .env, which is not parsed here.
+shown() {
+    if [ -n "${!1:-}" ]; then
+        echo "${3:-}${!1}"
+    elif configured "$1"; then
+        echo "(as set in .env)"
+    else
+        echo "${3:-}$2"
+    fi
+}
 
 secret_file() {
     local path=$1
@@ -34,11 +37,23 @@ secret_file() {
     cat "$path"
 }
 
-service_secret=$(secret_file var/account-client-secret)
-export IDENTITY_SERVICE_CLIENTS="${IDENTITY_SERVICE_CLIENTS:-account=$service_secret}"
-export ACCOUNT_SERVICE_CLIENT_SECRET="${ACCOUNT_SERVICE_CLIENT_SECRET:-$service_secret}"
+# The account service's credentials at identity: both configured, or both
+# generated here (a secret under var/), never one of each.
+if configured ACCOUNT_SERVICE_CLIENT_SECRET && configured IDENTITY_SERVICE_CLIENTS; then
+    :
+elif configured ACCOUNT_SERVICE_CLIENT_SECRET || configured IDENTITY_SERVICE_CLIENTS; then
+    echo "set both ACCOUNT_SERVICE_CLIENT_SECRET and IDENTITY_SERVICE_CLIENTS, or neither" >&2
+    exit 2
+elif [ -z "${ACCOUNT_SERVICE_CLIENT_ID:-}" ] && configured ACCOUNT_SERVICE_CLIENT_ID; then
+    echo "ACCOUNT_SERVICE_CLIENT_ID is set in .env: set ACCOUNT_SERVICE_CLIENT_SECRET and IDENTITY_SERVICE_CLIENTS there too" >&2
+    exit 2
+else
+    service_secret=$(secret_file var/account-client-secret)
+    export ACCOUNT_SERVICE_CLIENT_SECRET="$service_secret"
+    export IDENTITY_SERVICE_CLIENTS="${ACCOUNT_SERVICE_CLIENT_ID:-account}=$service_secret"
+fi
 operator_note=""
-if [ -z "${BANK_BOOTSTRAP_OPERATOR_EMAIL:-}" ] && [ -z "${BANK_BOOTSTRAP_OPERATOR_PASSWORD:-}" ]; then
+if ! configured BANK_BOOTSTRAP_OPERATOR_EMAIL && ! configured BANK_BOOTSTRAP_OPERATOR_PASSWORD; then
     export BANK_BOOTSTRAP_OPERATOR_EMAIL=operator@bank.local
     export BANK_BOOTSTRAP_OPERATOR_PASSWORD="$(secret_file var/operator-password)"
     operator_note=" (password in var/operator-password)"
@@ -60,11 +75,11 @@ trap stop INT TERM EXIT
 
 cat <<INFO
 
-  gateway   http://${GATEWAY_LISTEN_ADDR:-127.0.0.1:8080}
-  identity  ${IDENTITY_LISTEN_ADDR:-127.0.0.1:50051}  (gRPC)
-  account   ${ACCOUNT_LISTEN_ADDR:-127.0.0.1:50052}  (gRPC)
-  ledger    ${LEDGER_LISTEN_ADDR:-127.0.0.1:50053}  (gRPC)
-  operator  ${BANK_BOOTSTRAP_OPERATOR_EMAIL:-none}${operator_note}
+  gateway   $(shown GATEWAY_LISTEN_ADDR 127.0.0.1:8080 http://)
+  identity  $(shown IDENTITY_LISTEN_ADDR 127.0.0.1:50051)  (gRPC)
+  account   $(shown ACCOUNT_LISTEN_ADDR 127.0.0.1:50052)  (gRPC)
+  ledger    $(shown LEDGER_LISTEN_ADDR 127.0.0.1:50053)  (gRPC)
+  operator  $(shown BANK_BOOTSTRAP_OPERATOR_EMAIL none)${operator_note}
 
   Ctrl-C stops all four.
 
