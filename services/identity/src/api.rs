@@ -112,7 +112,11 @@ impl IdentityApi {
         password: &NewPassword,
     ) -> Result<(), IdentityError> {
         if let Some((user, _)) = self.store.user_by_email(email).await? {
-            if user.roles.contains(&Role::Operator) && user.enabled {
+            if user.roles.contains(&Role::Operator) {
+                if !user.enabled {
+                    // Someone disabled it on purpose; a restart must not undo that.
+                    tracing::warn!(email = %email, "bootstrap operator is disabled; left disabled");
+                }
                 return Ok(());
             }
             // Whoever registered this address before it was configured must not
@@ -195,7 +199,7 @@ impl IdentityApi {
     async fn check_credentials(
         &self,
         body: &pb::LoginRequest,
-    ) -> Result<Result<User, (&'static str, Option<String>)>, IdentityError> {
+    ) -> Result<Result<(User, String), (&'static str, Option<String>)>, IdentityError> {
         if body.password.len() > MAX_PASSWORD_BYTES {
             return Ok(Err(("password too long", None)));
         }
@@ -216,11 +220,19 @@ impl IdentityApi {
         if !user.enabled {
             return Ok(Err(("user disabled", Some(user.user_id))));
         }
+        // The user and the hash the password matched; the session is only
+        // created while that hash is still theirs.
         if verified.needs_rehash {
             let hash = self.hasher.hash(&body.password).await?;
-            self.store.set_password_hash(&user.user_id, &hash).await?;
+            if self
+                .store
+                .replace_password_hash(&user.user_id, &stored_hash, &hash)
+                .await?
+            {
+                return Ok(Ok((user, hash)));
+            }
         }
-        Ok(Ok(user))
+        Ok(Ok((user, stored_hash)))
     }
 
     async fn target_user(
@@ -328,8 +340,8 @@ impl IdentityService for IdentityApi {
         let throttle = ThrottleKeys::new(&body.email, &client);
         self.reserve_attempt(&throttle).await?;
         let outcome = self.check_credentials(&body).await?;
-        let user = match outcome {
-            Ok(user) => user,
+        let (user, verified_hash) = match outcome {
+            Ok(verified) => verified,
             Err((reason, user_id)) => {
                 self.store
                     .audit("login_failed", user_id.as_deref(), reason)
@@ -343,6 +355,7 @@ impl IdentityService for IdentityApi {
             .store
             .create_session(
                 &user.user_id,
+                &verified_hash,
                 &refresh_token_digest(&refresh_token),
                 self.sessions,
             )

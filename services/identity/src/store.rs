@@ -193,28 +193,66 @@ impl IdentityStore {
         Ok(())
     }
 
-    /// Starts a session whose first refresh token has hash `token_hash`.
+    /// Replaces the password hash `old` by `new` (a rehash with current
+    /// parameters), unless the password was changed meanwhile. True if replaced.
+    pub async fn replace_password_hash(
+        &self,
+        user_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, IdentityError> {
+        let result = self
+            .db
+            .execute_raw(statement(
+                self.backend(),
+                "UPDATE users SET password_hash = $1, updated_at = $2
+                 WHERE user_id = $3 AND password_hash = $4",
+                [
+                    new.into(),
+                    bank_kit::time::now().into(),
+                    user_id.into(),
+                    old.into(),
+                ],
+            ))
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Starts a session whose first refresh token has hash `token_hash`, if the
+    /// user is still enabled and their password hash is still `verified_hash`,
+    /// the one the password was checked against: a session must not outlive a
+    /// password change, a disable or a bootstrap reset that raced the login.
     pub async fn create_session(
         &self,
         user_id: &str,
+        verified_hash: &str,
         token_hash: &str,
         policy: SessionPolicy,
     ) -> Result<String, IdentityError> {
         let session_id = uuid::Uuid::new_v4().to_string();
         let now = bank_kit::time::now();
         let txn = self.db.begin().await?;
-        txn.execute_raw(statement(
-            self.backend(),
-            "INSERT INTO sessions (session_id, user_id, created_at, last_used_at, expires_at)
-             VALUES ($1, $2, $3, $3, $4)",
-            [
-                session_id.clone().into(),
-                user_id.into(),
-                now.into(),
-                (now + policy.absolute_lifetime).into(),
-            ],
-        ))
-        .await?;
+        let created = txn
+            .execute_raw(statement(
+                self.backend(),
+                "INSERT INTO sessions (session_id, user_id, created_at, last_used_at, expires_at)
+                 SELECT $1, $2, $3, $3, $4
+                 WHERE EXISTS (SELECT 1 FROM users
+                               WHERE user_id = $2 AND password_hash = $5 AND enabled = $6)",
+                [
+                    session_id.clone().into(),
+                    user_id.into(),
+                    now.into(),
+                    (now + policy.absolute_lifetime).into(),
+                    verified_hash.into(),
+                    true.into(),
+                ],
+            ))
+            .await?;
+        if created.rows_affected() != 1 {
+            txn.rollback().await?;
+            return Err(IdentityError::InvalidCredentials);
+        }
         txn.execute_raw(statement(
             self.backend(),
             "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1, $2, $3)",

@@ -181,4 +181,25 @@ async fn bootstrap_existing_user(urls: Vec<String>) {
         .unwrap();
     assert_eq!(me.user_id, squatter.user_id);
     assert!(me.roles.contains(&"operator".to_owned()), "{:?}", me.roles);
+
+    // An operator disabled on purpose stays disabled across restarts.
+    let operator = stack.operator().await;
+    identity
+        .disable_user(authed(
+            &operator.access_token,
+            pb::DisableUserRequest {
+                user_id: squatter.user_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    bank_identity::build(&config).await.unwrap();
+    let after_restart = identity
+        .login(pb::LoginRequest {
+            email: squatter.email.clone(),
+            password: OPERATOR_PASSWORD.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(after_restart.code(), tonic::Code::Unauthenticated);
 }

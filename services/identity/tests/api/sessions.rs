@@ -202,3 +202,52 @@ async fn concurrent_refresh(urls: Vec<String>) {
 
     assert_eq!(rotated, 1, "{rotated} rotations of one token");
 }
+
+db_test!(
+    a_login_that_raced_a_password_change_gets_no_session,
+    databases = 1,
+    login_races_password_change
+);
+async fn login_races_password_change(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let alice = stack.customer().await;
+    let db = bank_kit::db::connect(&stack.database_urls["identity"])
+        .await
+        .unwrap();
+    let store = bank_identity::store::IdentityStore::new(db);
+    let email = bank_identity::domain::Email::parse(&alice.email).unwrap();
+    let policy = bank_identity::store::SessionPolicy {
+        idle_timeout: chrono::Duration::minutes(30),
+        absolute_lifetime: chrono::Duration::hours(12),
+    };
+    // A login checked the password against this hash...
+    let (_, checked) = store.user_by_email(&email).await.unwrap().unwrap();
+    // ...then the password changed (or a bootstrap reset it) before its session
+    // was written.
+    store
+        .set_password_hash(&alice.user_id, "$argon2id$v=19$replaced")
+        .await
+        .unwrap();
+    let late = store
+        .create_session(&alice.user_id, &checked, "late-token-digest", policy)
+        .await;
+    assert!(late.is_err(), "a session outlived the password change");
+    // A rehash of the old password must not undo the change either.
+    let reverted = store
+        .replace_password_hash(&alice.user_id, &checked, "$argon2id$v=19$rehash")
+        .await
+        .unwrap();
+    assert!(!reverted);
+
+    // With the current hash, sessions start as usual; a disabled user gets none.
+    let (_, current) = store.user_by_email(&email).await.unwrap().unwrap();
+    store
+        .create_session(&alice.user_id, &current, "fresh-token-digest", policy)
+        .await
+        .unwrap();
+    store.set_enabled(&alice.user_id, false).await.unwrap();
+    let disabled = store
+        .create_session(&alice.user_id, &current, "other-token-digest", policy)
+        .await;
+    assert!(disabled.is_err(), "a disabled user got a session");
+}
