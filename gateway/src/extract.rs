@@ -164,9 +164,9 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             .to_str()
             .map_err(|_| ApiError::invalid("the Idempotency-Key header must be visible ASCII"))?
             .trim();
-        if key.is_empty() || key.len() > 128 {
+        if key.is_empty() || key.len() > 128 || !key.bytes().all(|byte| byte.is_ascii_graphic()) {
             return Err(ApiError::invalid(
-                "the Idempotency-Key header must be 1 to 128 characters",
+                "the Idempotency-Key header must be 1 to 128 visible ASCII characters without spaces",
             ));
         }
         Ok(IdempotencyKey(key.to_owned()))

@@ -55,7 +55,7 @@ pub struct MismatchView {
 }
 
 #[utoipa::path(post, path = "/v1/admin/deposits", tag = "admin", request_body = MoneyMovementBody,
-    params(("Idempotency-Key" = String, Header, description = "Makes the request safe to retry; keys are scoped per user", min_length = 1, max_length = 128, pattern = "^[\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?$")),
+    params(("Idempotency-Key" = String, Header, description = "Makes the request safe to retry; keys are scoped per user", min_length = 1, max_length = 128, pattern = "^[\\x21-\\x7E]{1,128}$")),
     responses((status = 201, body = TransferView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn deposit(
     State(state): State<AppState>,
@@ -85,7 +85,7 @@ pub async fn deposit(
 }
 
 #[utoipa::path(post, path = "/v1/admin/withdrawals", tag = "admin", request_body = MoneyMovementBody,
-    params(("Idempotency-Key" = String, Header, description = "Makes the request safe to retry; keys are scoped per user", min_length = 1, max_length = 128, pattern = "^[\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?$")),
+    params(("Idempotency-Key" = String, Header, description = "Makes the request safe to retry; keys are scoped per user", min_length = 1, max_length = 128, pattern = "^[\\x21-\\x7E]{1,128}$")),
     responses((status = 201, body = TransferView), (status = 403, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn withdraw(
     State(state): State<AppState>,
@@ -152,7 +152,7 @@ pub async fn unfreeze(
     Ok(Json(required(response.account)?.into()))
 }
 
-#[utoipa::path(post, path = "/v1/admin/transfers/{id}/reverse", tag = "admin", params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = String, Header, description = "Makes the request safe to retry; keys are scoped per user", min_length = 1, max_length = 128, pattern = "^[\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?$")),
+#[utoipa::path(post, path = "/v1/admin/transfers/{id}/reverse", tag = "admin", params(("id" = uuid::Uuid, Path), ("Idempotency-Key" = String, Header, description = "Makes the request safe to retry; keys are scoped per user", min_length = 1, max_length = 128, pattern = "^[\\x21-\\x7E]{1,128}$")),
     request_body(content = Option<ReverseBody>, description = "Optional reason"),
     responses((status = 201, body = TransferView), (status = 409, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn reverse(

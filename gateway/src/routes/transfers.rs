@@ -31,7 +31,7 @@ pub struct TransferBody {
 }
 
 #[utoipa::path(post, path = "/v1/transfers", tag = "transfers", request_body = TransferBody,
-    params(("Idempotency-Key" = String, Header, description = "Makes the request safe to retry; keys are scoped per user", min_length = 1, max_length = 128, pattern = "^[\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?$")),
+    params(("Idempotency-Key" = String, Header, description = "Makes the request safe to retry; keys are scoped per user", min_length = 1, max_length = 128, pattern = "^[\\x21-\\x7E]{1,128}$")),
     responses((status = 201, body = TransferView), (status = 400, body = crate::problem::Problem, content_type = "application/problem+json"),
         (status = 404, body = crate::problem::Problem, content_type = "application/problem+json"), (status = 422, body = crate::problem::Problem, content_type = "application/problem+json")),
     security(("bearer" = [])))]
