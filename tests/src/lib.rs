@@ -315,14 +315,16 @@ impl Stack {
 }
 
 /// Runs a service binary that is expected to refuse to start, in an empty working
-/// directory (no `.env`, no `var/`), and returns what it printed on stderr. A
+/// directory (no `.env`, no `var/`) with only `vars` (and `PATH`) in its
+/// environment, and returns what it printed on stderr. A
 /// binary that starts anyway is killed after a minute and fails the test rather
 /// than hanging it.
 pub fn failed_start(binary: &str, vars: &[(&str, &str)]) -> String {
     let workdir = tempfile::tempdir().expect("temporary working directory");
     let child = std::process::Command::new(binary)
         .current_dir(workdir.path())
-        .env_remove("RUST_LOG")
+        .env_clear()
+        .envs(std::env::var_os("PATH").map(|path| ("PATH", path)))
         .envs(vars.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

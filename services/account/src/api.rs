@@ -134,14 +134,7 @@ impl AccountApi {
         if target != AccountStatus::Closed {
             principal.require_operator()?;
         }
-        let account = self.visible(principal, raw_id).await?;
-        if target == AccountStatus::Closed && principal.user_id() != Some(account.owner_id.as_str())
-        {
-            return Err(ServiceError::new(
-                ErrorCode::Forbidden,
-                "only the account's owner can close it",
-            ));
-        }
+        let account = self.visible_for(principal, raw_id, Some(target)).await?;
         if account.status == AccountStatus::Closed {
             return Err(AccountError::Closed.into());
         }
@@ -154,6 +147,18 @@ impl AccountApi {
     /// still pending answer NOT_FOUND; a pending account of the caller's is
     /// completed first.
     async fn visible(&self, principal: &Principal, raw_id: &str) -> Result<Account, ServiceError> {
+        self.visible_for(principal, raw_id, None).await
+    }
+
+    /// [`Self::visible`], refusing before anything is done to the account a
+    /// caller who may see it but not move it to `target` (an operator closing a
+    /// customer's account).
+    async fn visible_for(
+        &self,
+        principal: &Principal,
+        raw_id: &str,
+        target: Option<AccountStatus>,
+    ) -> Result<Account, ServiceError> {
         let account_id = parse_account_id(raw_id)?;
         let mut account = self
             .store
@@ -164,6 +169,14 @@ impl AccountApi {
             principal.is_operator() || principal.user_id() == Some(account.owner_id.as_str());
         if !allowed {
             return Err(AccountError::NotFound.into());
+        }
+        if target == Some(AccountStatus::Closed)
+            && principal.user_id() != Some(account.owner_id.as_str())
+        {
+            return Err(ServiceError::new(
+                ErrorCode::Forbidden,
+                "only the account's owner can close it",
+            ));
         }
         if account.status == AccountStatus::Pending {
             self.provision(&mut account).await?;
