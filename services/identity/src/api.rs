@@ -231,6 +231,15 @@ impl IdentityApi {
             {
                 return Ok(Ok((user, hash)));
             }
+            // The hash changed meanwhile: another login rehashed the same password,
+            // or the password changed. Only the current hash can tell.
+            let current = self.store.password_hash(&user.user_id).await?;
+            return match current {
+                Some(current) if self.hasher.verify(&body.password, &current).await?.matches => {
+                    Ok(Ok((user, current)))
+                }
+                _ => Ok(Err(("password changed during login", Some(user.user_id)))),
+            };
         }
         Ok(Ok((user, stored_hash)))
     }

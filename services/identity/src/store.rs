@@ -231,14 +231,24 @@ impl IdentityStore {
     ) -> Result<String, IdentityError> {
         let session_id = uuid::Uuid::new_v4().to_string();
         let now = bank_kit::time::now();
+        // On PostgreSQL the user row is share-locked until commit: a concurrent
+        // password change, disable or reset waits for this session to commit (and
+        // then revokes it), or commits first, and the check no longer matches.
+        // SQLite serialises writers anyway.
+        let lock = match self.backend() {
+            DbBackend::Postgres => " FOR SHARE",
+            _ => "",
+        };
         let txn = self.db.begin().await?;
         let created = txn
             .execute_raw(statement(
                 self.backend(),
-                "INSERT INTO sessions (session_id, user_id, created_at, last_used_at, expires_at)
-                 SELECT $1, $2, $3, $3, $4
-                 WHERE EXISTS (SELECT 1 FROM users
-                               WHERE user_id = $2 AND password_hash = $5 AND enabled = $6)",
+                &format!(
+                    "INSERT INTO sessions (session_id, user_id, created_at, last_used_at, expires_at)
+                     SELECT $1, $2, $3, $3, $4
+                     WHERE EXISTS (SELECT 1 FROM users
+                                   WHERE user_id = $2 AND password_hash = $5 AND enabled = $6{lock})"
+                ),
                 [
                     session_id.clone().into(),
                     user_id.into(),
