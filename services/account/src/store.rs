@@ -119,7 +119,7 @@ fn account_from_row(row: &QueryResult) -> Result<Account, AccountError> {
         account_id: uuid::Uuid::try_parse(&account_id).map_err(|_| corrupt("account id"))?,
         number: row.try_get("", "number")?,
         owner_id: row.try_get("", "owner_id")?,
-        currency: Currency::parse(&currency).map_err(|_| corrupt("currency"))?,
+        currency: Currency::parse_supported(&currency).map_err(|_| corrupt("currency"))?,
         nickname: row.try_get("", "nickname")?,
         status: AccountStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
         created_at: row.try_get("", "created_at")?,

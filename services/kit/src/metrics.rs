@@ -5,7 +5,7 @@
 use std::{sync::OnceLock, time::Instant};
 
 use axum::{
-    extract::Request,
+    extract::{MatchedPath, Request},
     http::{HeaderValue, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -56,31 +56,65 @@ pub async fn render() -> Response {
 
 /// Counts and times every call to `routes` (`grpc_server_handled_total` and
 /// `grpc_server_handling_seconds`, by service, method and status code) and adds
-/// `GET /metrics`.
+/// `GET /metrics`. Over HTTP/1.1 only `GET /metrics` is served: gRPC needs HTTP/2,
+/// and a browser page cannot reach the API through the scrape path.
 pub fn instrument(routes: Routes) -> Routes {
     install();
     let router = routes
         .into_axum_router()
         .layer(axum::middleware::from_fn(track))
-        .route("/metrics", get(render));
+        .route("/metrics", get(render))
+        .layer(axum::middleware::from_fn(http2_only));
     Routes::from(router)
 }
 
+async fn http2_only(request: Request, next: Next) -> Response {
+    let scrape = request.method() == axum::http::Method::GET && request.uri().path() == "/metrics";
+    if request.version() == axum::http::Version::HTTP_2 || scrape {
+        next.run(request).await
+    } else {
+        axum::http::StatusCode::NOT_FOUND.into_response()
+    }
+}
+
 async fn track(request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    let started = Instant::now();
+    // Paths of services this server does not have all count as `unknown`.
+    let served = request.extensions().get::<MatchedPath>().is_some();
+    let mut call = Call {
+        path: if served {
+            request.uri().path().to_owned()
+        } else {
+            String::new()
+        },
+        started: Instant::now(),
+        code: None,
+    };
     let response = next.run(request).await;
-    let code = grpc_code(&response);
-    let (service, method) = rpc_labels(&path, code);
-    let labels = [
-        ("grpc_service", service),
-        ("grpc_method", method),
-        ("grpc_code", format!("{code:?}")),
-    ];
-    metrics::counter!("grpc_server_handled_total", &labels).increment(1);
-    metrics::histogram!("grpc_server_handling_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
+    call.code = Some(grpc_code(&response));
     response
+}
+
+/// One call being counted. Recorded when dropped, so that a call the server's
+/// deadline or the client abandoned still counts, as `Cancelled`.
+struct Call {
+    path: String,
+    started: Instant,
+    code: Option<tonic::Code>,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or(tonic::Code::Cancelled);
+        let (service, method) = rpc_labels(&self.path, code);
+        let labels = [
+            ("grpc_service", service),
+            ("grpc_method", method),
+            ("grpc_code", format!("{code:?}")),
+        ];
+        metrics::counter!("grpc_server_handled_total", &labels).increment(1);
+        metrics::histogram!("grpc_server_handling_seconds", &labels)
+            .record(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// The status of a call as its response head tells it: errors come as

@@ -158,7 +158,7 @@ impl LedgerStore {
                 Ok(txn) => txn,
                 // Another process holds the file; take another turn.
                 Err(error) if db::is_retryable(&error) => continue,
-                Err(error) => return Err(error.into()),
+                Err(error) => return record_posting(request, Err(error.into())),
             };
             let result = post_in(&txn, request, &fingerprint).await;
             match finish(txn, result).await {
@@ -794,7 +794,8 @@ fn account_from_row(row: &QueryResult) -> Result<LedgerAccount, LedgerError> {
         account_id: AccountId::parse(&get_string("account_id")?)
             .map_err(|_| corrupt("account id"))?,
         owner_id: row.try_get("", "owner_id")?,
-        currency: Currency::parse(&get_string("currency")?).map_err(|_| corrupt("currency"))?,
+        currency: Currency::parse(&get_string("currency")?)
+            .map_err(|_| corrupt("currency"))?,
         kind: AccountKind::parse(&get_string("kind")?).ok_or_else(|| corrupt("account kind"))?,
         status: AccountStatus::parse(&get_string("status")?).ok_or_else(|| corrupt("status"))?,
         balance_minor: row.try_get("", "balance_minor")?,
@@ -815,7 +816,8 @@ fn transfer_from_row(row: &QueryResult) -> Result<Transfer, LedgerError> {
         to_account_id: AccountId::parse(&get_string("to_account_id")?)
             .map_err(|_| corrupt("account id"))?,
         amount_minor: row.try_get("", "amount_minor")?,
-        currency: Currency::parse(&get_string("currency")?).map_err(|_| corrupt("currency"))?,
+        currency: Currency::parse(&get_string("currency")?)
+            .map_err(|_| corrupt("currency"))?,
         description: get_string("description")?,
         reverses_transfer_id: reverses
             .map(|id| TransferId::parse(&id))
@@ -835,7 +837,8 @@ fn entry_from_row(row: &QueryResult) -> Result<Entry, LedgerError> {
             .map_err(|_| corrupt("transfer id"))?,
         amount_minor: row.try_get("", "amount_minor")?,
         balance_after_minor: row.try_get("", "balance_after_minor")?,
-        currency: Currency::parse(&get_string("currency")?).map_err(|_| corrupt("currency"))?,
+        currency: Currency::parse(&get_string("currency")?)
+            .map_err(|_| corrupt("currency"))?,
         counterparty_account_id: AccountId::parse(&get_string("counterparty_account_id")?)
             .map_err(|_| corrupt("account id"))?,
         description: get_string("description")?,

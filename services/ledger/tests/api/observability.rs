@@ -97,28 +97,51 @@ db_test!(
 );
 async fn unknown_methods(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
-    // The generated server answers unknown methods itself, over any protocol.
-    let http = reqwest::Client::new();
     let addr = stack.ledger_addr.unwrap();
-    for method in ["Nope1", "Nope2"] {
-        http.post(format!(
-            "http://{addr}/bank.ledger.v1.LedgerService/{method}"
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    for path in [
+        "/bank.ledger.v1.LedgerService/Nope1",
+        "/bank.ledger.v1.LedgerService/Nope2",
+        "/bank.nothing.v1.Nope3/Call",
+    ] {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.unwrap();
+        let status = grpc
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                path.parse().unwrap(),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{path}");
+    }
+    // Over HTTP/1.1 only the scrape path answers; nothing else is served or counted.
+    let http1 = reqwest::Client::new()
+        .post(format!(
+            "http://{addr}/bank.ledger.v1.LedgerService/GetBalance"
         ))
-        .header("content-type", "application/grpc")
-        .body(Vec::<u8>::new())
+        .header("content-type", "text/plain")
+        .body("{}")
         .send()
         .await
         .unwrap();
-    }
+    assert_eq!(http1.status(), reqwest::StatusCode::NOT_FOUND);
+
     let text = scrape(addr).await;
     assert!(!text.contains("Nope"), "{text}");
+    assert!(!text.contains("GetBalance"), "{text}");
     assert_eq!(
         sample(
             &text,
             "grpc_server_handled_total",
             &[("grpc_method", "unknown"), ("grpc_code", "Unimplemented")]
         ),
-        2.0,
+        3.0,
         "{text}"
     );
 }
