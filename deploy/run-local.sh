@@ -14,7 +14,8 @@ umask 077
 # into here, never parsed, so that the local defaults below never shadow it.
 configured() {
     [ -n "${!1:-}" ] && return 0
-    [ -f .env ] && grep -Eq "^[[:space:]]*(export[[:space:]]+)?$1[[:space:]]*=[[:space:]]*[^[:space:]#]" .env
+    # A value that is not empty: bare, or inside quotes (KEY="" is unset).
+    [ -f .env ] && grep -Eq "^[[:space:]]*(export[[:space:]]+)?$1[[:space:]]*=[[:space:]]*([^[:space:]#\"']|\"[^\"]|'[^'])" .env
 }
 
 # The value to show for a variable (after an optional prefix such as http://):
@@ -54,8 +55,9 @@ else
 fi
 operator_note=""
 if ! configured BANK_BOOTSTRAP_OPERATOR_EMAIL && ! configured BANK_BOOTSTRAP_OPERATOR_PASSWORD; then
+    operator_password=$(secret_file var/operator-password)
     export BANK_BOOTSTRAP_OPERATOR_EMAIL=operator@bank.local
-    export BANK_BOOTSTRAP_OPERATOR_PASSWORD="$(secret_file var/operator-password)"
+    export BANK_BOOTSTRAP_OPERATOR_PASSWORD="$operator_password"
     operator_note=" (password in var/operator-password)"
 fi
 
