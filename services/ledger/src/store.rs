@@ -794,8 +794,7 @@ fn account_from_row(row: &QueryResult) -> Result<LedgerAccount, LedgerError> {
         account_id: AccountId::parse(&get_string("account_id")?)
             .map_err(|_| corrupt("account id"))?,
         owner_id: row.try_get("", "owner_id")?,
-        currency: Currency::parse(&get_string("currency")?)
-            .map_err(|_| corrupt("currency"))?,
+        currency: Currency::parse(&get_string("currency")?).map_err(|_| corrupt("currency"))?,
         kind: AccountKind::parse(&get_string("kind")?).ok_or_else(|| corrupt("account kind"))?,
         status: AccountStatus::parse(&get_string("status")?).ok_or_else(|| corrupt("status"))?,
         balance_minor: row.try_get("", "balance_minor")?,
@@ -816,8 +815,7 @@ fn transfer_from_row(row: &QueryResult) -> Result<Transfer, LedgerError> {
         to_account_id: AccountId::parse(&get_string("to_account_id")?)
             .map_err(|_| corrupt("account id"))?,
         amount_minor: row.try_get("", "amount_minor")?,
-        currency: Currency::parse(&get_string("currency")?)
-            .map_err(|_| corrupt("currency"))?,
+        currency: Currency::parse(&get_string("currency")?).map_err(|_| corrupt("currency"))?,
         description: get_string("description")?,
         reverses_transfer_id: reverses
             .map(|id| TransferId::parse(&id))
@@ -837,8 +835,7 @@ fn entry_from_row(row: &QueryResult) -> Result<Entry, LedgerError> {
             .map_err(|_| corrupt("transfer id"))?,
         amount_minor: row.try_get("", "amount_minor")?,
         balance_after_minor: row.try_get("", "balance_after_minor")?,
-        currency: Currency::parse(&get_string("currency")?)
-            .map_err(|_| corrupt("currency"))?,
+        currency: Currency::parse(&get_string("currency")?).map_err(|_| corrupt("currency"))?,
         counterparty_account_id: AccountId::parse(&get_string("counterparty_account_id")?)
             .map_err(|_| corrupt("account id"))?,
         description: get_string("description")?,
