@@ -83,7 +83,7 @@ impl From<ServiceError> for ApiError {
 /// services write for clients; anything else is logged and answered opaquely.
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> ApiError {
-        let code = ErrorCode::of_status(&status);
+        let code = bank_kit::error::code_of_status(&status);
         if code.is_server_error() {
             tracing::error!(grpc_code = ?status.code(), message = status.message(), "downstream failure");
             ApiError::new(code, code.title())

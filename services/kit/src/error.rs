@@ -11,189 +11,38 @@ pub const ERROR_CODE_METADATA: &str = "bank-error-code";
 /// Metadata key telling a rate-limited caller how many seconds to wait.
 pub const RETRY_AFTER_METADATA: &str = "retry-after";
 
-/// Stable error codes shared by every service and the REST API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    InvalidArgument,
-    Unauthenticated,
-    Forbidden,
-    NotFound,
-    Conflict,
-    InsufficientFunds,
-    AccountFrozen,
-    AccountClosed,
-    CurrencyMismatch,
-    IdempotencyKeyReused,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    MethodNotAllowed,
-    RateLimited,
-    Unavailable,
-    Internal,
+pub use bank_domain::{DomainError, ErrorCode, error::GrpcCode};
+
+/// The gRPC status code that carries `code`.
+pub fn grpc_code(code: ErrorCode) -> Code {
+    Code::from_i32(code.grpc() as i32)
 }
 
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
-        ErrorCode::InvalidArgument,
-        ErrorCode::Unauthenticated,
-        ErrorCode::Forbidden,
-        ErrorCode::NotFound,
-        ErrorCode::Conflict,
-        ErrorCode::InsufficientFunds,
-        ErrorCode::AccountFrozen,
-        ErrorCode::AccountClosed,
-        ErrorCode::CurrencyMismatch,
-        ErrorCode::IdempotencyKeyReused,
-        ErrorCode::PayloadTooLarge,
-        ErrorCode::UnsupportedMediaType,
-        ErrorCode::MethodNotAllowed,
-        ErrorCode::RateLimited,
-        ErrorCode::Unavailable,
-        ErrorCode::Internal,
-    ];
-
-    /// The snake_case code clients match on.
-    pub fn as_str(self) -> &'static str {
-        self.row().0
-    }
-
-    /// HTTP status of a problem response carrying this code.
-    pub fn http_status(self) -> u16 {
-        self.row().1
-    }
-
-    /// gRPC status code carrying this error.
-    pub fn grpc_code(self) -> Code {
-        self.row().2
-    }
-
-    /// Short human-readable title for problem responses.
-    pub fn title(self) -> &'static str {
-        self.row().3
-    }
-
-    /// Whether the detail message may be shown to a client. Server-side failures
-    /// answer with the title only: their cause goes to the log.
-    pub fn is_server_error(self) -> bool {
-        self.http_status() >= 500
-    }
-
-    pub fn parse(code: &str) -> Option<ErrorCode> {
-        Self::ALL
-            .into_iter()
-            .find(|candidate| candidate.as_str() == code)
-    }
-
-    /// The code for a status that carries none, e.g. one produced by tonic itself.
-    pub fn from_grpc(code: Code) -> ErrorCode {
-        match code {
-            Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidArgument,
-            Code::Unauthenticated => ErrorCode::Unauthenticated,
-            Code::PermissionDenied => ErrorCode::Forbidden,
-            Code::NotFound => ErrorCode::NotFound,
-            Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => ErrorCode::Conflict,
-            Code::ResourceExhausted => ErrorCode::RateLimited,
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorCode::Unavailable,
-            Code::Ok | Code::Unknown | Code::Unimplemented | Code::Internal | Code::DataLoss => {
-                ErrorCode::Internal
-            }
-        }
-    }
-
-    /// The code a status carries: its metadata if present and known, else derived
-    /// from the gRPC code.
-    pub fn of_status(status: &Status) -> ErrorCode {
-        status
-            .metadata()
-            .get(ERROR_CODE_METADATA)
-            .and_then(|value| value.to_str().ok())
-            .and_then(ErrorCode::parse)
-            .unwrap_or_else(|| ErrorCode::from_grpc(status.code()))
-    }
-
-    fn row(self) -> (&'static str, u16, Code, &'static str) {
-        match self {
-            ErrorCode::InvalidArgument => (
-                "invalid_argument",
-                400,
-                Code::InvalidArgument,
-                "Invalid argument",
-            ),
-            ErrorCode::Unauthenticated => (
-                "unauthenticated",
-                401,
-                Code::Unauthenticated,
-                "Authentication required",
-            ),
-            ErrorCode::Forbidden => ("forbidden", 403, Code::PermissionDenied, "Forbidden"),
-            ErrorCode::NotFound => ("not_found", 404, Code::NotFound, "Not found"),
-            ErrorCode::Conflict => ("conflict", 409, Code::AlreadyExists, "Conflict"),
-            ErrorCode::InsufficientFunds => (
-                "insufficient_funds",
-                422,
-                Code::FailedPrecondition,
-                "Insufficient funds",
-            ),
-            ErrorCode::AccountFrozen => (
-                "account_frozen",
-                422,
-                Code::FailedPrecondition,
-                "Account frozen",
-            ),
-            ErrorCode::AccountClosed => (
-                "account_closed",
-                422,
-                Code::FailedPrecondition,
-                "Account closed",
-            ),
-            ErrorCode::CurrencyMismatch => (
-                "currency_mismatch",
-                422,
-                Code::FailedPrecondition,
-                "Currency mismatch",
-            ),
-            ErrorCode::IdempotencyKeyReused => (
-                "idempotency_key_reused",
-                422,
-                Code::FailedPrecondition,
-                "Idempotency key reused",
-            ),
-            ErrorCode::PayloadTooLarge => (
-                "payload_too_large",
-                413,
-                Code::OutOfRange,
-                "Payload too large",
-            ),
-            ErrorCode::UnsupportedMediaType => (
-                "unsupported_media_type",
-                415,
-                Code::InvalidArgument,
-                "Unsupported media type",
-            ),
-            ErrorCode::MethodNotAllowed => (
-                "method_not_allowed",
-                405,
-                Code::Unimplemented,
-                "Method not allowed",
-            ),
-            ErrorCode::RateLimited => (
-                "rate_limited",
-                429,
-                Code::ResourceExhausted,
-                "Too many requests",
-            ),
-            ErrorCode::Unavailable => {
-                ("unavailable", 503, Code::Unavailable, "Service unavailable")
-            }
-            ErrorCode::Internal => ("internal", 500, Code::Internal, "Internal error"),
+/// The code for a status that carries none, e.g. one produced by tonic itself.
+pub fn code_from_grpc(code: Code) -> ErrorCode {
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidArgument,
+        Code::Unauthenticated => ErrorCode::Unauthenticated,
+        Code::PermissionDenied => ErrorCode::Forbidden,
+        Code::NotFound => ErrorCode::NotFound,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => ErrorCode::Conflict,
+        Code::ResourceExhausted => ErrorCode::RateLimited,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorCode::Unavailable,
+        Code::Ok | Code::Unknown | Code::Unimplemented | Code::Internal | Code::DataLoss => {
+            ErrorCode::Internal
         }
     }
 }
 
-impl std::fmt::Display for ErrorCode {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(self.as_str())
-    }
+/// The code a status carries: its metadata if present and known, else derived
+/// from the gRPC code.
+pub fn code_of_status(status: &Status) -> ErrorCode {
+    status
+        .metadata()
+        .get(ERROR_CODE_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .and_then(ErrorCode::parse)
+        .unwrap_or_else(|| code_from_grpc(status.code()))
 }
 
 /// An error a service answers with: a stable code and a message safe to show.
@@ -257,6 +106,20 @@ impl ServiceError {
     }
 }
 
+/// Every domain error becomes the service error of its code. A server error's
+/// message is logged, never shown.
+impl<E: DomainError> From<E> for ServiceError {
+    fn from(error: E) -> ServiceError {
+        let code = error.code();
+        if code.is_server_error() {
+            tracing::error!(error = %error, code = code.as_str(), "internal error");
+            ServiceError::new(code, code.title())
+        } else {
+            ServiceError::new(code, error.to_string())
+        }
+    }
+}
+
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Status {
         let message = if error.code.is_server_error() {
@@ -264,7 +127,7 @@ impl From<ServiceError> for Status {
         } else {
             error.message
         };
-        let mut status = Status::new(error.code.grpc_code(), message);
+        let mut status = Status::new(grpc_code(error.code), message);
         status.metadata_mut().insert(
             ERROR_CODE_METADATA,
             MetadataValue::from_static(error.code.as_str()),
@@ -282,7 +145,7 @@ impl From<ServiceError> for Status {
 /// answer with. Client errors keep their code and message; anything else becomes
 /// `unavailable` so that a downstream's internals are never passed on.
 pub fn from_downstream(status: &Status) -> ServiceError {
-    let code = ErrorCode::of_status(status);
+    let code = code_of_status(status);
     if code.is_server_error() {
         ServiceError::unavailable(&format_args!(
             "downstream answered {:?}: {}",
@@ -324,17 +187,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_code_round_trips_through_its_name() {
-        for code in ErrorCode::ALL {
-            assert_eq!(ErrorCode::parse(code.as_str()), Some(code));
-        }
-    }
-
-    #[test]
     fn status_carries_the_code_in_metadata() {
         let status = Status::from(ServiceError::new(ErrorCode::InsufficientFunds, "short"));
         assert_eq!(status.code(), Code::FailedPrecondition);
-        assert_eq!(ErrorCode::of_status(&status), ErrorCode::InsufficientFunds);
+        assert_eq!(code_of_status(&status), ErrorCode::InsufficientFunds);
         assert_eq!(status.message(), "short");
     }
 
@@ -368,30 +224,19 @@ mod tests {
     }
 
     #[test]
-    fn http_statuses_match_the_contract() {
-        let expected = [
-            ("invalid_argument", 400),
-            ("unauthenticated", 401),
-            ("forbidden", 403),
-            ("not_found", 404),
-            ("conflict", 409),
-            ("insufficient_funds", 422),
-            ("account_frozen", 422),
-            ("account_closed", 422),
-            ("currency_mismatch", 422),
-            ("idempotency_key_reused", 422),
-            ("payload_too_large", 413),
-            ("unsupported_media_type", 415),
-            ("method_not_allowed", 405),
-            ("rate_limited", 429),
-            ("unavailable", 503),
-            ("internal", 500),
-        ];
-        for (name, http) in expected {
-            assert_eq!(
-                ErrorCode::parse(name).map(ErrorCode::http_status),
-                Some(http)
-            );
+    fn grpc_codes_match_the_contract() {
+        assert_eq!(grpc_code(ErrorCode::InvalidArgument), Code::InvalidArgument);
+        assert_eq!(grpc_code(ErrorCode::Conflict), Code::AlreadyExists);
+        assert_eq!(
+            grpc_code(ErrorCode::InsufficientFunds),
+            Code::FailedPrecondition
+        );
+        assert_eq!(grpc_code(ErrorCode::RateLimited), Code::ResourceExhausted);
+        assert_eq!(grpc_code(ErrorCode::Unavailable), Code::Unavailable);
+        for code in ErrorCode::ALL {
+            let status = Status::from(ServiceError::new(code, "detail"));
+            assert_eq!(code_of_status(&status), code);
+            assert_ne!(status.code(), Code::Unknown, "{code}");
         }
     }
 }

@@ -10,10 +10,10 @@ pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
-pub mod money;
 pub mod net;
 pub mod telemetry;
 pub mod testing;
 pub mod time;
 
-pub use error::{ErrorCode, ServiceError};
+pub use bank_domain::{DomainError, ErrorCode, money};
+pub use error::ServiceError;

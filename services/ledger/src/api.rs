@@ -1,5 +1,6 @@
 //! The ledger's gRPC API: authenticates the caller, parses the request into domain
-//! types, calls the store, and maps the result back to protobuf.
+//! types, hands postings to the posting engine and reads to the store, and maps
+//! the result back to protobuf.
 
 use std::sync::Arc;
 
@@ -16,8 +17,9 @@ use tonic::{Request, Response, Status};
 use crate::{
     domain::{
         AccountId, AccountKind, AccountStatus, Description, Entry, IdempotencyKey, LedgerAccount,
-        LedgerError, PostingRequest, Transfer, TransferId, TransferKind,
+        LedgerError, Transfer, TransferId, TransferKind, plan::PostingRequest,
     },
+    engine::PostingEngine,
     store::LedgerStore,
 };
 
@@ -29,12 +31,28 @@ const MAX_PAGE_SIZE: u64 = 100;
 
 pub struct LedgerApi {
     store: Arc<LedgerStore>,
+    engine: PostingEngine,
     verifier: TokenVerifier,
 }
 
 impl LedgerApi {
-    pub fn new(store: Arc<LedgerStore>, verifier: TokenVerifier) -> LedgerApi {
-        LedgerApi { store, verifier }
+    pub fn new(
+        store: Arc<LedgerStore>,
+        engine: PostingEngine,
+        verifier: TokenVerifier,
+    ) -> LedgerApi {
+        LedgerApi {
+            store,
+            engine,
+            verifier,
+        }
+    }
+
+    /// Posts through the engine: the answer comes once the request's commit group
+    /// committed, a refusal as the error of its code.
+    async fn post(&self, request: PostingRequest) -> Result<Transfer, ServiceError> {
+        let outcome = self.engine.submit(request).await?;
+        outcome.result.map_err(ServiceError::from)
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, ServiceError> {
@@ -105,7 +123,7 @@ impl LedgerApi {
             scope: principal.scope(),
             idempotency_key: IdempotencyKey::parse(fields.idempotency_key)?,
         };
-        Ok(self.store.post(&request).await?)
+        self.post(request).await
     }
 }
 
@@ -127,16 +145,18 @@ impl LedgerService for LedgerApi {
         let principal = self.caller(&request).await?;
         let user_id = principal.require_user()?.to_owned();
         let body = request.into_inner();
-        let from_account_id = AccountId::parse(&body.from_account_id)?;
-        let to_account_id = AccountId::parse(&body.to_account_id)?;
+        let from_account_id =
+            AccountId::parse(&body.from_account_id).map_err(ServiceError::from)?;
+        let to_account_id = AccountId::parse(&body.to_account_id).map_err(ServiceError::from)?;
         if from_account_id == to_account_id {
             return Err(ServiceError::invalid("cannot transfer to the same account").into());
         }
         let amount = PositiveAmount::parse(body.amount_minor)
             .map_err(|error| ServiceError::invalid(error.to_string()))?;
         let currency = parse_currency(&body.currency)?;
-        let description = Description::parse(&body.description)?;
-        let idempotency_key = IdempotencyKey::parse(&body.idempotency_key)?;
+        let description = Description::parse(&body.description).map_err(ServiceError::from)?;
+        let idempotency_key =
+            IdempotencyKey::parse(&body.idempotency_key).map_err(ServiceError::from)?;
         let posting = PostingRequest {
             kind: TransferKind::Transfer,
             from_account_id,
@@ -149,11 +169,7 @@ impl LedgerService for LedgerApi {
             scope: principal.scope(),
             idempotency_key,
         };
-        let transfer = self
-            .store
-            .post(&posting)
-            .await
-            .map_err(ServiceError::from)?;
+        let transfer = self.post(posting).await?;
         tracing::info!(transfer_id = %transfer.transfer_id, "transfer posted");
         Ok(Response::new(pb::CreateTransferResponse {
             transfer: Some(transfer_to_proto(&transfer)),
@@ -166,7 +182,8 @@ impl LedgerService for LedgerApi {
         request: Request<pb::GetTransferRequest>,
     ) -> Result<Response<pb::GetTransferResponse>, Status> {
         let principal = self.caller(&request).await?;
-        let transfer_id = TransferId::parse(&request.get_ref().transfer_id)?;
+        let transfer_id =
+            TransferId::parse(&request.get_ref().transfer_id).map_err(ServiceError::from)?;
         let transfer = self
             .store
             .transfer(transfer_id)
@@ -196,7 +213,8 @@ impl LedgerService for LedgerApi {
         request: Request<pb::GetBalanceRequest>,
     ) -> Result<Response<pb::GetBalanceResponse>, Status> {
         let principal = self.caller(&request).await?;
-        let account_id = AccountId::parse(&request.get_ref().account_id)?;
+        let account_id =
+            AccountId::parse(&request.get_ref().account_id).map_err(ServiceError::from)?;
         let account = self.visible_account(&principal, account_id).await?;
         Ok(Response::new(pb::GetBalanceResponse {
             account_id: account.account_id.to_string(),
@@ -213,7 +231,7 @@ impl LedgerService for LedgerApi {
     ) -> Result<Response<pb::ListAccountEntriesResponse>, Status> {
         let principal = self.caller(&request).await?;
         let body = request.into_inner();
-        let account_id = AccountId::parse(&body.account_id)?;
+        let account_id = AccountId::parse(&body.account_id).map_err(ServiceError::from)?;
         let page_size = parse_page_size(body.page_size)?;
         let before_seq = parse_page_token(&body.page_token)?;
         self.visible_account(&principal, account_id).await?;
@@ -294,8 +312,9 @@ impl LedgerService for LedgerApi {
         let principal = self.caller(&request).await?;
         principal.require_operator()?;
         let body = request.into_inner();
-        let original_id = TransferId::parse(&body.transfer_id)?;
-        let idempotency_key = IdempotencyKey::parse(&body.idempotency_key)?;
+        let original_id = TransferId::parse(&body.transfer_id).map_err(ServiceError::from)?;
+        let idempotency_key =
+            IdempotencyKey::parse(&body.idempotency_key).map_err(ServiceError::from)?;
         let original = self
             .store
             .transfer(original_id)
@@ -319,17 +338,13 @@ impl LedgerService for LedgerApi {
                 ServiceError::internal(&"stored transfer with a non-positive amount")
             })?,
             currency: original.currency,
-            description: Description::parse(&description)?,
+            description: Description::parse(&description).map_err(ServiceError::from)?,
             reverses_transfer_id: Some(original_id),
             required_owner: None,
             scope: principal.scope(),
             idempotency_key,
         };
-        let transfer = self
-            .store
-            .post(&posting)
-            .await
-            .map_err(ServiceError::from)?;
+        let transfer = self.post(posting).await?;
         tracing::info!(transfer_id = %transfer.transfer_id, reverses = %original_id, "reversal posted");
         Ok(Response::new(pb::ReverseTransferResponse {
             transfer: Some(transfer_to_proto(&transfer)),
@@ -374,7 +389,7 @@ impl LedgerService for LedgerApi {
         let principal = self.caller(&request).await?;
         principal.require_service(ACCOUNT_SERVICE)?;
         let body = request.into_inner();
-        let account_id = AccountId::parse(&body.account_id)?;
+        let account_id = AccountId::parse(&body.account_id).map_err(ServiceError::from)?;
         let owner_id = uuid::Uuid::try_parse(&body.owner_id)
             .map_err(|_| ServiceError::invalid("owner id must be a UUID"))?;
         let currency = Currency::parse_supported(&body.currency)
@@ -398,7 +413,7 @@ impl LedgerService for LedgerApi {
         let principal = self.caller(&request).await?;
         principal.require_service(ACCOUNT_SERVICE)?;
         let body = request.into_inner();
-        let account_id = AccountId::parse(&body.account_id)?;
+        let account_id = AccountId::parse(&body.account_id).map_err(ServiceError::from)?;
         let status = match pb::LedgerAccountStatus::try_from(body.status) {
             Ok(pb::LedgerAccountStatus::Active) => AccountStatus::Active,
             Ok(pb::LedgerAccountStatus::Frozen) => AccountStatus::Frozen,
@@ -418,12 +433,6 @@ impl LedgerService for LedgerApi {
             account_id: account.account_id.to_string(),
             status: status_to_proto(account.status) as i32,
         }))
-    }
-}
-
-impl From<LedgerError> for Status {
-    fn from(error: LedgerError) -> Status {
-        ServiceError::from(error).into()
     }
 }
 

@@ -2,8 +2,11 @@
 //! transfers, in a database of its own.
 
 pub mod api;
-pub mod domain;
+pub mod engine;
 pub mod store;
+
+/// The ledger's rules live in the IO-free domain crate.
+pub use bank_domain::ledger as domain;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -41,10 +44,11 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
         .await
         .context("LEDGER_DATABASE_URL: cannot open and migrate the database")?;
     let store = Arc::new(store::LedgerStore::new(connection));
+    let engine = engine::PostingEngine::start(Arc::clone(&store), engine::GroupConfig::default());
     let verifier = TokenVerifier::remote(&config.identity_endpoint)?;
     let service_name = grpc::service_name::<LedgerServiceServer<api::LedgerApi>>();
     let service_routes = grpc::service_routes(service_name).await?;
-    let server = LedgerServiceServer::new(api::LedgerApi::new(store, verifier))
+    let server = LedgerServiceServer::new(api::LedgerApi::new(store, engine, verifier))
         .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let routes = service_routes.routes.add_service(server);
     grpc::mark_serving(&service_routes.health, service_name).await;

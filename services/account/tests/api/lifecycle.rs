@@ -104,7 +104,10 @@ async fn ownership(urls: Vec<String>) {
             .iter()
             .all(|account| account.owner_id == alice.user_id)
     );
-    assert_eq!(ErrorCode::of_status(&foreign), ErrorCode::NotFound);
+    assert_eq!(
+        bank_kit::error::code_of_status(&foreign),
+        ErrorCode::NotFound
+    );
     assert_eq!(other_owner.code(), tonic::Code::PermissionDenied);
 }
 
@@ -215,7 +218,10 @@ async fn freeze(urls: Vec<String>) {
 
     assert_eq!(by_owner.code(), tonic::Code::PermissionDenied);
     assert_eq!(frozen.status, pb::AccountStatus::Frozen as i32);
-    assert_eq!(ErrorCode::of_status(&transfer), ErrorCode::AccountFrozen);
+    assert_eq!(
+        bank_kit::error::code_of_status(&transfer),
+        ErrorCode::AccountFrozen
+    );
     let unfrozen = accounts
         .unfreeze_account(authed(
             &operator.access_token,
@@ -265,7 +271,10 @@ async fn close(urls: Vec<String>) {
         ))
         .await
         .unwrap_err();
-    assert_eq!(ErrorCode::of_status(&by_operator), ErrorCode::Forbidden);
+    assert_eq!(
+        bank_kit::error::code_of_status(&by_operator),
+        ErrorCode::Forbidden
+    );
 
     let refused = accounts
         .close_account(authed(
@@ -289,7 +298,10 @@ async fn close(urls: Vec<String>) {
         .account
         .unwrap();
 
-    assert_eq!(ErrorCode::of_status(&refused), ErrorCode::Conflict);
+    assert_eq!(
+        bank_kit::error::code_of_status(&refused),
+        ErrorCode::Conflict
+    );
     assert_eq!(closed.status, pb::AccountStatus::Closed as i32);
     let still_open = accounts
         .get_account(authed(

@@ -101,7 +101,7 @@ async fn duplicate_email(urls: Vec<String>) {
         .await
         .unwrap_err();
 
-    assert_eq!(ErrorCode::of_status(&error), ErrorCode::Conflict);
+    assert_eq!(bank_kit::error::code_of_status(&error), ErrorCode::Conflict);
 }
 
 db_test!(
@@ -249,7 +249,10 @@ async fn login_backoff(urls: Vec<String>) {
         .login(login_from("198.51.100.20", &alice.email, USER_PASSWORD))
         .await;
 
-    assert_eq!(ErrorCode::of_status(&throttled), ErrorCode::RateLimited);
+    assert_eq!(
+        bank_kit::error::code_of_status(&throttled),
+        ErrorCode::RateLimited
+    );
     let retry_after = retry_after(&throttled);
     let first_delay = LOGIN_THROTTLE.per_client.first_delay_seconds;
     assert!(
@@ -290,7 +293,10 @@ async fn unknown_email_backoff(urls: Vec<String>) {
         .await
         .unwrap_err();
 
-    assert_eq!(ErrorCode::of_status(&throttled), ErrorCode::RateLimited);
+    assert_eq!(
+        bank_kit::error::code_of_status(&throttled),
+        ErrorCode::RateLimited
+    );
 }
 
 db_test!(
@@ -320,7 +326,10 @@ async fn parallel_guesses(urls: Vec<String>) {
         if status.code() == tonic::Code::Unauthenticated {
             checked += 1;
         } else {
-            assert_eq!(ErrorCode::of_status(&status), ErrorCode::RateLimited);
+            assert_eq!(
+                bank_kit::error::code_of_status(&status),
+                ErrorCode::RateLimited
+            );
         }
     }
 
@@ -363,7 +372,7 @@ async fn distributed_guessing(urls: Vec<String>) {
         .await;
 
     assert_eq!(
-        ErrorCode::of_status(&returning_guesser),
+        bank_kit::error::code_of_status(&returning_guesser),
         ErrorCode::RateLimited
     );
     // The 21st failure set the account-wide backoff; the 22nd, from a fresh

@@ -4,12 +4,16 @@
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261128_000001_create_journal;
+mod m20261201_000001_request_records;
 
 pub struct Migrator;
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261128_000001_create_journal::Migration)]
+        vec![
+            Box::new(m20261128_000001_create_journal::Migration),
+            Box::new(m20261201_000001_request_records::Migration),
+        ]
     }
 }

@@ -106,7 +106,7 @@ pub async fn verify(stack: &Stack, operator: &TestUser) -> pb::VerifyLedgerRespo
 }
 
 pub fn code(status: &tonic::Status) -> ErrorCode {
-    ErrorCode::of_status(status)
+    bank_kit::error::code_of_status(status)
 }
 
 /// The world most ledger tests start from: an operator, a customer (alice) with two

@@ -172,15 +172,27 @@ async fn overdraft_is_refused(urls: Vec<String>) {
     assert_eq!(code(&error), ErrorCode::InsufficientFunds);
     assert_eq!(balance(&stack, &alice, &from).await, 1_000);
     assert_eq!(balance(&stack, &alice, &to).await, 0);
-    // A refused posting leaves no idempotency record: the key can be used again.
+    // A refused key stays refused: a retry after the account was funded gets the
+    // same refusal and moves nothing, while a new key posts.
     deposit(&stack, &operator, &from, 1).await;
-    transfer(
+    let retry = transfer(
         &stack,
         &alice,
         transfer_request(&from, &to, 1_001, "too-much"),
     )
     .await
+    .unwrap_err();
+    assert_eq!(code(&retry), ErrorCode::InsufficientFunds);
+    assert_eq!(balance(&stack, &alice, &from).await, 1_001);
+    transfer(
+        &stack,
+        &alice,
+        transfer_request(&from, &to, 1_001, "funded-now"),
+    )
+    .await
     .unwrap();
+    let report = verify(&stack, &operator).await;
+    assert!(report.ok, "{:?}", report.mismatches);
 }
 
 db_test!(

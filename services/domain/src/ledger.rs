@@ -1,9 +1,15 @@
-//! The ledger's domain: accounts' books, transfers, entries and the rules a posting
-//! must satisfy. No IO, no tonic, no SQL.
+//! The ledger's domain: accounts' books, transfers, entries, the hash chain, and
+//! (in [`plan`]) the rules that turn a commit group of posting requests into
+//! outcomes and rows to write.
+
+pub mod plan;
 
 use std::fmt;
 
-use bank_kit::money::{Currency, PositiveAmount};
+use crate::{
+    error::{DomainError, ErrorCode},
+    money::Currency,
+};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -13,6 +19,10 @@ use uuid::Uuid;
 pub struct AccountId(Uuid);
 
 impl AccountId {
+    pub fn from_uuid(id: Uuid) -> AccountId {
+        AccountId(id)
+    }
+
     pub fn parse(raw: &str) -> Result<AccountId, LedgerError> {
         Uuid::try_parse(raw)
             .map(AccountId)
@@ -36,12 +46,16 @@ impl fmt::Display for AccountId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TransferId(Uuid);
 
 impl TransferId {
     pub fn new() -> TransferId {
         TransferId(Uuid::now_v7())
+    }
+
+    pub fn from_uuid(id: Uuid) -> TransferId {
+        TransferId(id)
     }
 
     pub fn parse(raw: &str) -> Result<TransferId, LedgerError> {
@@ -64,7 +78,7 @@ impl fmt::Display for TransferId {
 }
 
 /// A client-chosen key that makes a posting request safe to retry.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
@@ -290,48 +304,6 @@ pub fn entry_hash(entry: &Entry) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// What a posting asks for, after parsing.
-#[derive(Debug, Clone)]
-pub struct PostingRequest {
-    pub kind: TransferKind,
-    pub from_account_id: AccountId,
-    pub to_account_id: AccountId,
-    pub amount: PositiveAmount,
-    pub currency: Currency,
-    pub description: Description,
-    pub reverses_transfer_id: Option<TransferId>,
-    /// When set, `from_account_id` must belong to this user.
-    pub required_owner: Option<String>,
-    /// Who asked: scopes the idempotency key.
-    pub scope: String,
-    pub idempotency_key: IdempotencyKey,
-}
-
-impl PostingRequest {
-    /// A fingerprint of what the request asks for, so that a reused idempotency key
-    /// with a different request is told apart from a retry.
-    pub fn fingerprint(&self) -> String {
-        let mut hasher = Sha256::new();
-        let reverses = self
-            .reverses_transfer_id
-            .map(|id| id.to_string())
-            .unwrap_or_default();
-        for field in [
-            self.kind.as_str(),
-            &self.from_account_id.to_string(),
-            &self.to_account_id.to_string(),
-            &self.amount.minor().to_string(),
-            self.currency.as_str(),
-            self.description.as_str(),
-            &reverses,
-        ] {
-            hasher.update((field.len() as u64).to_be_bytes());
-            hasher.update(field.as_bytes());
-        }
-        hex::encode(hasher.finalize())
-    }
-}
-
 /// One inconsistency found while verifying the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
@@ -348,7 +320,7 @@ pub struct VerifyReport {
 }
 
 /// Everything a ledger operation can refuse, by cause.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
     #[error("{0}")]
     Invalid(String),
@@ -370,16 +342,10 @@ pub enum LedgerError {
     AmountOverflow,
     #[error("{0}")]
     Conflict(String),
-    #[error("database error: {0}")]
-    Storage(#[from] sea_orm::DbErr),
-    #[error("corrupt row: {0}")]
-    Corrupt(String),
 }
 
-impl LedgerError {
-    /// The contract's error code for this refusal.
-    pub fn code(&self) -> bank_kit::ErrorCode {
-        use bank_kit::ErrorCode;
+impl DomainError for LedgerError {
+    fn code(&self) -> ErrorCode {
         match self {
             LedgerError::Invalid(_) | LedgerError::AmountOverflow => ErrorCode::InvalidArgument,
             LedgerError::AccountNotFound | LedgerError::TransferNotFound => ErrorCode::NotFound,
@@ -389,21 +355,6 @@ impl LedgerError {
             LedgerError::CurrencyMismatch => ErrorCode::CurrencyMismatch,
             LedgerError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             LedgerError::Conflict(_) => ErrorCode::Conflict,
-            LedgerError::Storage(_) | LedgerError::Corrupt(_) => ErrorCode::Internal,
-        }
-    }
-}
-
-impl From<LedgerError> for bank_kit::ServiceError {
-    fn from(error: LedgerError) -> Self {
-        use bank_kit::ServiceError;
-        let code = error.code();
-        match error {
-            LedgerError::Invalid(message) | LedgerError::Conflict(message) => {
-                ServiceError::new(code, message)
-            }
-            LedgerError::Storage(_) | LedgerError::Corrupt(_) => ServiceError::internal(&error),
-            _ => ServiceError::new(code, error.to_string()),
         }
     }
 }

@@ -1,0 +1,222 @@
+//! The posting engine: one writer task per ledger process that gathers concurrent
+//! postings into commit groups.
+//!
+//! A request is queued with a reply channel. The writer takes the first waiting
+//! request and every other one already queued, up to [`GroupConfig::max_size`];
+//! while the previous groups were larger than one (the ledger is under load) it
+//! may wait up to [`GroupConfig::max_wait`] for the group to fill to that size
+//! again, and at low load it never waits, so a lone request is written at once.
+//! Requests that arrive while a group commits simply form the next one, which is
+//! what makes the groups grow with the load.
+//!
+//! The group's transaction runs in a task of its own that nothing cancels: a
+//! caller that goes away (a client disconnect, a deadline) stops waiting for its
+//! answer, never the group. Each caller is answered only after the group
+//! committed, with its own outcome. If a group fails for a reason that is not a
+//! transient conflict (those are retried inside the store), each of its requests
+//! is tried again alone, so that one request that the database refuses cannot
+//! fail the others.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bank_domain::ledger::plan::{Outcome, PostingRequest, Proposal};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::{LedgerStore, StoreError};
+
+/// How commit groups are formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupConfig {
+    /// At most this many requests in one transaction.
+    pub max_size: usize,
+    /// The longest a group waits for more requests, and only while under load.
+    pub max_wait: Duration,
+    /// Requests queued before new ones are refused as busy.
+    pub queue_capacity: usize,
+}
+
+impl Default for GroupConfig {
+    fn default() -> GroupConfig {
+        GroupConfig {
+            max_size: 256,
+            max_wait: Duration::from_micros(200),
+            queue_capacity: 8_192,
+        }
+    }
+}
+
+struct Job {
+    proposal: Proposal,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+/// The handle requests are submitted through. Cloning it shares the one writer.
+#[derive(Clone)]
+pub struct PostingEngine {
+    queue: mpsc::Sender<Job>,
+}
+
+impl PostingEngine {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: Arc<LedgerStore>, config: GroupConfig) -> PostingEngine {
+        let (queue, receiver) = mpsc::channel(config.queue_capacity.max(1));
+        tokio::spawn(run_writer(store, receiver, config));
+        PostingEngine { queue }
+    }
+
+    /// Posts `request` in the next commit group and returns its outcome once the
+    /// group committed. Dropping the returned future abandons the answer only.
+    pub async fn submit(&self, request: PostingRequest) -> Result<Outcome, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            proposal: Proposal::new(request),
+            reply,
+        };
+        self.queue.try_send(job).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => StoreError::Busy,
+            mpsc::error::TrySendError::Closed(_) => {
+                StoreError::WriterStopped("the queue is closed".into())
+            }
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::WriterStopped("no answer from the writer".into()))?
+    }
+}
+
+async fn run_writer(
+    store: Arc<LedgerStore>,
+    mut receiver: mpsc::Receiver<Job>,
+    config: GroupConfig,
+) {
+    let mut previous_size = 0usize;
+    while let Some(first) = receiver.recv().await {
+        let mut group = vec![first];
+        gather(&mut receiver, &mut group, config.max_size);
+        if previous_size > 1 && group.len() < previous_size.min(config.max_size) {
+            let deadline = tokio::time::Instant::now() + config.max_wait;
+            while group.len() < previous_size.min(config.max_size) {
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(job)) => {
+                        group.push(job);
+                        gather(&mut receiver, &mut group, config.max_size);
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        previous_size = group.len();
+        commit(&store, group).await;
+    }
+}
+
+/// Takes every job already queued, up to `max_size` in the group.
+fn gather(receiver: &mut mpsc::Receiver<Job>, group: &mut Vec<Job>, max_size: usize) {
+    while group.len() < max_size {
+        match receiver.try_recv() {
+            Ok(job) => group.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+async fn commit(store: &Arc<LedgerStore>, group: Vec<Job>) {
+    let size = group.len();
+    let started = Instant::now();
+    let proposals: Vec<Proposal> = group.iter().map(|job| job.proposal.clone()).collect();
+    let result = run_detached(store, proposals).await;
+    metrics::histogram!("ledger_commit_group_size").record(size as f64);
+    metrics::histogram!("ledger_commit_group_seconds").record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(outcomes) => {
+            for (job, outcome) in group.into_iter().zip(outcomes) {
+                record(&job.proposal.request, &outcome);
+                // The caller may have gone away; its posting stands all the same.
+                let _ = job.reply.send(Ok(outcome));
+            }
+        }
+        Err(error) if size > 1 && !matches!(error, StoreError::Busy) => {
+            tracing::warn!(error = %error, size, "commit group failed; posting its requests one by one");
+            for job in group {
+                let outcome = run_detached(store, vec![job.proposal.clone()])
+                    .await
+                    .and_then(|mut outcomes| {
+                        outcomes
+                            .pop()
+                            .ok_or_else(|| StoreError::Corrupt("a plan without an outcome".into()))
+                    });
+                if let Ok(outcome) = &outcome {
+                    record(&job.proposal.request, outcome);
+                }
+                let _ = job.reply.send(outcome);
+            }
+        }
+        Err(error) => {
+            let code = bank_kit::DomainError::code(&error);
+            for job in group {
+                metrics::counter!(
+                    "ledger_postings_refused_total",
+                    "kind" => job.proposal.request.kind.as_str(),
+                    "code" => code.as_str(),
+                )
+                .increment(1);
+                let _ = job.reply.send(Err(clone_error(&error)));
+            }
+        }
+    }
+}
+
+/// Runs a group's transaction in a task of its own, so that nothing the writer
+/// or a caller does can drop it half-way, and a panic in it is an error for its
+/// group rather than the end of the writer.
+async fn run_detached(
+    store: &Arc<LedgerStore>,
+    proposals: Vec<Proposal>,
+) -> Result<Vec<Outcome>, StoreError> {
+    let store = Arc::clone(store);
+    tokio::spawn(async move { store.commit_group(&proposals).await })
+        .await
+        .map_err(|error| StoreError::WriterStopped(error.to_string()))?
+}
+
+/// The same failure for every caller of a group.
+fn clone_error(error: &StoreError) -> StoreError {
+    match error {
+        StoreError::Busy => StoreError::Busy,
+        StoreError::Refused(refusal) => StoreError::Refused(refusal.clone()),
+        other => StoreError::WriterStopped(other.to_string()),
+    }
+}
+
+/// Business counters of the ledger: postings committed (a replay of an
+/// idempotency key is not a new one) with the minor units they moved, and
+/// postings refused, by kind and the refusal's error code.
+fn record(request: &PostingRequest, outcome: &Outcome) {
+    let kind = request.kind.as_str();
+    match (&outcome.result, outcome.replayed) {
+        (_, true) => {
+            metrics::counter!("ledger_posting_replays_total", "kind" => kind).increment(1);
+        }
+        (Ok(transfer), false) => {
+            let labels = [
+                ("kind", kind.to_owned()),
+                ("currency", transfer.currency.as_str().to_owned()),
+            ];
+            metrics::counter!("ledger_postings_total", &labels).increment(1);
+            // Positive by construction, so the cast cannot wrap.
+            metrics::counter!("ledger_posted_minor_units_total", &labels)
+                .increment(transfer.amount_minor.unsigned_abs());
+        }
+        (Err(refusal), false) => {
+            metrics::counter!(
+                "ledger_postings_refused_total",
+                "kind" => kind,
+                "code" => refusal.code.as_str(),
+            )
+            .increment(1);
+        }
+    }
+}

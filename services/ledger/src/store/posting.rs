@@ -1,0 +1,531 @@
+//! A commit group's transaction. One transaction per group, of a fixed shape:
+//!
+//! 1. create the settlement books the group needs, the first time a currency is
+//!    seen by this process (they are never removed, so once is enough);
+//! 2. lock every book the group names, in sorted id order, in one statement
+//!    (`SELECT … WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE` on
+//!    PostgreSQL; SQLite's `BEGIN IMMEDIATE` has locked the whole file already);
+//! 3. read the request records of the group's keys, with their transfers, and
+//!    which of the transfers the group reverses have a reversal already;
+//! 4. plan (`bank_domain::ledger::plan`), in memory;
+//! 5. insert the transfers, entries and request records and update the books,
+//!    each table with one set-based statement on PostgreSQL (`UNNEST` over
+//!    arrays, so the statement text never depends on the group's size); on SQLite,
+//!    which runs in process and has no round trips to save, one prepared statement
+//!    per row;
+//! 6. commit, once. Only then are the callers answered.
+//!
+//! Serialization failures, deadlocks, a busy SQLite file and a key inserted by
+//! another replica meanwhile (a unique violation) roll the group back and run it
+//! again from step 2, so the plan always decides on what is committed.
+
+use std::collections::HashSet;
+
+use bank_domain::ledger::plan::{
+    self, Facts, KnownRequest, Outcome, Proposal, RecordKey, RecordedOutcome, Refusal, Writes,
+};
+use bank_kit::{ErrorCode, db, money::Currency};
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Value};
+
+use super::{
+    Attempt, LedgerStore, MAX_ATTEMPTS, StoreError, account_columns, account_from_row, corrupt,
+    finish, lock_account, statement, transfer_from_row,
+};
+use crate::domain::{AccountId, GENESIS_HASH, IdempotencyKey, TransferId};
+
+const ENSURE_SETTLEMENT: &str = "INSERT INTO ledger_accounts (account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash, created_at, updated_at)
+     VALUES ($1, NULL, $2, 'settlement', 'active', 0, 0, $3, $4, $4)
+     ON CONFLICT (account_id) DO NOTHING";
+
+const LOCK_BOOKS_POSTGRES: &str = concat!(
+    "SELECT ",
+    account_columns!(),
+    " FROM ledger_accounts WHERE account_id = ANY($1::text[]) ORDER BY account_id FOR UPDATE"
+);
+
+/// The request records' columns, with the transfer a posted one made.
+macro_rules! request_select {
+    () => {
+        "SELECT r.scope, r.idempotency_key, r.request_hash, r.refusal_code, r.refusal_detail,
+                t.transfer_id, t.kind, t.from_account_id, t.to_account_id, t.amount_minor,
+                t.currency, t.description, t.reverses_transfer_id, t.created_at
+         FROM ledger_requests r LEFT JOIN ledger_transfers t ON t.transfer_id = r.transfer_id"
+    };
+}
+
+const SELECT_REQUESTS_POSTGRES: &str = concat!(
+    request_select!(),
+    " JOIN UNNEST($1::text[], $2::text[]) AS k (scope, idempotency_key)
+       ON r.scope = k.scope AND r.idempotency_key = k.idempotency_key"
+);
+
+const SELECT_REQUEST_SQLITE: &str = concat!(
+    request_select!(),
+    " WHERE r.scope = $1 AND r.idempotency_key = $2"
+);
+
+const SELECT_REVERSED_POSTGRES: &str = "SELECT reverses_transfer_id FROM ledger_transfers WHERE reverses_transfer_id = ANY($1::text[])";
+
+const SELECT_REVERSED_SQLITE: &str =
+    "SELECT reverses_transfer_id FROM ledger_transfers WHERE reverses_transfer_id = $1";
+
+const INSERT_TRANSFERS_POSTGRES: &str = "INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
+     SELECT t.id, t.kind, t.from_id, t.to_id, t.amount, t.currency, t.description, NULLIF(t.reverses, ''), 'posted', t.initiated_by, $10
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[])
+          AS t (id, kind, from_id, to_id, amount, currency, description, reverses, initiated_by)";
+
+const INSERT_TRANSFER_SQLITE: &str = "INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'posted', $9, $10)";
+
+const INSERT_ENTRIES_POSTGRES: &str = "INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
+     SELECT e.account_id, e.seq, e.transfer_id, e.amount, e.balance_after, e.currency, e.counterparty, e.description, e.prev_hash, e.entry_hash, $11
+     FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+          AS e (account_id, seq, transfer_id, amount, balance_after, currency, counterparty, description, prev_hash, entry_hash)";
+
+const INSERT_ENTRY_SQLITE: &str = "INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+const UPDATE_BOOKS_POSTGRES: &str = "UPDATE ledger_accounts AS a
+     SET balance_minor = b.balance, entry_count = b.entry_count, last_entry_hash = b.last_hash, updated_at = $5
+     FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS b (account_id, balance, entry_count, last_hash)
+     WHERE a.account_id = b.account_id";
+
+const UPDATE_BOOK_SQLITE: &str = "UPDATE ledger_accounts SET balance_minor = $2, entry_count = $3, last_entry_hash = $4, updated_at = $5
+     WHERE account_id = $1";
+
+const INSERT_REQUESTS_POSTGRES: &str = "INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at)
+     SELECT r.scope, r.idempotency_key, r.request_hash, NULLIF(r.transfer_id, ''), NULLIF(r.code, ''), NULLIF(r.detail, ''), $7
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+          AS r (scope, idempotency_key, request_hash, transfer_id, code, detail)";
+
+const INSERT_REQUEST_SQLITE: &str = "INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+impl LedgerStore {
+    /// Decides and commits one group of postings, answering each in order. The
+    /// whole group is retried on a transient conflict; the outcomes returned are
+    /// those of the attempt that committed.
+    pub async fn commit_group(&self, proposals: &[Proposal]) -> Result<Vec<Outcome>, StoreError> {
+        let currencies = self.unsettled_currencies(proposals);
+        for _ in 0..MAX_ATTEMPTS {
+            let _writer = self.writer().await;
+            let txn = match self.begin_write().await {
+                Ok(txn) => txn,
+                // Another process holds the file; take another turn.
+                Err(error) if db::is_retryable(&error) => continue,
+                Err(error) => return Err(error.into()),
+            };
+            let result = group_in(&txn, proposals, &currencies).await;
+            match finish(txn, result).await {
+                Attempt::Done(result) => {
+                    if result.is_ok() {
+                        self.mark_settled(&currencies);
+                    }
+                    return result;
+                }
+                Attempt::Retry => continue,
+            }
+        }
+        Err(StoreError::Busy)
+    }
+
+    fn unsettled_currencies(&self, proposals: &[Proposal]) -> Vec<Currency> {
+        let settled = self
+            .settled
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        plan::settlement_currencies(proposals)
+            .into_iter()
+            .filter(|currency| !settled.contains(currency))
+            .collect()
+    }
+
+    fn mark_settled(&self, currencies: &[Currency]) {
+        let mut settled = self
+            .settled
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        settled.extend(currencies.iter().copied());
+    }
+}
+
+async fn group_in(
+    txn: &DatabaseTransaction,
+    proposals: &[Proposal],
+    currencies: &[Currency],
+) -> Result<Vec<Outcome>, StoreError> {
+    let backend = txn.get_database_backend();
+    let now = bank_kit::time::now();
+    for currency in currencies {
+        txn.execute_raw(statement(
+            backend,
+            ENSURE_SETTLEMENT,
+            [
+                AccountId::settlement(*currency).to_string().into(),
+                currency.as_str().into(),
+                GENESIS_HASH.into(),
+                now.into(),
+            ],
+        ))
+        .await?;
+    }
+    let facts = Facts {
+        books: lock_books(txn, &plan::books_to_lock(proposals)).await?,
+        requests: read_requests(txn, &plan::keys_to_read(proposals)).await?,
+        reversed: read_reversed(txn, &plan::reversals_to_read(proposals)).await?,
+    };
+    let planned = plan::plan(proposals, facts, now);
+    write(txn, &planned.writes, now).await?;
+    Ok(planned.outcomes)
+}
+
+async fn lock_books(
+    txn: &DatabaseTransaction,
+    ids: &[AccountId],
+) -> Result<std::collections::BTreeMap<AccountId, crate::domain::LedgerAccount>, StoreError> {
+    let mut books = std::collections::BTreeMap::new();
+    match txn.get_database_backend() {
+        DbBackend::Postgres => {
+            let rows = txn
+                .query_all_raw(statement(
+                    DbBackend::Postgres,
+                    LOCK_BOOKS_POSTGRES,
+                    [strings(ids.iter().map(ToString::to_string))],
+                ))
+                .await?;
+            for row in &rows {
+                let book = account_from_row(row)?;
+                books.insert(book.account_id, book);
+            }
+        }
+        _ => {
+            for id in ids {
+                if let Some(book) = lock_account(txn, *id).await? {
+                    books.insert(book.account_id, book);
+                }
+            }
+        }
+    }
+    Ok(books)
+}
+
+async fn read_requests(
+    txn: &DatabaseTransaction,
+    keys: &[RecordKey],
+) -> Result<std::collections::HashMap<RecordKey, KnownRequest>, StoreError> {
+    let backend = txn.get_database_backend();
+    let rows: Vec<QueryResult> = match backend {
+        DbBackend::Postgres => {
+            txn.query_all_raw(statement(
+                backend,
+                SELECT_REQUESTS_POSTGRES,
+                [
+                    strings(keys.iter().map(|key| key.scope.clone())),
+                    strings(
+                        keys.iter()
+                            .map(|key| key.idempotency_key.as_str().to_owned()),
+                    ),
+                ],
+            ))
+            .await?
+        }
+        _ => {
+            let mut rows = Vec::new();
+            for key in keys {
+                let row = txn
+                    .query_one_raw(statement(
+                        backend,
+                        SELECT_REQUEST_SQLITE,
+                        [
+                            key.scope.clone().into(),
+                            key.idempotency_key.as_str().into(),
+                        ],
+                    ))
+                    .await?;
+                rows.extend(row);
+            }
+            rows
+        }
+    };
+    rows.iter().map(known_request_from_row).collect()
+}
+
+fn known_request_from_row(row: &QueryResult) -> Result<(RecordKey, KnownRequest), StoreError> {
+    let scope: String = row.try_get("", "scope")?;
+    let key: String = row.try_get("", "idempotency_key")?;
+    let fingerprint: String = row.try_get("", "request_hash")?;
+    let refusal_code: Option<String> = row.try_get("", "refusal_code")?;
+    let outcome = match refusal_code {
+        Some(code) => Err(Refusal {
+            code: ErrorCode::parse(&code).ok_or_else(|| corrupt("refusal code"))?,
+            detail: row
+                .try_get::<Option<String>>("", "refusal_detail")?
+                .unwrap_or_default(),
+        }),
+        None => {
+            let present: Option<String> = row.try_get("", "transfer_id")?;
+            if present.is_none() {
+                return Err(corrupt("request record without its transfer"));
+            }
+            Ok(transfer_from_row(row)?)
+        }
+    };
+    let record_key = RecordKey {
+        scope,
+        idempotency_key: IdempotencyKey::parse(&key).map_err(|_| corrupt("idempotency key"))?,
+    };
+    Ok((
+        record_key,
+        KnownRequest {
+            fingerprint,
+            outcome,
+        },
+    ))
+}
+
+async fn read_reversed(
+    txn: &DatabaseTransaction,
+    originals: &[TransferId],
+) -> Result<HashSet<TransferId>, StoreError> {
+    if originals.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let backend = txn.get_database_backend();
+    let rows: Vec<QueryResult> = match backend {
+        DbBackend::Postgres => {
+            txn.query_all_raw(statement(
+                backend,
+                SELECT_REVERSED_POSTGRES,
+                [strings(originals.iter().map(ToString::to_string))],
+            ))
+            .await?
+        }
+        _ => {
+            let mut rows = Vec::new();
+            for original in originals {
+                rows.extend(
+                    txn.query_one_raw(statement(
+                        backend,
+                        SELECT_REVERSED_SQLITE,
+                        [original.to_string().into()],
+                    ))
+                    .await?,
+                );
+            }
+            rows
+        }
+    };
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("", "reverses_transfer_id")?;
+            TransferId::parse(&id).map_err(|_| corrupt("transfer id"))
+        })
+        .collect()
+}
+
+/// Writes a plan's rows: transfers first, since entries and request records
+/// refer to them.
+async fn write(
+    txn: &DatabaseTransaction,
+    writes: &Writes,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    match txn.get_database_backend() {
+        DbBackend::Postgres => write_postgres(txn, writes, now).await,
+        _ => write_sqlite(txn, writes, now).await,
+    }
+}
+
+async fn write_postgres(
+    txn: &DatabaseTransaction,
+    writes: &Writes,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let backend = DbBackend::Postgres;
+    if !writes.transfers.is_empty() {
+        let transfers = || writes.transfers.iter().map(|new| &new.transfer);
+        txn.execute_raw(statement(
+            backend,
+            INSERT_TRANSFERS_POSTGRES,
+            [
+                strings(transfers().map(|t| t.transfer_id.to_string())),
+                strings(transfers().map(|t| t.kind.as_str().to_owned())),
+                strings(transfers().map(|t| t.from_account_id.to_string())),
+                strings(transfers().map(|t| t.to_account_id.to_string())),
+                integers(transfers().map(|t| t.amount_minor)),
+                strings(transfers().map(|t| t.currency.as_str().to_owned())),
+                strings(transfers().map(|t| t.description.clone())),
+                strings(transfers().map(|t| {
+                    t.reverses_transfer_id
+                        .map(|id| id.to_string())
+                        .unwrap_or_default()
+                })),
+                strings(writes.transfers.iter().map(|new| new.initiated_by.clone())),
+                now.into(),
+            ],
+        ))
+        .await?;
+    }
+    if !writes.entries.is_empty() {
+        let entries = || writes.entries.iter();
+        txn.execute_raw(statement(
+            backend,
+            INSERT_ENTRIES_POSTGRES,
+            [
+                strings(entries().map(|e| e.account_id.to_string())),
+                integers(entries().map(|e| e.account_seq)),
+                strings(entries().map(|e| e.transfer_id.to_string())),
+                integers(entries().map(|e| e.amount_minor)),
+                integers(entries().map(|e| e.balance_after_minor)),
+                strings(entries().map(|e| e.currency.as_str().to_owned())),
+                strings(entries().map(|e| e.counterparty_account_id.to_string())),
+                strings(entries().map(|e| e.description.clone())),
+                strings(entries().map(|e| e.prev_hash.clone())),
+                strings(entries().map(|e| e.entry_hash.clone())),
+                now.into(),
+            ],
+        ))
+        .await?;
+    }
+    if !writes.books.is_empty() {
+        let books = || writes.books.iter();
+        txn.execute_raw(statement(
+            backend,
+            UPDATE_BOOKS_POSTGRES,
+            [
+                strings(books().map(|b| b.account_id.to_string())),
+                integers(books().map(|b| b.balance_minor)),
+                integers(books().map(|b| b.entry_count)),
+                strings(books().map(|b| b.last_entry_hash.clone())),
+                now.into(),
+            ],
+        ))
+        .await?;
+    }
+    if !writes.requests.is_empty() {
+        let requests = || writes.requests.iter();
+        txn.execute_raw(statement(
+            backend,
+            INSERT_REQUESTS_POSTGRES,
+            [
+                strings(requests().map(|r| r.key.scope.clone())),
+                strings(requests().map(|r| r.key.idempotency_key.as_str().to_owned())),
+                strings(requests().map(|r| r.fingerprint.clone())),
+                strings(requests().map(|r| match &r.outcome {
+                    RecordedOutcome::Posted(id) => id.to_string(),
+                    RecordedOutcome::Refused(_) => String::new(),
+                })),
+                strings(requests().map(|r| match &r.outcome {
+                    RecordedOutcome::Posted(_) => String::new(),
+                    RecordedOutcome::Refused(refusal) => refusal.code.as_str().to_owned(),
+                })),
+                strings(requests().map(|r| match &r.outcome {
+                    RecordedOutcome::Posted(_) => String::new(),
+                    RecordedOutcome::Refused(refusal) => refusal.detail.clone(),
+                })),
+                now.into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_sqlite(
+    txn: &DatabaseTransaction,
+    writes: &Writes,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let backend = DbBackend::Sqlite;
+    for new in &writes.transfers {
+        let t = &new.transfer;
+        txn.execute_raw(statement(
+            backend,
+            INSERT_TRANSFER_SQLITE,
+            [
+                t.transfer_id.to_string().into(),
+                t.kind.as_str().into(),
+                t.from_account_id.to_string().into(),
+                t.to_account_id.to_string().into(),
+                t.amount_minor.into(),
+                t.currency.as_str().into(),
+                t.description.clone().into(),
+                t.reverses_transfer_id.map(|id| id.to_string()).into(),
+                new.initiated_by.clone().into(),
+                now.into(),
+            ],
+        ))
+        .await?;
+    }
+    for e in &writes.entries {
+        txn.execute_raw(statement(
+            backend,
+            INSERT_ENTRY_SQLITE,
+            [
+                e.account_id.to_string().into(),
+                e.account_seq.into(),
+                e.transfer_id.to_string().into(),
+                e.amount_minor.into(),
+                e.balance_after_minor.into(),
+                e.currency.as_str().into(),
+                e.counterparty_account_id.to_string().into(),
+                e.description.clone().into(),
+                e.prev_hash.clone().into(),
+                e.entry_hash.clone().into(),
+                now.into(),
+            ],
+        ))
+        .await?;
+    }
+    for b in &writes.books {
+        txn.execute_raw(statement(
+            backend,
+            UPDATE_BOOK_SQLITE,
+            [
+                b.account_id.to_string().into(),
+                b.balance_minor.into(),
+                b.entry_count.into(),
+                b.last_entry_hash.clone().into(),
+                now.into(),
+            ],
+        ))
+        .await?;
+    }
+    for r in &writes.requests {
+        let (transfer_id, code, detail) = match &r.outcome {
+            RecordedOutcome::Posted(id) => (Some(id.to_string()), None, None),
+            RecordedOutcome::Refused(refusal) => (
+                None,
+                Some(refusal.code.as_str().to_owned()),
+                Some(refusal.detail.clone()),
+            ),
+        };
+        txn.execute_raw(statement(
+            backend,
+            INSERT_REQUEST_SQLITE,
+            [
+                r.key.scope.clone().into(),
+                r.key.idempotency_key.as_str().into(),
+                r.fingerprint.clone().into(),
+                transfer_id.into(),
+                code.into(),
+                detail.into(),
+                now.into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// A PostgreSQL `text[]` parameter. Nulls travel as empty strings and are turned
+/// back by `NULLIF` in the statement, so no array ever holds a null element.
+fn strings(values: impl Iterator<Item = String>) -> Value {
+    Value::from(values.collect::<Vec<String>>())
+}
+
+/// A PostgreSQL `bigint[]` parameter.
+fn integers(values: impl Iterator<Item = i64>) -> Value {
+    Value::from(values.collect::<Vec<i64>>())
+}
