@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod groups;
 mod helpers;
 mod integrity;
 mod observability;

@@ -14,10 +14,12 @@ use sea_orm_migration::prelude::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-fn table(timestamp: &str) -> String {
+/// `decided_seq` numbers the records in the order they were decided (on SQLite
+/// the table's rowid does, as rows are never deleted), for audits and tests.
+fn table(timestamp: &str, sequence: &str) -> String {
     format!(
         "CREATE TABLE ledger_requests (
-            scope TEXT NOT NULL,
+            scope TEXT NOT NULL,{sequence}
             idempotency_key TEXT NOT NULL,
             request_hash TEXT NOT NULL,
             transfer_id TEXT REFERENCES ledger_transfers (transfer_id),
@@ -52,11 +54,15 @@ const SQLITE_TRIGGERS: &[&str] = &[
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        let (timestamp, triggers) = match db.get_database_backend() {
-            DbBackend::Postgres => ("TIMESTAMPTZ", POSTGRES_TRIGGERS),
-            _ => ("TEXT", SQLITE_TRIGGERS),
+        let (timestamp, sequence, triggers) = match db.get_database_backend() {
+            DbBackend::Postgres => (
+                "TIMESTAMPTZ",
+                "\n            decided_seq BIGSERIAL NOT NULL UNIQUE,",
+                POSTGRES_TRIGGERS,
+            ),
+            _ => ("TEXT", "", SQLITE_TRIGGERS),
         };
-        db.execute_unprepared(&table(timestamp)).await?;
+        db.execute_unprepared(&table(timestamp, sequence)).await?;
         db.execute_unprepared(COPY).await?;
         db.execute_unprepared("DROP TABLE ledger_idempotency_keys")
             .await?;
