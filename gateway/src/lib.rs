@@ -144,7 +144,7 @@ pub struct HealthChannels {
     pub ledger: Channel,
 }
 
-/// What every handler shares: one HTTP/2 channel per service.
+/// What every handler shares: a pool of HTTP/2 connections per service.
 #[derive(Clone)]
 pub struct AppState {
     pub identity: IdentityServiceClient<Channel>,
@@ -154,13 +154,39 @@ pub struct AppState {
     pub health_channels: HealthChannels,
 }
 
-fn channel(endpoint: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+/// HTTP/2 connections the gateway keeps to each service. One connection carries
+/// at most the server's per-connection stream limit and funnels every request
+/// through one socket and one pair of tasks; a few, balanced by load, spread
+/// the work over both and keep one connection's trouble from stopping the rest.
+const UPSTREAM_CONNECTIONS: usize = 4;
+
+fn endpoint(endpoint: &str, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(endpoint.to_owned())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .connect_lazy())
+        .http2_keep_alive_interval(Duration::from_secs(30)))
+}
+
+/// One lazily connected channel, for health checks.
+fn channel(address: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(address, timeout)?.connect_lazy())
+}
+
+/// [`UPSTREAM_CONNECTIONS`] connections to one service behind a channel that
+/// sends each request to the less loaded of two.
+fn pooled_channel(address: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    let endpoint = endpoint(address, timeout)?;
+    let (channel, changes) = Channel::balance_channel(UPSTREAM_CONNECTIONS);
+    for index in 0..UPSTREAM_CONNECTIONS {
+        changes
+            .try_send(tonic::transport::channel::Change::Insert(
+                index,
+                endpoint.clone(),
+            ))
+            .map_err(|_| anyhow::anyhow!("cannot add a connection to {address}"))?;
+    }
+    Ok(channel)
 }
 
 /// The gateway, bound to its port.
@@ -191,18 +217,16 @@ impl GatewayApp {
 
 /// Builds the router and binds the listener.
 pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
-    let identity = channel(&config.identity_endpoint, config.request_timeout)?;
-    let account = channel(&config.account_endpoint, config.request_timeout)?;
-    let ledger = channel(&config.ledger_endpoint, config.request_timeout)?;
+    let timeout = config.request_timeout;
     let state = AppState {
-        identity: IdentityServiceClient::new(identity.clone()),
-        account: AccountServiceClient::new(account.clone()),
-        ledger: LedgerServiceClient::new(ledger.clone()),
+        identity: IdentityServiceClient::new(pooled_channel(&config.identity_endpoint, timeout)?),
+        account: AccountServiceClient::new(pooled_channel(&config.account_endpoint, timeout)?),
+        ledger: LedgerServiceClient::new(pooled_channel(&config.ledger_endpoint, timeout)?),
         verifier: TokenVerifier::remote(&config.identity_endpoint)?,
         health_channels: HealthChannels {
-            identity,
-            account,
-            ledger,
+            identity: channel(&config.identity_endpoint, timeout)?,
+            account: channel(&config.account_endpoint, timeout)?,
+            ledger: channel(&config.ledger_endpoint, timeout)?,
         },
     };
     let limiter = match &config.redis_url {

@@ -230,4 +230,44 @@ mod tests {
                 .is_err()
         );
     }
+
+    #[tokio::test]
+    async fn a_verified_token_stops_verifying_once_its_key_is_withdrawn() {
+        let dir_a = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+        let dir_b = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+        let ring_a =
+            KeyRing::load_or_generate(dir_a.path()).unwrap_or_else(|error| panic!("{error}"));
+        let ring_b =
+            KeyRing::load_or_generate(dir_b.path()).unwrap_or_else(|error| panic!("{error}"));
+        let now = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: "user-1".into(),
+            exp: now + 600,
+            nbf: now,
+            iat: now,
+            jti: "j".into(),
+            roles: vec![],
+            typ: "access".into(),
+            sid: None,
+        };
+        let token = ring_a
+            .sign(&claims)
+            .unwrap_or_else(|error| panic!("{error}"));
+        let verifier = TokenVerifier::fixed(&ring_a.jwks());
+        for _ in 0..2 {
+            assert!(
+                verifier.verify(&token).await.is_ok(),
+                "verified, then cached"
+            );
+        }
+
+        verifier.replace_keys(&ring_b.jwks());
+
+        assert!(
+            verifier.verify(&token).await.is_err(),
+            "the cache does not outlive the key"
+        );
+    }
 }

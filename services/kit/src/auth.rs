@@ -210,6 +210,58 @@ struct Inner {
     fetched_at: RwLock<Option<Instant>>,
     /// Whether a background refresh of a stale key set is under way.
     refreshing: AtomicBool,
+    /// Tokens verified already, so that a client's next request skips the
+    /// signature check.
+    verified: VerifiedTokens,
+}
+
+/// How many verified tokens a verifier remembers.
+const VERIFIED_TOKENS_CAPACITY: usize = 16_384;
+
+/// A bounded cache of verified tokens, keyed by the SHA-256 of the token (the
+/// token itself is never kept) and valid until the token's `exp`. It is emptied
+/// whenever the key set changes, so a withdrawn key stops verifying at once, and
+/// a lookup happens only after the key set's age was checked, like a full
+/// verification. Revocation checks run on the principal after the lookup, so a
+/// cached token is revoked like any other.
+#[derive(Default)]
+struct VerifiedTokens(std::sync::Mutex<HashMap<[u8; 32], (Principal, i64)>>);
+
+impl VerifiedTokens {
+    fn digest(token: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn get(&self, digest: &[u8; 32], now: i64) -> Option<Principal> {
+        let mut tokens = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        match tokens.get(digest) {
+            Some((principal, expires_at)) if now < *expires_at => Some(principal.clone()),
+            Some(_) => {
+                tokens.remove(digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&self, digest: [u8; 32], principal: Principal, expires_at: i64, now: i64) {
+        let mut tokens = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        if tokens.len() >= VERIFIED_TOKENS_CAPACITY {
+            tokens.retain(|_, (_, expires_at)| now < *expires_at);
+            if tokens.len() >= VERIFIED_TOKENS_CAPACITY {
+                tokens.clear();
+            }
+        }
+        tokens.insert(digest, (principal, expires_at));
+    }
+
+    fn clear(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clear();
+    }
 }
 
 /// Verifies bearer tokens. Cheap to clone.
@@ -251,6 +303,7 @@ impl TokenVerifier {
                 last_fetch: tokio::sync::Mutex::new(None),
                 fetched_at: RwLock::new(None),
                 refreshing: AtomicBool::new(false),
+                verified: VerifiedTokens::default(),
             }),
         }
     }
@@ -269,16 +322,22 @@ impl TokenVerifier {
         if let Ok(mut guard) = self.inner.keys.write() {
             *guard = parsed;
         }
+        self.inner.verified.clear();
     }
 
     /// Verifies `token` and returns who it speaks for.
     pub async fn verify(&self, token: &str) -> Result<Principal, ServiceError> {
+        self.keep_keys_fresh().await?;
+        let digest = VerifiedTokens::digest(token);
+        let now = chrono::Utc::now().timestamp();
+        if let Some(principal) = self.inner.verified.get(&digest, now) {
+            return Ok(principal);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid_token())?;
         if header.alg != Algorithm::EdDSA {
             return Err(invalid_token());
         }
         let kid = header.kid.ok_or_else(invalid_token)?;
-        self.keep_keys_fresh().await?;
         let key = match self.cached_key(&kid) {
             Some(key) => key,
             None => {
@@ -288,7 +347,12 @@ impl TokenVerifier {
         };
         let data = jsonwebtoken::decode::<Claims>(token, &key, &validation())
             .map_err(|_| invalid_token())?;
-        Principal::from_claims(data.claims)
+        let expires_at = data.claims.exp;
+        let principal = Principal::from_claims(data.claims)?;
+        self.inner
+            .verified
+            .insert(digest, principal.clone(), expires_at, now);
+        Ok(principal)
     }
 
     /// Verifies the `authorization: Bearer` metadata of a gRPC request.
@@ -573,6 +637,39 @@ mod tests {
             code_of(&verifier, TOKEN_K1).await,
             Some(ErrorCode::Unavailable)
         );
+    }
+
+    fn customer(user_id: &str) -> Principal {
+        Principal::User {
+            user_id: user_id.into(),
+            roles: vec![ROLE_CUSTOMER.into()],
+            session_id: None,
+        }
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_until_they_expire() {
+        let tokens = VerifiedTokens::default();
+        let digest = VerifiedTokens::digest("token");
+        tokens.insert(digest, customer("u1"), 100, 50);
+
+        assert_eq!(tokens.get(&digest, 99), Some(customer("u1")));
+        assert_eq!(tokens.get(&digest, 100), None, "expired at exp");
+        assert_eq!(tokens.get(&digest, 99), None, "and forgotten");
+        assert_eq!(tokens.get(&VerifiedTokens::digest("other"), 0), None);
+    }
+
+    #[test]
+    fn the_verified_token_cache_stays_bounded() {
+        let tokens = VerifiedTokens::default();
+        for n in 0..VERIFIED_TOKENS_CAPACITY + 10 {
+            let digest = VerifiedTokens::digest(&n.to_string());
+            tokens.insert(digest, customer("u"), 1_000, 0);
+        }
+        let held = tokens.0.lock().map(|map| map.len()).unwrap_or_default();
+        assert!(held <= VERIFIED_TOKENS_CAPACITY, "{held}");
+        let newest = VerifiedTokens::digest(&(VERIFIED_TOKENS_CAPACITY + 9).to_string());
+        assert!(tokens.get(&newest, 1).is_some());
     }
 
     #[tokio::test]
