@@ -8,11 +8,11 @@
 //! 3. read the request records of the group's keys, with their transfers, and
 //!    which of the transfers the group reverses have a reversal already;
 //! 4. plan (`bank_domain::ledger::plan`), in memory;
-//! 5. insert the transfers, entries and request records and update the books,
-//!    each table with one set-based statement on PostgreSQL (`UNNEST` over
-//!    arrays, so the statement text never depends on the group's size); on SQLite,
-//!    which runs in process and has no round trips to save, one prepared statement
-//!    per row;
+//! 5. insert the transfers, entries and request records and update the books: on
+//!    PostgreSQL in one statement of data-modifying CTEs, each table from arrays
+//!    (`UNNEST`, so the statement text never depends on the group's size); on
+//!    SQLite, which runs in process and has no round trips to save, one prepared
+//!    statement per row;
 //! 6. commit, once. Only then are the callers answered.
 //!
 //! Serialization failures, deadlocks, a busy SQLite file and a key inserted by
@@ -70,34 +70,39 @@ const SELECT_REVERSED_POSTGRES: &str = "SELECT reverses_transfer_id FROM ledger_
 const SELECT_REVERSED_SQLITE: &str =
     "SELECT reverses_transfer_id FROM ledger_transfers WHERE reverses_transfer_id = $1";
 
-const INSERT_TRANSFERS_POSTGRES: &str = "INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
-     SELECT t.id, t.kind, t.from_id, t.to_id, t.amount, t.currency, t.description, NULLIF(t.reverses, ''), 'posted', t.initiated_by, $10
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[])
-          AS t (id, kind, from_id, to_id, amount, currency, description, reverses, initiated_by)";
+/// Every row of a group in one statement, so the writes cost one round trip:
+/// transfers, entries, book updates and request records, each from arrays. The
+/// foreign keys of entries and records on the group's own transfers are checked
+/// at the end of the statement, when those transfers are in place.
+const WRITE_GROUP_POSTGRES: &str = "WITH new_transfers AS (
+       INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
+       SELECT t.id, t.kind, t.from_id, t.to_id, t.amount, t.currency, t.description, NULLIF(t.reverses, ''), 'posted', t.initiated_by, $30
+       FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[])
+            AS t (id, kind, from_id, to_id, amount, currency, description, reverses, initiated_by)
+     ), new_entries AS (
+       INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
+       SELECT e.account_id, e.seq, e.transfer_id, e.amount, e.balance_after, e.currency, e.counterparty, e.description, e.prev_hash, e.entry_hash, $30
+       FROM UNNEST($10::text[], $11::bigint[], $12::text[], $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[])
+            AS e (account_id, seq, transfer_id, amount, balance_after, currency, counterparty, description, prev_hash, entry_hash)
+     ), updated_books AS (
+       UPDATE ledger_accounts AS a
+       SET balance_minor = b.balance, entry_count = b.entry_count, last_entry_hash = b.last_hash, updated_at = $30
+       FROM UNNEST($20::text[], $21::bigint[], $22::bigint[], $23::text[]) AS b (account_id, balance, entry_count, last_hash)
+       WHERE a.account_id = b.account_id
+     )
+     INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at)
+     SELECT r.scope, r.idempotency_key, r.request_hash, NULLIF(r.transfer_id, ''), NULLIF(r.code, ''), NULLIF(r.detail, ''), $30
+     FROM UNNEST($24::text[], $25::text[], $26::text[], $27::text[], $28::text[], $29::text[])
+          AS r (scope, idempotency_key, request_hash, transfer_id, code, detail)";
 
 const INSERT_TRANSFER_SQLITE: &str = "INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'posted', $9, $10)";
 
-const INSERT_ENTRIES_POSTGRES: &str = "INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
-     SELECT e.account_id, e.seq, e.transfer_id, e.amount, e.balance_after, e.currency, e.counterparty, e.description, e.prev_hash, e.entry_hash, $11
-     FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-          AS e (account_id, seq, transfer_id, amount, balance_after, currency, counterparty, description, prev_hash, entry_hash)";
-
 const INSERT_ENTRY_SQLITE: &str = "INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
-const UPDATE_BOOKS_POSTGRES: &str = "UPDATE ledger_accounts AS a
-     SET balance_minor = b.balance, entry_count = b.entry_count, last_entry_hash = b.last_hash, updated_at = $5
-     FROM UNNEST($1::text[], $2::bigint[], $3::bigint[], $4::text[]) AS b (account_id, balance, entry_count, last_hash)
-     WHERE a.account_id = b.account_id";
-
 const UPDATE_BOOK_SQLITE: &str = "UPDATE ledger_accounts SET balance_minor = $2, entry_count = $3, last_entry_hash = $4, updated_at = $5
      WHERE account_id = $1";
-
-const INSERT_REQUESTS_POSTGRES: &str = "INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at)
-     SELECT r.scope, r.idempotency_key, r.request_hash, NULLIF(r.transfer_id, ''), NULLIF(r.code, ''), NULLIF(r.detail, ''), $7
-     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-          AS r (scope, idempotency_key, request_hash, transfer_id, code, detail)";
 
 const INSERT_REQUEST_SQLITE: &str = "INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at)
      VALUES ($1, $2, $3, $4, $5, $6, $7)";
@@ -331,6 +336,9 @@ async fn write(
     writes: &Writes,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
     match txn.get_database_backend() {
         DbBackend::Postgres => write_postgres(txn, writes, now).await,
         _ => write_sqlite(txn, writes, now).await,
@@ -342,93 +350,66 @@ async fn write_postgres(
     writes: &Writes,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
-    let backend = DbBackend::Postgres;
-    if !writes.transfers.is_empty() {
-        let transfers = || writes.transfers.iter().map(|new| &new.transfer);
-        txn.execute_raw(statement(
-            backend,
-            INSERT_TRANSFERS_POSTGRES,
-            [
-                strings(transfers().map(|t| t.transfer_id.to_string())),
-                strings(transfers().map(|t| t.kind.as_str().to_owned())),
-                strings(transfers().map(|t| t.from_account_id.to_string())),
-                strings(transfers().map(|t| t.to_account_id.to_string())),
-                integers(transfers().map(|t| t.amount_minor)),
-                strings(transfers().map(|t| t.currency.as_str().to_owned())),
-                strings(transfers().map(|t| t.description.clone())),
-                strings(transfers().map(|t| {
-                    t.reverses_transfer_id
-                        .map(|id| id.to_string())
-                        .unwrap_or_default()
-                })),
-                strings(writes.transfers.iter().map(|new| new.initiated_by.clone())),
-                now.into(),
-            ],
-        ))
-        .await?;
-    }
-    if !writes.entries.is_empty() {
-        let entries = || writes.entries.iter();
-        txn.execute_raw(statement(
-            backend,
-            INSERT_ENTRIES_POSTGRES,
-            [
-                strings(entries().map(|e| e.account_id.to_string())),
-                integers(entries().map(|e| e.account_seq)),
-                strings(entries().map(|e| e.transfer_id.to_string())),
-                integers(entries().map(|e| e.amount_minor)),
-                integers(entries().map(|e| e.balance_after_minor)),
-                strings(entries().map(|e| e.currency.as_str().to_owned())),
-                strings(entries().map(|e| e.counterparty_account_id.to_string())),
-                strings(entries().map(|e| e.description.clone())),
-                strings(entries().map(|e| e.prev_hash.clone())),
-                strings(entries().map(|e| e.entry_hash.clone())),
-                now.into(),
-            ],
-        ))
-        .await?;
-    }
-    if !writes.books.is_empty() {
-        let books = || writes.books.iter();
-        txn.execute_raw(statement(
-            backend,
-            UPDATE_BOOKS_POSTGRES,
-            [
-                strings(books().map(|b| b.account_id.to_string())),
-                integers(books().map(|b| b.balance_minor)),
-                integers(books().map(|b| b.entry_count)),
-                strings(books().map(|b| b.last_entry_hash.clone())),
-                now.into(),
-            ],
-        ))
-        .await?;
-    }
-    if !writes.requests.is_empty() {
-        let requests = || writes.requests.iter();
-        txn.execute_raw(statement(
-            backend,
-            INSERT_REQUESTS_POSTGRES,
-            [
-                strings(requests().map(|r| r.key.scope.clone())),
-                strings(requests().map(|r| r.key.idempotency_key.as_str().to_owned())),
-                strings(requests().map(|r| r.fingerprint.clone())),
-                strings(requests().map(|r| match &r.outcome {
-                    RecordedOutcome::Posted(id) => id.to_string(),
-                    RecordedOutcome::Refused(_) => String::new(),
-                })),
-                strings(requests().map(|r| match &r.outcome {
-                    RecordedOutcome::Posted(_) => String::new(),
-                    RecordedOutcome::Refused(refusal) => refusal.code.as_str().to_owned(),
-                })),
-                strings(requests().map(|r| match &r.outcome {
-                    RecordedOutcome::Posted(_) => String::new(),
-                    RecordedOutcome::Refused(refusal) => refusal.detail.clone(),
-                })),
-                now.into(),
-            ],
-        ))
-        .await?;
-    }
+    let transfers = || writes.transfers.iter().map(|new| &new.transfer);
+    let entries = || writes.entries.iter();
+    let books = || writes.books.iter();
+    let requests = || writes.requests.iter();
+    let refusal = |outcome: &RecordedOutcome| match outcome {
+        RecordedOutcome::Posted(_) => None,
+        RecordedOutcome::Refused(refusal) => Some(refusal.clone()),
+    };
+    txn.execute_raw(statement(
+        DbBackend::Postgres,
+        WRITE_GROUP_POSTGRES,
+        [
+            strings(transfers().map(|t| t.transfer_id.to_string())),
+            strings(transfers().map(|t| t.kind.as_str().to_owned())),
+            strings(transfers().map(|t| t.from_account_id.to_string())),
+            strings(transfers().map(|t| t.to_account_id.to_string())),
+            integers(transfers().map(|t| t.amount_minor)),
+            strings(transfers().map(|t| t.currency.as_str().to_owned())),
+            strings(transfers().map(|t| t.description.clone())),
+            strings(transfers().map(|t| {
+                t.reverses_transfer_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default()
+            })),
+            strings(writes.transfers.iter().map(|new| new.initiated_by.clone())),
+            strings(entries().map(|e| e.account_id.to_string())),
+            integers(entries().map(|e| e.account_seq)),
+            strings(entries().map(|e| e.transfer_id.to_string())),
+            integers(entries().map(|e| e.amount_minor)),
+            integers(entries().map(|e| e.balance_after_minor)),
+            strings(entries().map(|e| e.currency.as_str().to_owned())),
+            strings(entries().map(|e| e.counterparty_account_id.to_string())),
+            strings(entries().map(|e| e.description.clone())),
+            strings(entries().map(|e| e.prev_hash.clone())),
+            strings(entries().map(|e| e.entry_hash.clone())),
+            strings(books().map(|b| b.account_id.to_string())),
+            integers(books().map(|b| b.balance_minor)),
+            integers(books().map(|b| b.entry_count)),
+            strings(books().map(|b| b.last_entry_hash.clone())),
+            strings(requests().map(|r| r.key.scope.clone())),
+            strings(requests().map(|r| r.key.idempotency_key.as_str().to_owned())),
+            strings(requests().map(|r| r.fingerprint.clone())),
+            strings(requests().map(|r| match &r.outcome {
+                RecordedOutcome::Posted(id) => id.to_string(),
+                RecordedOutcome::Refused(_) => String::new(),
+            })),
+            strings(requests().map(|r| {
+                refusal(&r.outcome)
+                    .map(|refusal| refusal.code.as_str().to_owned())
+                    .unwrap_or_default()
+            })),
+            strings(requests().map(|r| {
+                refusal(&r.outcome)
+                    .map(|refusal| refusal.detail)
+                    .unwrap_or_default()
+            })),
+            now.into(),
+        ],
+    ))
+    .await?;
     Ok(())
 }
 
