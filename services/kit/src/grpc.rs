@@ -91,7 +91,12 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .trace_fn(crate::telemetry::grpc_request_span)
         .add_routes(crate::metrics::instrument(routes))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        // `serve_with_incoming` ignores the builder's TCP settings: without
+        // TCP_NODELAY a response's trailers could wait for the caller's delayed ACK.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

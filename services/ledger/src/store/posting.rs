@@ -45,24 +45,32 @@ const LOCK_BOOKS_POSTGRES: &str = concat!(
 );
 
 /// The request records' columns, with the transfer a posted one made.
-macro_rules! request_select {
+macro_rules! request_columns {
     () => {
-        "SELECT r.scope, r.idempotency_key, r.request_hash, r.refusal_code, r.refusal_detail,
-                t.transfer_id, t.kind, t.from_account_id, t.to_account_id, t.amount_minor,
-                t.currency, t.description, t.reverses_transfer_id, t.created_at
-         FROM ledger_requests r LEFT JOIN ledger_transfers t ON t.transfer_id = r.transfer_id"
+        "r.scope, r.idempotency_key, r.request_hash, r.refusal_code, r.refusal_detail,
+         t.transfer_id, t.kind, t.from_account_id, t.to_account_id, t.amount_minor,
+         t.currency, t.description, t.reverses_transfer_id, t.created_at"
     };
 }
 
+/// One index lookup per key: the `LIMIT 1` keeps the planner from turning the
+/// lateral subquery into a join that scans the whole table (a plan it would keep,
+/// once prepared, while the table grows).
 const SELECT_REQUESTS_POSTGRES: &str = concat!(
-    request_select!(),
-    " JOIN UNNEST($1::text[], $2::text[]) AS k (scope, idempotency_key)
-       ON r.scope = k.scope AND r.idempotency_key = k.idempotency_key"
+    "SELECT ",
+    request_columns!(),
+    " FROM UNNEST($1::text[], $2::text[]) AS k (scope, idempotency_key)
+       JOIN LATERAL (SELECT * FROM ledger_requests
+                     WHERE scope = k.scope AND idempotency_key = k.idempotency_key
+                     LIMIT 1) AS r ON true
+       LEFT JOIN ledger_transfers t ON t.transfer_id = r.transfer_id"
 );
 
 const SELECT_REQUEST_SQLITE: &str = concat!(
-    request_select!(),
-    " WHERE r.scope = $1 AND r.idempotency_key = $2"
+    "SELECT ",
+    request_columns!(),
+    " FROM ledger_requests r LEFT JOIN ledger_transfers t ON t.transfer_id = r.transfer_id
+       WHERE r.scope = $1 AND r.idempotency_key = $2"
 );
 
 const SELECT_REVERSED_POSTGRES: &str = "SELECT reverses_transfer_id FROM ledger_transfers WHERE reverses_transfer_id = ANY($1::text[])";
@@ -88,7 +96,7 @@ const WRITE_GROUP_POSTGRES: &str = "WITH new_transfers AS (
        UPDATE ledger_accounts AS a
        SET balance_minor = b.balance, entry_count = b.entry_count, last_entry_hash = b.last_hash, updated_at = $30
        FROM UNNEST($20::text[], $21::bigint[], $22::bigint[], $23::text[]) AS b (account_id, balance, entry_count, last_hash)
-       WHERE a.account_id = b.account_id
+       WHERE a.account_id = ANY($20::text[]) AND a.account_id = b.account_id
      )
      INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at)
      SELECT r.scope, r.idempotency_key, r.request_hash, NULLIF(r.transfer_id, ''), NULLIF(r.code, ''), NULLIF(r.detail, ''), $30
