@@ -4,15 +4,16 @@
 //!    seen by this process (they are never removed, so once is enough);
 //! 2. lock every book the group names, in sorted id order, in one statement
 //!    (`SELECT … WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE` on
-//!    PostgreSQL; SQLite's `BEGIN IMMEDIATE` has locked the whole file already);
+//!    PostgreSQL; SQLite's `BEGIN IMMEDIATE` has locked the whole file already, and
+//!    it reads them with `json_each` over the ids);
 //! 3. read the request records of the group's keys, with their transfers, and
 //!    which of the transfers the group reverses have a reversal already;
 //! 4. plan (`bank_domain::ledger::plan`), in memory;
 //! 5. insert the transfers, entries and request records and update the books: on
 //!    PostgreSQL in one statement of data-modifying CTEs, each table from arrays
 //!    (`UNNEST`, so the statement text never depends on the group's size); on
-//!    SQLite, which runs in process and has no round trips to save, one prepared
-//!    statement per row;
+//!    SQLite one statement per table, its rows read from a JSON array with
+//!    `json_each`;
 //! 6. commit, once. Only then are the callers answered.
 //!
 //! Serialization failures, deadlocks, a busy SQLite file and a key inserted by
@@ -27,10 +28,11 @@ use bank_domain::ledger::plan::{
 use bank_kit::{ErrorCode, db, money::Currency};
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Value};
+use serde_json::json;
 
 use super::{
     Attempt, LedgerStore, MAX_ATTEMPTS, StoreError, account_columns, account_from_row, corrupt,
-    finish, lock_account, statement, transfer_from_row,
+    finish, statement, transfer_from_row,
 };
 use crate::domain::{AccountId, GENESIS_HASH, IdempotencyKey, TransferId};
 
@@ -66,17 +68,24 @@ const SELECT_REQUESTS_POSTGRES: &str = concat!(
        LEFT JOIN ledger_transfers t ON t.transfer_id = r.transfer_id"
 );
 
-const SELECT_REQUEST_SQLITE: &str = concat!(
+const SELECT_REQUESTS_SQLITE: &str = concat!(
     "SELECT ",
     request_columns!(),
-    " FROM ledger_requests r LEFT JOIN ledger_transfers t ON t.transfer_id = r.transfer_id
-       WHERE r.scope = $1 AND r.idempotency_key = $2"
+    " FROM json_each($1) AS k
+       JOIN ledger_requests r ON r.scope = k.value ->> 0 AND r.idempotency_key = k.value ->> 1
+       LEFT JOIN ledger_transfers t ON t.transfer_id = r.transfer_id"
+);
+
+const LOCK_BOOKS_SQLITE: &str = concat!(
+    "SELECT ",
+    account_columns!(),
+    " FROM ledger_accounts WHERE account_id IN (SELECT value FROM json_each($1)) ORDER BY account_id"
 );
 
 const SELECT_REVERSED_POSTGRES: &str = "SELECT reverses_transfer_id FROM ledger_transfers WHERE reverses_transfer_id = ANY($1::text[])";
 
-const SELECT_REVERSED_SQLITE: &str =
-    "SELECT reverses_transfer_id FROM ledger_transfers WHERE reverses_transfer_id = $1";
+const SELECT_REVERSED_SQLITE: &str = "SELECT reverses_transfer_id FROM ledger_transfers
+     WHERE reverses_transfer_id IN (SELECT value FROM json_each($1))";
 
 /// Every row of a group in one statement, so the writes cost one round trip:
 /// transfers, entries, book updates and request records, each from arrays. The
@@ -103,17 +112,24 @@ const WRITE_GROUP_POSTGRES: &str = "WITH new_transfers AS (
      FROM UNNEST($24::text[], $25::text[], $26::text[], $27::text[], $28::text[], $29::text[])
           AS r (scope, idempotency_key, request_hash, transfer_id, code, detail)";
 
-const INSERT_TRANSFER_SQLITE: &str = "INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'posted', $9, $10)";
+/// SQLite's forms of the group's writes: one statement per table, each reading
+/// its rows from a JSON array of arrays with `json_each`, so a group costs four
+/// statements, not one per row.
+const INSERT_TRANSFERS_SQLITE: &str = "INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, 'posted', value ->> 8, $2
+     FROM json_each($1)";
 
-const INSERT_ENTRY_SQLITE: &str = "INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+const INSERT_ENTRIES_SQLITE: &str = "INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9, $2
+     FROM json_each($1)";
 
-const UPDATE_BOOK_SQLITE: &str = "UPDATE ledger_accounts SET balance_minor = $2, entry_count = $3, last_entry_hash = $4, updated_at = $5
-     WHERE account_id = $1";
+const UPDATE_BOOKS_SQLITE: &str = "UPDATE ledger_accounts
+     SET balance_minor = b.value ->> 1, entry_count = b.value ->> 2, last_entry_hash = b.value ->> 3, updated_at = $2
+     FROM json_each($1) AS b WHERE ledger_accounts.account_id = b.value ->> 0";
 
-const INSERT_REQUEST_SQLITE: &str = "INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7)";
+const INSERT_REQUESTS_SQLITE: &str = "INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at)
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, $2
+     FROM json_each($1)";
 
 impl LedgerStore {
     /// Decides and commits one group of postings, answering each in order. The
@@ -212,11 +228,17 @@ async fn lock_books(
                 books.insert(book.account_id, book);
             }
         }
-        _ => {
-            for id in ids {
-                if let Some(book) = lock_account(txn, *id).await? {
-                    books.insert(book.account_id, book);
-                }
+        backend => {
+            let rows = txn
+                .query_all_raw(statement(
+                    backend,
+                    LOCK_BOOKS_SQLITE,
+                    [json_rows(ids.iter().map(|id| json!(id.to_string())))],
+                ))
+                .await?;
+            for row in &rows {
+                let book = account_from_row(row)?;
+                books.insert(book.account_id, book);
             }
         }
     }
@@ -244,21 +266,14 @@ async fn read_requests(
             .await?
         }
         _ => {
-            let mut rows = Vec::new();
-            for key in keys {
-                let row = txn
-                    .query_one_raw(statement(
-                        backend,
-                        SELECT_REQUEST_SQLITE,
-                        [
-                            key.scope.clone().into(),
-                            key.idempotency_key.as_str().into(),
-                        ],
-                    ))
-                    .await?;
-                rows.extend(row);
-            }
-            rows
+            txn.query_all_raw(statement(
+                backend,
+                SELECT_REQUESTS_SQLITE,
+                [json_rows(keys.iter().map(|key| {
+                    json!([key.scope, key.idempotency_key.as_str()])
+                }))],
+            ))
+            .await?
         }
     };
     rows.iter().map(known_request_from_row).collect()
@@ -315,18 +330,12 @@ async fn read_reversed(
             .await?
         }
         _ => {
-            let mut rows = Vec::new();
-            for original in originals {
-                rows.extend(
-                    txn.query_one_raw(statement(
-                        backend,
-                        SELECT_REVERSED_SQLITE,
-                        [original.to_string().into()],
-                    ))
-                    .await?,
-                );
-            }
-            rows
+            txn.query_all_raw(statement(
+                backend,
+                SELECT_REVERSED_SQLITE,
+                [json_rows(originals.iter().map(|id| json!(id.to_string())))],
+            ))
+            .await?
         }
     };
     rows.iter()
@@ -427,85 +436,85 @@ async fn write_sqlite(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let backend = DbBackend::Sqlite;
-    for new in &writes.transfers {
+    let transfers = json_rows(writes.transfers.iter().map(|new| {
         let t = &new.transfer;
-        txn.execute_raw(statement(
-            backend,
-            INSERT_TRANSFER_SQLITE,
-            [
-                t.transfer_id.to_string().into(),
-                t.kind.as_str().into(),
-                t.from_account_id.to_string().into(),
-                t.to_account_id.to_string().into(),
-                t.amount_minor.into(),
-                t.currency.as_str().into(),
-                t.description.clone().into(),
-                t.reverses_transfer_id.map(|id| id.to_string()).into(),
-                new.initiated_by.clone().into(),
-                now.into(),
-            ],
-        ))
-        .await?;
-    }
-    for e in &writes.entries {
-        txn.execute_raw(statement(
-            backend,
-            INSERT_ENTRY_SQLITE,
-            [
-                e.account_id.to_string().into(),
-                e.account_seq.into(),
-                e.transfer_id.to_string().into(),
-                e.amount_minor.into(),
-                e.balance_after_minor.into(),
-                e.currency.as_str().into(),
-                e.counterparty_account_id.to_string().into(),
-                e.description.clone().into(),
-                e.prev_hash.clone().into(),
-                e.entry_hash.clone().into(),
-                now.into(),
-            ],
-        ))
-        .await?;
-    }
-    for b in &writes.books {
-        txn.execute_raw(statement(
-            backend,
-            UPDATE_BOOK_SQLITE,
-            [
-                b.account_id.to_string().into(),
-                b.balance_minor.into(),
-                b.entry_count.into(),
-                b.last_entry_hash.clone().into(),
-                now.into(),
-            ],
-        ))
-        .await?;
-    }
-    for r in &writes.requests {
+        json!([
+            t.transfer_id.to_string(),
+            t.kind.as_str(),
+            t.from_account_id.to_string(),
+            t.to_account_id.to_string(),
+            t.amount_minor,
+            t.currency.as_str(),
+            t.description,
+            t.reverses_transfer_id.map(|id| id.to_string()),
+            new.initiated_by,
+        ])
+    }));
+    let entries = json_rows(writes.entries.iter().map(|e| {
+        json!([
+            e.account_id.to_string(),
+            e.account_seq,
+            e.transfer_id.to_string(),
+            e.amount_minor,
+            e.balance_after_minor,
+            e.currency.as_str(),
+            e.counterparty_account_id.to_string(),
+            e.description,
+            e.prev_hash,
+            e.entry_hash,
+        ])
+    }));
+    let books = json_rows(writes.books.iter().map(|b| {
+        json!([
+            b.account_id.to_string(),
+            b.balance_minor,
+            b.entry_count,
+            b.last_entry_hash,
+        ])
+    }));
+    let requests = json_rows(writes.requests.iter().map(|r| {
         let (transfer_id, code, detail) = match &r.outcome {
             RecordedOutcome::Posted(id) => (Some(id.to_string()), None, None),
             RecordedOutcome::Refused(refusal) => (
                 None,
-                Some(refusal.code.as_str().to_owned()),
-                Some(refusal.detail.clone()),
+                Some(refusal.code.as_str()),
+                Some(refusal.detail.as_str()),
             ),
         };
-        txn.execute_raw(statement(
-            backend,
-            INSERT_REQUEST_SQLITE,
-            [
-                r.key.scope.clone().into(),
-                r.key.idempotency_key.as_str().into(),
-                r.fingerprint.clone().into(),
-                transfer_id.into(),
-                code.into(),
-                detail.into(),
-                now.into(),
-            ],
-        ))
-        .await?;
+        json!([
+            r.key.scope,
+            r.key.idempotency_key.as_str(),
+            r.fingerprint,
+            transfer_id,
+            code,
+            detail,
+        ])
+    }));
+    for (sql, rows, any) in [
+        (
+            INSERT_TRANSFERS_SQLITE,
+            transfers,
+            !writes.transfers.is_empty(),
+        ),
+        (INSERT_ENTRIES_SQLITE, entries, !writes.entries.is_empty()),
+        (UPDATE_BOOKS_SQLITE, books, !writes.books.is_empty()),
+        (
+            INSERT_REQUESTS_SQLITE,
+            requests,
+            !writes.requests.is_empty(),
+        ),
+    ] {
+        if any {
+            txn.execute_raw(statement(backend, sql, [rows, now.into()]))
+                .await?;
+        }
     }
     Ok(())
+}
+
+/// A SQLite JSON array parameter, one element per row, read with `json_each`.
+fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> Value {
+    Value::from(serde_json::Value::Array(rows.collect()).to_string())
 }
 
 /// A PostgreSQL `text[]` parameter. Nulls travel as empty strings and are turned
