@@ -165,23 +165,28 @@ mod tests {
     use super::*;
     use bank_kit::auth::{AUDIENCE, Claims, ISSUER, TokenVerifier};
 
+    /// An access token's claims for `user-1`, valid for `lifetime` seconds.
+    fn claims_of_user_1(lifetime: i64, roles: Vec<String>) -> Claims {
+        let now = chrono::Utc::now().timestamp();
+        Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: "user-1".into(),
+            exp: now + lifetime,
+            nbf: now,
+            iat: now,
+            jti: "j".into(),
+            roles,
+            typ: "access".into(),
+            sid: None,
+        }
+    }
+
     #[tokio::test]
     async fn a_generated_key_signs_tokens_its_jwks_verifies() {
         let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
         let ring = KeyRing::load_or_generate(dir.path()).unwrap_or_else(|error| panic!("{error}"));
-        let now = chrono::Utc::now().timestamp();
-        let claims = Claims {
-            iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
-            sub: "user-1".into(),
-            exp: now + 60,
-            nbf: now,
-            iat: now,
-            jti: "j".into(),
-            roles: vec!["customer".into()],
-            typ: "access".into(),
-            sid: None,
-        };
+        let claims = claims_of_user_1(60, vec!["customer".into()]);
         let token = ring.sign(&claims).unwrap_or_else(|error| panic!("{error}"));
         let verifier = TokenVerifier::fixed(&ring.jwks());
         let principal = verifier
@@ -207,19 +212,7 @@ mod tests {
             KeyRing::load_or_generate(dir_a.path()).unwrap_or_else(|error| panic!("{error}"));
         let ring_b =
             KeyRing::load_or_generate(dir_b.path()).unwrap_or_else(|error| panic!("{error}"));
-        let now = chrono::Utc::now().timestamp();
-        let claims = Claims {
-            iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
-            sub: "user-1".into(),
-            exp: now + 60,
-            nbf: now,
-            iat: now,
-            jti: "j".into(),
-            roles: vec![],
-            typ: "access".into(),
-            sid: None,
-        };
+        let claims = claims_of_user_1(60, vec![]);
         let token = ring_b
             .sign(&claims)
             .unwrap_or_else(|error| panic!("{error}"));
@@ -239,19 +232,7 @@ mod tests {
             KeyRing::load_or_generate(dir_a.path()).unwrap_or_else(|error| panic!("{error}"));
         let ring_b =
             KeyRing::load_or_generate(dir_b.path()).unwrap_or_else(|error| panic!("{error}"));
-        let now = chrono::Utc::now().timestamp();
-        let claims = Claims {
-            iss: ISSUER.into(),
-            aud: AUDIENCE.into(),
-            sub: "user-1".into(),
-            exp: now + 600,
-            nbf: now,
-            iat: now,
-            jti: "j".into(),
-            roles: vec![],
-            typ: "access".into(),
-            sid: None,
-        };
+        let claims = claims_of_user_1(600, vec![]);
         let token = ring_a
             .sign(&claims)
             .unwrap_or_else(|error| panic!("{error}"));

@@ -180,6 +180,17 @@ impl LedgerStore {
         account_id: AccountId,
         status: AccountStatus,
     ) -> Result<LedgerAccount, StoreError> {
+        self.write_with_retries(|txn| Box::pin(set_status_in(txn, account_id, status)))
+            .await
+    }
+
+    /// Runs `work` in a write transaction and commits it, again from the start
+    /// after a transient conflict (a busy SQLite file, a serialization failure,
+    /// a deadlock, a lost unique-key race), at most [`MAX_ATTEMPTS`] times.
+    pub(crate) async fn write_with_retries<T>(
+        &self,
+        work: impl for<'txn> Fn(&'txn DatabaseTransaction) -> TransactionWork<'txn, T>,
+    ) -> Result<T, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
             let _writer = self.writer().await;
             let txn = match self.begin_write().await {
@@ -188,7 +199,7 @@ impl LedgerStore {
                 Err(error) if db::is_retryable(&error) => continue,
                 Err(error) => return Err(error.into()),
             };
-            let result = set_status_in(&txn, account_id, status).await;
+            let result = work(&txn).await;
             match finish(txn, result).await {
                 Attempt::Done(result) => return result,
                 Attempt::Retry => continue,
@@ -393,6 +404,10 @@ async fn verify_account(
     }
     Ok(())
 }
+
+/// What a write transaction does, borrowing the transaction.
+pub(crate) type TransactionWork<'txn, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'txn>>;
 
 pub(crate) enum Attempt<T> {
     Done(Result<T, StoreError>),

@@ -20,19 +20,19 @@
 //! another replica meanwhile (a unique violation) roll the group back and run it
 //! again from step 2, so the plan always decides on what is committed.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use bank_domain::ledger::plan::{
     self, Facts, KnownRequest, Outcome, Proposal, RecordKey, RecordedOutcome, Refusal, Writes,
 };
-use bank_kit::{ErrorCode, db, money::Currency};
+use bank_kit::{ErrorCode, money::Currency};
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Value};
 use serde_json::json;
 
 use super::{
-    Attempt, LedgerStore, MAX_ATTEMPTS, StoreError, account_columns, account_from_row, corrupt,
-    finish, statement, transfer_from_row,
+    LedgerStore, StoreError, account_columns, account_from_row, corrupt, statement,
+    transfer_from_row,
 };
 use crate::domain::{AccountId, GENESIS_HASH, IdempotencyKey, TransferId};
 
@@ -136,27 +136,16 @@ impl LedgerStore {
     /// whole group is retried on a transient conflict; the outcomes returned are
     /// those of the attempt that committed.
     pub async fn commit_group(&self, proposals: &[Proposal]) -> Result<Vec<Outcome>, StoreError> {
-        let currencies = self.unsettled_currencies(proposals);
-        for _ in 0..MAX_ATTEMPTS {
-            let _writer = self.writer().await;
-            let txn = match self.begin_write().await {
-                Ok(txn) => txn,
-                // Another process holds the file; take another turn.
-                Err(error) if db::is_retryable(&error) => continue,
-                Err(error) => return Err(error.into()),
-            };
-            let result = group_in(&txn, proposals, &currencies).await;
-            match finish(txn, result).await {
-                Attempt::Done(result) => {
-                    if result.is_ok() {
-                        self.mark_settled(&currencies);
-                    }
-                    return result;
-                }
-                Attempt::Retry => continue,
-            }
-        }
-        Err(StoreError::Busy)
+        let currencies: Arc<[Currency]> = self.unsettled_currencies(proposals).into();
+        let group: Arc<[Proposal]> = proposals.into();
+        let outcomes = self
+            .write_with_retries(|txn| {
+                let (group, currencies) = (Arc::clone(&group), Arc::clone(&currencies));
+                Box::pin(async move { group_in(txn, &group, &currencies).await })
+            })
+            .await?;
+        self.mark_settled(&currencies);
+        Ok(outcomes)
     }
 
     fn unsettled_currencies(&self, proposals: &[Proposal]) -> Vec<Currency> {
