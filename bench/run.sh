@@ -17,7 +17,7 @@
 #   BANK_TEST_POSTGRES_URL  server to use [postgres://postgres@127.0.0.1:5432/postgres]
 #   BENCH_SECONDS           measured seconds per scenario [20; short mode 3]
 #   BENCH_WARMUP            warmup seconds per scenario [3; short mode 1]
-#   BENCH_CLIENTS           concurrent clients of the multi-client scenarios [64]
+#   BENCH_CLIENTS           concurrent clients of the multi-client scenarios [128]
 #   BENCH_ACCOUNTS          accounts of the uniform scenarios [100; short mode 50]
 #   BENCH_SHORT=1           short mode, for CI
 #   CARGO_TARGET_DIR        where the release binaries are [target]
@@ -36,7 +36,7 @@ else
     warmup=${BENCH_WARMUP:-3}
     n_accounts=${BENCH_ACCOUNTS:-100}
 fi
-clients=${BENCH_CLIENTS:-64}
+clients=${BENCH_CLIENTS:-128}
 storm_clients=4
 grpc_connections=4
 anchor_clients=8
