@@ -43,6 +43,28 @@ step "hadolint deploy/Dockerfile"
 hadolint deploy/Dockerfile
 echo "ok"
 
+step "deploy/Dockerfile copies every workspace member and patched crate"
+"$PYTHON" - <<'PY'
+import pathlib, re, sys, tomllib
+
+root = tomllib.loads(pathlib.Path("Cargo.toml").read_text())
+needed = set(root["workspace"]["members"])
+for patches in root.get("patch", {}).values():
+    needed.update(spec["path"] for spec in patches.values() if "path" in spec)
+copied = set()
+for line in pathlib.Path("deploy/Dockerfile").read_text().splitlines():
+    match = re.match(r"\s*COPY\s+(?!--)(\S+)\s", line)
+    if match:
+        copied.add(match.group(1).rstrip("/"))
+missing = sorted(
+    path for path in needed
+    if not any(path == source or path.startswith(source + "/") for source in copied)
+)
+if missing:
+    sys.exit(f"deploy/Dockerfile does not copy: {', '.join(missing)}")
+print("ok")
+PY
+
 manifests=()
 for file in k8s/*.yaml; do
   # kustomization.yaml is not a Kubernetes resource; it is checked below.

@@ -12,17 +12,20 @@
 //! The group's transaction runs in a task of its own that nothing cancels: a
 //! caller that goes away (a client disconnect, a deadline) stops waiting for its
 //! answer, never the group. Each caller is answered only after the group
-//! committed, with its own outcome. If a group fails for a reason that is not a
-//! transient conflict (those are retried inside the store), each of its requests
-//! is tried again alone, so that one request that the database refuses cannot
-//! fail the others.
+//! committed, with its own outcome. If a group fails with an internal error (not
+//! a transient conflict, which the store retries, nor an unreachable database,
+//! which fails everyone alike), each of its requests is tried again alone, so
+//! that one request that the database refuses cannot fail the others.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use bank_domain::ledger::plan::{Outcome, PostingRequest, Proposal};
+use bank_domain::{
+    ErrorCode,
+    ledger::plan::{Outcome, PostingRequest, Proposal},
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{LedgerStore, StoreError};
@@ -138,7 +141,10 @@ async fn commit(store: &Arc<LedgerStore>, group: Vec<Job>) {
                 let _ = job.reply.send(Ok(outcome));
             }
         }
-        Err(error) if size > 1 && !matches!(error, StoreError::Busy) => {
+        // A database that cannot be reached, or is too busy, fails every request
+        // alike: only a failure that one request may have caused is worth
+        // isolating.
+        Err(error) if size > 1 && bank_kit::DomainError::code(&error) == ErrorCode::Internal => {
             tracing::warn!(error = %error, size, "commit group failed; posting its requests one by one");
             for job in group {
                 let outcome = run_detached(store, vec![job.proposal.clone()])
