@@ -332,6 +332,30 @@ async fn verify_in(txn: &DatabaseTransaction) -> Result<VerifyReport, StoreError
             detail: format!("transfer {transfer_id} lacks its debit or credit entry"),
         });
     }
+    // Every posting has a key, so every transfer has the request record that made
+    // it: one deleted would turn a client's retry into a second posting.
+    let unrecorded = txn
+        .query_all_raw(statement(backend, SELECT_UNRECORDED_TRANSFERS, []))
+        .await?;
+    for row in &unrecorded {
+        let transfer_id: String = row.try_get("", "transfer_id")?;
+        report.mismatches.push(Mismatch {
+            account_id: String::new(),
+            kind: "request_record",
+            detail: format!("transfer {transfer_id} has no request record"),
+        });
+    }
+    let dangling = txn
+        .query_all_raw(statement(backend, SELECT_DANGLING_REQUESTS, []))
+        .await?;
+    for row in &dangling {
+        let key: String = row.try_get("", "idempotency_key")?;
+        report.mismatches.push(Mismatch {
+            account_id: String::new(),
+            kind: "request_record",
+            detail: format!("the request record of key {key} names a transfer that does not exist"),
+        });
+    }
     Ok(report)
 }
 
@@ -523,6 +547,11 @@ const SELECT_TRANSFER: &str = concat!(
     transfer_columns!(),
     " FROM ledger_transfers WHERE transfer_id = $1"
 );
+const SELECT_UNRECORDED_TRANSFERS: &str = "SELECT t.transfer_id FROM ledger_transfers t
+     WHERE NOT EXISTS (SELECT 1 FROM ledger_requests r WHERE r.transfer_id = t.transfer_id)";
+const SELECT_DANGLING_REQUESTS: &str = "SELECT r.idempotency_key FROM ledger_requests r
+     WHERE r.transfer_id IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.transfer_id = r.transfer_id)";
 const SELECT_ACCOUNT: &str = concat!(
     "SELECT ",
     account_columns!(),

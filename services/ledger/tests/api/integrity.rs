@@ -26,6 +26,8 @@ async fn journal_is_append_only(urls: Vec<String>) {
         "DELETE FROM ledger_entries",
         "UPDATE ledger_transfers SET amount_minor = 1",
         "DELETE FROM ledger_transfers",
+        "UPDATE ledger_requests SET request_hash = 'forged'",
+        "DELETE FROM ledger_requests",
     ] {
         let refused = db.execute_unprepared(statement).await;
         assert!(refused.is_err(), "{statement} was allowed");
@@ -232,6 +234,49 @@ async fn tampered_entry_is_reported(urls: Vec<String>) {
             report.mismatches
         );
     }
+}
+
+db_test!(
+    verification_reports_a_deleted_request_record,
+    databases = 2,
+    deleted_request_record_is_reported
+);
+async fn deleted_request_record_is_reported(urls: Vec<String>) {
+    let Transferred {
+        world: World {
+            stack, operator, ..
+        },
+        transfer_id,
+        db,
+    } = transferred(&urls).await;
+    assert!(verify(&stack, &operator).await.ok);
+
+    // An attacker with database access bypasses the append-only triggers.
+    let (disable, enable) = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => (
+            "ALTER TABLE ledger_requests DISABLE TRIGGER USER",
+            "ALTER TABLE ledger_requests ENABLE TRIGGER USER",
+        ),
+        _ => ("DROP TRIGGER ledger_requests_no_delete", "SELECT 1"),
+    };
+    db.execute_unprepared(disable).await.unwrap();
+    db.execute_unprepared(&format!(
+        "DELETE FROM ledger_requests WHERE transfer_id = '{transfer_id}'"
+    ))
+    .await
+    .unwrap();
+    db.execute_unprepared(enable).await.unwrap();
+
+    let report = verify(&stack, &operator).await;
+    assert!(!report.ok);
+    assert!(
+        report
+            .mismatches
+            .iter()
+            .any(|m| m.kind == "request_record" && m.detail.contains(&transfer_id)),
+        "{:?}",
+        report.mismatches
+    );
 }
 
 db_test!(
