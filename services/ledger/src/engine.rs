@@ -36,6 +36,7 @@ pub struct GroupConfig {
     /// At most this many requests in one transaction.
     pub max_size: usize,
     /// The longest a group waits for more requests, and only while under load.
+    /// The runtime's timer rounds it up to its next millisecond.
     pub max_wait: Duration,
     /// Requests queued before new ones are refused as busy.
     pub queue_capacity: usize,
