@@ -165,6 +165,13 @@ mod tests {
     use super::*;
     use bank_kit::auth::{AUDIENCE, Claims, ISSUER, TokenVerifier};
 
+    /// A key ring generated in a directory of its own, kept alive with it.
+    fn fresh_ring() -> (tempfile::TempDir, KeyRing) {
+        let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+        let ring = KeyRing::load_or_generate(dir.path()).unwrap_or_else(|error| panic!("{error}"));
+        (dir, ring)
+    }
+
     /// An access token's claims for `user-1`, valid for `lifetime` seconds.
     fn claims_of_user_1(lifetime: i64, roles: Vec<String>) -> Claims {
         let now = chrono::Utc::now().timestamp();
@@ -206,12 +213,8 @@ mod tests {
 
     #[tokio::test]
     async fn tokens_signed_by_an_unknown_key_are_rejected() {
-        let dir_a = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
-        let dir_b = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
-        let ring_a =
-            KeyRing::load_or_generate(dir_a.path()).unwrap_or_else(|error| panic!("{error}"));
-        let ring_b =
-            KeyRing::load_or_generate(dir_b.path()).unwrap_or_else(|error| panic!("{error}"));
+        let (_dir_a, ring_a) = fresh_ring();
+        let (_dir_b, ring_b) = fresh_ring();
         let claims = claims_of_user_1(60, vec![]);
         let token = ring_b
             .sign(&claims)
@@ -226,12 +229,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_verified_token_stops_verifying_once_its_key_is_withdrawn() {
-        let dir_a = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
-        let dir_b = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
-        let ring_a =
-            KeyRing::load_or_generate(dir_a.path()).unwrap_or_else(|error| panic!("{error}"));
-        let ring_b =
-            KeyRing::load_or_generate(dir_b.path()).unwrap_or_else(|error| panic!("{error}"));
+        let (_dir_a, ring_a) = fresh_ring();
+        let (_dir_b, ring_b) = fresh_ring();
         let claims = claims_of_user_1(600, vec![]);
         let token = ring_a
             .sign(&claims)

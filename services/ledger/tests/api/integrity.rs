@@ -162,6 +162,25 @@ async fn replicas_starting_together_migrate_once_on_postgres() {
     .await;
 }
 
+/// Runs `change` on `table` as an attacker with database access would: past the
+/// append-only triggers (disabled on PostgreSQL, `sqlite_trigger` dropped on
+/// SQLite).
+async fn tamper(db: &sea_orm::DatabaseConnection, table: &str, sqlite_trigger: &str, change: &str) {
+    let (disable, enable) = match db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => (
+            format!("ALTER TABLE {table} DISABLE TRIGGER USER"),
+            format!("ALTER TABLE {table} ENABLE TRIGGER USER"),
+        ),
+        _ => (
+            format!("DROP TRIGGER {sqlite_trigger}"),
+            "SELECT 1".to_owned(),
+        ),
+    };
+    db.execute_unprepared(&disable).await.unwrap();
+    db.execute_unprepared(change).await.unwrap();
+    db.execute_unprepared(&enable).await.unwrap();
+}
+
 /// A world after one transfer of 300 from `from` to `to`, with a direct
 /// connection to the ledger's database, as an attacker with access would have.
 struct Transferred {
@@ -207,22 +226,15 @@ async fn tampered_entry_is_reported(urls: Vec<String>) {
         db,
     } = transferred(&urls).await;
 
-    // An attacker with database access bypasses the append-only triggers.
-    let (disable, enable) = match db.get_database_backend() {
-        sea_orm::DbBackend::Postgres => (
-            "ALTER TABLE ledger_entries DISABLE TRIGGER USER",
-            "ALTER TABLE ledger_entries ENABLE TRIGGER USER",
+    tamper(
+        &db,
+        "ledger_entries",
+        "ledger_entries_no_update",
+        &format!(
+            "UPDATE ledger_entries SET amount_minor = 30 WHERE transfer_id = '{transfer_id}' AND account_id = '{to}'"
         ),
-        _ => ("DROP TRIGGER ledger_entries_no_update", "SELECT 1"),
-    };
-    db.execute_unprepared(disable).await.unwrap();
-    db.execute_unprepared(&format!(
-        "UPDATE ledger_entries SET amount_minor = 30 WHERE transfer_id = '{}' AND account_id = '{to}'",
-        transfer_id
-    ))
-    .await
-    .unwrap();
-    db.execute_unprepared(enable).await.unwrap();
+    )
+    .await;
 
     let report = verify(&stack, &operator).await;
     let kinds: Vec<&str> = report.mismatches.iter().map(|m| m.kind.as_str()).collect();
@@ -251,21 +263,13 @@ async fn deleted_request_record_is_reported(urls: Vec<String>) {
     } = transferred(&urls).await;
     assert!(verify(&stack, &operator).await.ok);
 
-    // An attacker with database access bypasses the append-only triggers.
-    let (disable, enable) = match db.get_database_backend() {
-        sea_orm::DbBackend::Postgres => (
-            "ALTER TABLE ledger_requests DISABLE TRIGGER USER",
-            "ALTER TABLE ledger_requests ENABLE TRIGGER USER",
-        ),
-        _ => ("DROP TRIGGER ledger_requests_no_delete", "SELECT 1"),
-    };
-    db.execute_unprepared(disable).await.unwrap();
-    db.execute_unprepared(&format!(
-        "DELETE FROM ledger_requests WHERE transfer_id = '{transfer_id}'"
-    ))
-    .await
-    .unwrap();
-    db.execute_unprepared(enable).await.unwrap();
+    tamper(
+        &db,
+        "ledger_requests",
+        "ledger_requests_no_delete",
+        &format!("DELETE FROM ledger_requests WHERE transfer_id = '{transfer_id}'"),
+    )
+    .await;
 
     let report = verify(&stack, &operator).await;
     assert!(!report.ok);

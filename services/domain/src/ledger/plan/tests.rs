@@ -74,6 +74,14 @@ fn facts(books: impl IntoIterator<Item = LedgerAccount>) -> Facts {
     }
 }
 
+/// Alice's book `account(1)` holding `balance_minor` and bob's empty `account(2)`.
+fn alice_pays_bob(balance_minor: i64) -> Facts {
+    facts([
+        book(account(1), "alice", eur(), balance_minor),
+        book(account(2), "bob", eur(), 0),
+    ])
+}
+
 fn code(outcome: &Outcome) -> Option<ErrorCode> {
     outcome.result.as_ref().err().map(|refusal| refusal.code)
 }
@@ -87,11 +95,7 @@ fn a_refused_request_in_a_group_does_not_fail_the_others() {
         transfer(a, b, 40, "last"),
     ];
 
-    let plan = plan(
-        &group,
-        facts([book(a, "alice", eur(), 100), book(b, "bob", eur(), 0)]),
-        at(0),
-    );
+    let plan = plan(&group, alice_pays_bob(100), at(0));
 
     assert!(plan.outcomes[0].result.is_ok());
     assert_eq!(code(&plan.outcomes[1]), Some(ErrorCode::InsufficientFunds));
@@ -108,11 +112,7 @@ fn one_key_twice_in_a_group_posts_once_and_both_get_its_transfer() {
     let (a, b) = (account(1), account(2));
     let group = [transfer(a, b, 10, "same"), transfer(a, b, 10, "same")];
 
-    let plan = plan(
-        &group,
-        facts([book(a, "alice", eur(), 100), book(b, "bob", eur(), 0)]),
-        at(0),
-    );
+    let plan = plan(&group, alice_pays_bob(100), at(0));
 
     let first = plan.outcomes[0].result.clone().ok();
     assert!(first.is_some());
@@ -127,11 +127,7 @@ fn one_key_with_another_body_in_the_same_group_is_reused() {
     let (a, b) = (account(1), account(2));
     let group = [transfer(a, b, 10, "same"), transfer(a, b, 11, "same")];
 
-    let plan = plan(
-        &group,
-        facts([book(a, "alice", eur(), 100), book(b, "bob", eur(), 0)]),
-        at(0),
-    );
+    let plan = plan(&group, alice_pays_bob(100), at(0));
 
     assert_eq!(
         code(&plan.outcomes[1]),
@@ -144,18 +140,14 @@ fn one_key_with_another_body_in_the_same_group_is_reused() {
 fn a_refused_key_stays_refused_when_replayed_after_funding() {
     let (a, b) = (account(1), account(2));
     let request = transfer(a, b, 500, "early");
-    let first = plan(
-        std::slice::from_ref(&request),
-        facts([book(a, "alice", eur(), 100), book(b, "bob", eur(), 0)]),
-        at(0),
-    );
+    let first = plan(std::slice::from_ref(&request), alice_pays_bob(100), at(0));
     assert_eq!(code(&first.outcomes[0]), Some(ErrorCode::InsufficientFunds));
     let record = first.writes.requests[0].clone();
     let RecordedOutcome::Refused(refusal) = record.outcome else {
         panic!("a refusal is recorded as one");
     };
 
-    let mut funded = facts([book(a, "alice", eur(), 1_000), book(b, "bob", eur(), 0)]);
+    let mut funded = alice_pays_bob(1_000);
     funded.requests.insert(
         record.key,
         KnownRequest {
@@ -175,11 +167,7 @@ fn entries_chain_across_postings_of_one_group() {
     let (a, b) = (account(1), account(2));
     let group = [transfer(a, b, 10, "k1"), transfer(a, b, 20, "k2")];
 
-    let plan = plan(
-        &group,
-        facts([book(a, "alice", eur(), 100), book(b, "bob", eur(), 0)]),
-        at(0),
-    );
+    let plan = plan(&group, alice_pays_bob(100), at(0));
 
     let of_a: Vec<&Entry> = plan
         .writes
