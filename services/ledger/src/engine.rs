@@ -189,11 +189,14 @@ async fn run_detached(
         .map_err(|error| StoreError::WriterStopped(error.to_string()))?
 }
 
-/// The same failure for every caller of a group.
+/// The same failure, with the same code, for every caller of a group.
 fn clone_error(error: &StoreError) -> StoreError {
     match error {
         StoreError::Busy => StoreError::Busy,
         StoreError::Refused(refusal) => StoreError::Refused(refusal.clone()),
+        other if bank_kit::DomainError::code(other) == ErrorCode::Unavailable => {
+            StoreError::Unavailable(other.to_string())
+        }
         other => StoreError::WriterStopped(other.to_string()),
     }
 }
@@ -225,5 +228,23 @@ fn record(request: &PostingRequest, outcome: &Outcome) {
             )
             .increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_caller_of_a_failed_group_gets_its_failures_code() {
+        use bank_kit::DomainError;
+        let unreachable = StoreError::Database(sea_orm::DbErr::ConnectionAcquire(
+            sea_orm::ConnAcquireErr::Timeout,
+        ));
+        let internal = StoreError::Corrupt("row".into());
+
+        assert_eq!(clone_error(&unreachable).code(), ErrorCode::Unavailable);
+        assert_eq!(clone_error(&StoreError::Busy).code(), ErrorCode::Conflict);
+        assert_eq!(clone_error(&internal).code(), ErrorCode::Internal);
     }
 }

@@ -62,6 +62,10 @@ pub enum StoreError {
     Busy,
     #[error("the posting writer stopped: {0}")]
     WriterStopped(String),
+    /// The database could not be reached for a whole commit group; each of its
+    /// callers gets this copy of the cause.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl DomainError for StoreError {
@@ -69,9 +73,8 @@ impl DomainError for StoreError {
         match self {
             StoreError::Refused(error) => error.code(),
             StoreError::Busy => ErrorCode::Conflict,
-            StoreError::Database(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) => {
-                ErrorCode::Unavailable
-            }
+            StoreError::Database(DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
+            | StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::WriterStopped(_) => {
                 ErrorCode::Internal
             }
