@@ -5,6 +5,7 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261128_000001_create_journal;
 mod m20261201_000001_request_records;
+mod m20261202_000001_refuse_replace;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_create_journal::Migration),
             Box::new(m20261201_000001_request_records::Migration),
+            Box::new(m20261202_000001_refuse_replace::Migration),
         ]
     }
 }

@@ -6,8 +6,117 @@ use sea_orm::ConnectionTrait;
 
 use crate::helpers::{World, deposit, open_book, transfer, transfer_request, verify, world};
 
+/// One journal table, with what a forger would write into it.
+struct JournalTable {
+    name: &'static str,
+    key: &'static str,
+    /// Every column, in the order the forgeries below list them.
+    columns: &'static str,
+    /// The same columns with one of them forged.
+    forged_columns: &'static str,
+    /// The forged assignment, for updates.
+    forged_set: &'static str,
+    /// True for a row that carries the forgery.
+    is_forged: &'static str,
+}
+
+const JOURNAL_TABLES: [JournalTable; 3] = [
+    JournalTable {
+        name: "ledger_entries",
+        key: "entry_id",
+        columns: "entry_id, transfer_id, account_id, account_seq, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at",
+        forged_columns: "entry_id, transfer_id, account_id, account_seq, 999999, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at",
+        forged_set: "amount_minor = 999999",
+        is_forged: "amount_minor = 999999",
+    },
+    JournalTable {
+        name: "ledger_transfers",
+        key: "transfer_id",
+        columns: "transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at",
+        forged_columns: "transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, 'forged', reverses_transfer_id, status, initiated_by, created_at",
+        forged_set: "description = 'forged'",
+        is_forged: "description = 'forged'",
+    },
+    JournalTable {
+        name: "ledger_requests",
+        key: "scope, idempotency_key",
+        columns: "scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at",
+        forged_columns: "scope, idempotency_key, 'forged', transfer_id, refusal_code, refusal_detail, created_at",
+        forged_set: "request_hash = 'forged'",
+        is_forged: "request_hash = 'forged'",
+    },
+];
+
+/// Every way SQL can change or remove a row, on one table.
+fn rewrites(table: &JournalTable, backend: sea_orm::DbBackend) -> Vec<String> {
+    let JournalTable {
+        name,
+        key,
+        columns,
+        forged_columns,
+        forged_set,
+        ..
+    } = table;
+    // One existing row, chosen by a WHERE clause (SQLite needs one before ON CONFLICT).
+    let one_row = format!("WHERE ({key}) IN (SELECT {key} FROM {name} ORDER BY {key} LIMIT 1)");
+    let mut statements = vec![
+        format!("UPDATE {name} SET {forged_set}"),
+        format!("DELETE FROM {name}"),
+        format!(
+            "INSERT INTO {name} ({columns}) SELECT {columns} FROM {name} {one_row}
+             ON CONFLICT ({key}) DO UPDATE SET {forged_set}"
+        ),
+    ];
+    match backend {
+        sea_orm::DbBackend::Sqlite => statements.extend([
+            format!("INSERT OR REPLACE INTO {name} ({columns}) SELECT {forged_columns} FROM {name} {one_row}"),
+            format!("REPLACE INTO {name} ({columns}) SELECT {forged_columns} FROM {name} {one_row}"),
+        ]),
+        _ => statements.extend([
+            format!("TRUNCATE {name}"),
+            format!("TRUNCATE {name} CASCADE"),
+            format!(
+                "MERGE INTO {name} AS target USING (SELECT {key} FROM {name} {one_row}) AS source
+                 ON ({}) WHEN MATCHED THEN UPDATE SET {forged_set}",
+                key.split(", ")
+                    .map(|column| format!("target.{column} = source.{column}"))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            ),
+            format!(
+                "MERGE INTO {name} AS target USING (SELECT {key} FROM {name} {one_row}) AS source
+                 ON ({}) WHEN MATCHED THEN DELETE",
+                key.split(", ")
+                    .map(|column| format!("target.{column} = source.{column}"))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            ),
+        ]),
+    }
+    statements
+}
+
+/// Rows in `table`, and how many of them carry its forgery.
+async fn census(db: &sea_orm::DatabaseConnection, table: &JournalTable) -> (i64, i64) {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            format!(
+                "SELECT COUNT(*) AS total, COALESCE(SUM(CASE WHEN {} THEN 1 ELSE 0 END), 0) AS forged FROM {}",
+                table.is_forged, table.name
+            ),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        row.try_get::<i64>("", "total").unwrap(),
+        row.try_get::<i64>("", "forged").unwrap(),
+    )
+}
+
 db_test!(
-    journal_rows_cannot_be_updated_or_deleted,
+    journal_rows_cannot_be_updated_replaced_upserted_or_deleted,
     databases = 2,
     journal_is_append_only
 );
@@ -16,23 +125,24 @@ async fn journal_is_append_only(urls: Vec<String>) {
     let operator = stack.operator().await;
     let alice = stack.customer().await;
     let account = open_book(&stack, &alice, "EUR").await;
+    // Two keyed postings, so every table has rows and request records exist.
     deposit(&stack, &operator, &account, 1_000).await;
+    deposit(&stack, &operator, &account, 2_000).await;
     let db = bank_kit::db::connect(&stack.database_urls["ledger"])
         .await
         .unwrap();
 
-    for statement in [
-        "UPDATE ledger_entries SET amount_minor = 999999",
-        "DELETE FROM ledger_entries",
-        "UPDATE ledger_transfers SET amount_minor = 1",
-        "DELETE FROM ledger_transfers",
-        "UPDATE ledger_requests SET request_hash = 'forged'",
-        "DELETE FROM ledger_requests",
-    ] {
-        let refused = db.execute_unprepared(statement).await;
-        assert!(refused.is_err(), "{statement} was allowed");
+    for table in &JOURNAL_TABLES {
+        let before = census(&db, table).await;
+        assert!(before.0 >= 2, "{} has rows to attack", table.name);
+        for statement in rewrites(table, db.get_database_backend()) {
+            let refused = db.execute_unprepared(&statement).await;
+            assert!(refused.is_err(), "{statement} was allowed");
+            assert_eq!(census(&db, table).await, before, "{statement} changed rows");
+        }
     }
-    assert!(verify(&stack, &operator).await.ok);
+    let report = verify(&stack, &operator).await;
+    assert!(report.ok, "{:?}", report.mismatches);
 }
 
 db_test!(
