@@ -341,6 +341,18 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
             )
         }))
         .layer(middleware::from_fn(request_id))
+        // Outermost, so that the request's id, span and deadline all live in the
+        // task: a client that hangs up never cancels the call it started (see
+        // `bank_kit::detach`).
+        .layer(middleware::from_fn(|request, next| {
+            bank_kit::detach::detach_with(request, next, internal_problem)
+        }))
+}
+
+/// The answer of a handler that panicked.
+fn internal_problem() -> Response {
+    use axum::response::IntoResponse;
+    ApiError::new(ErrorCode::Internal, "internal error").into_response()
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

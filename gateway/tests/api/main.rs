@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod aborts;
 mod contract;
 mod edge;
 mod helpers;

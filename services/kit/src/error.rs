@@ -18,7 +18,12 @@ pub fn grpc_code(code: ErrorCode) -> Code {
     Code::from_i32(code.grpc() as i32)
 }
 
-/// The code for a status that carries none, e.g. one produced by tonic itself.
+/// The code for a status that carries none: one no service of the bank built, so
+/// it was raised by tonic, by the HTTP/2 transport or by a proxy between the two.
+/// A transport failure (a reset stream, a GOAWAY, a refused or dropped
+/// connection, all of which tonic reports as `UNKNOWN`, `INTERNAL`, `CANCELLED`
+/// or `RESOURCE_EXHAUSTED`) says the service could not be reached, not that it
+/// failed: `unavailable`, never `internal`.
 pub fn code_from_grpc(code: Code) -> ErrorCode {
     match code {
         Code::InvalidArgument | Code::OutOfRange => ErrorCode::InvalidArgument,
@@ -26,11 +31,13 @@ pub fn code_from_grpc(code: Code) -> ErrorCode {
         Code::PermissionDenied => ErrorCode::Forbidden,
         Code::NotFound => ErrorCode::NotFound,
         Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => ErrorCode::Conflict,
-        Code::ResourceExhausted => ErrorCode::RateLimited,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled => ErrorCode::Unavailable,
-        Code::Ok | Code::Unknown | Code::Unimplemented | Code::Internal | Code::DataLoss => {
-            ErrorCode::Internal
-        }
+        Code::Unknown
+        | Code::Internal
+        | Code::ResourceExhausted
+        | Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled => ErrorCode::Unavailable,
+        Code::Ok | Code::Unimplemented | Code::DataLoss => ErrorCode::Internal,
     }
 }
 
@@ -221,6 +228,28 @@ mod tests {
         let error = from_downstream(&transport);
         assert_eq!(error.code, ErrorCode::InvalidArgument);
         assert_eq!(error.message, ErrorCode::InvalidArgument.title());
+    }
+
+    #[test]
+    fn transport_failures_are_unavailable_not_internal() {
+        // What tonic reports for a reset stream, a GOAWAY (ENHANCE_YOUR_CALM), a
+        // dropped connection and a refused one.
+        for status in [
+            Status::internal("h2 protocol error: stream error received"),
+            Status::resource_exhausted("h2 protocol error: connection error received"),
+            Status::unknown("transport error"),
+            Status::unavailable("tcp connect error"),
+            Status::cancelled("operation was canceled"),
+        ] {
+            assert_eq!(
+                code_of_status(&status),
+                ErrorCode::Unavailable,
+                "{status:?}"
+            );
+        }
+        // A service's own internal failure stays internal.
+        let ours: Status = ServiceError::new(ErrorCode::Internal, "boom").into();
+        assert_eq!(code_of_status(&ours), ErrorCode::Internal);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The gRPC server shell every service runs in: health, reflection (v1 and v1alpha),
-//! request limits, per-method metrics (and `GET /metrics` on the same port) and
-//! graceful shutdown.
+//! request and HTTP/2 limits chosen on purpose, handlers detached from their
+//! callers, per-method metrics (and `GET /metrics` on the same port) and graceful
+//! shutdown.
 
 use std::{future::Future, time::Duration};
 
@@ -17,6 +18,32 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
 /// Deadline for one RPC when the client sets none.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Streams one HTTP/2 connection may have open at once. Advertised in SETTINGS,
+/// so a client queues beyond it instead of being refused; the gateway keeps a few
+/// connections per service, which makes this the bound of its requests in flight.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Streams a client may open and reset again before the server accepted them.
+/// h2's default (20) is a defence against the "rapid reset" flood, but a busy
+/// gateway whose clients hang up legitimately resets that many in a burst, and the
+/// GOAWAY that follows fails every other request on the connection. As many as
+/// may be open at once lets a caller reset nothing it could not have had in
+/// flight anyway.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = MAX_CONCURRENT_STREAMS as usize;
+
+/// Streams the server may reset because of the client's protocol errors before it
+/// ends the connection.
+pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
+/// Largest header block a request may carry (a token and a few metadata entries
+/// need a few KiB).
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+
+/// A connection whose peer has not answered a keep-alive ping in this long is
+/// closed, so the requests on it fail over instead of waiting forever.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Routes with health and reflection in place, ready for the service's own API.
 pub struct ServiceRoutes {
@@ -87,8 +114,13 @@ pub async fn serve(
         // Plain HTTP/1.1 reaches only `GET /metrics` usefully; gRPC needs HTTP/2.
         .accept_http1(true)
         .timeout(REQUEST_TIMEOUT)
-        .concurrency_limit_per_connection(256)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .concurrency_limit_per_connection(MAX_CONCURRENT_STREAMS as usize)
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .trace_fn(crate::telemetry::grpc_request_span)
         .add_routes(crate::metrics::instrument(routes))
         // `serve_with_incoming` ignores the builder's TCP settings: without
@@ -153,5 +185,110 @@ impl GrpcApp {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
         serve(self.listener, self.routes, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::{Request, Response};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// A health service on a port of its own; returns its address.
+    async fn health_server() -> std::net::SocketAddr {
+        let ServiceRoutes { routes, health } = service_routes("bank.test.v1.TestService")
+            .await
+            .unwrap_or_else(|error| panic!("routes: {error}"));
+        mark_serving(&health, "bank.test.v1.TestService").await;
+        let app = GrpcApp::bind(([127, 0, 0, 1], 0).into(), routes)
+            .await
+            .unwrap_or_else(|error| panic!("bind: {error}"));
+        let addr = app
+            .local_addr()
+            .unwrap_or_else(|error| panic!("address: {error}"));
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        // The health reporter must stay alive while the server runs.
+        tokio::spawn(async move {
+            let _health = health;
+            std::future::pending::<()>().await;
+        });
+        addr
+    }
+
+    fn health_check() -> Request<()> {
+        Request::post("http://127.0.0.1/grpc.health.v1.Health/Check")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap_or_else(|error| panic!("request: {error}"))
+    }
+
+    /// The `grpc-status` a response ends with, from its head or its trailers.
+    async fn grpc_status(response: Response<h2::RecvStream>) -> Option<String> {
+        if let Some(status) = response.headers().get("grpc-status") {
+            return status.to_str().ok().map(str::to_owned);
+        }
+        let mut body = response.into_body();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.ok()?;
+            body.flow_control().release_capacity(chunk.len()).ok()?;
+        }
+        let trailers = body.trailers().await.ok()??;
+        trailers
+            .get("grpc-status")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    }
+
+    #[tokio::test]
+    async fn callers_that_hang_up_in_a_burst_leave_the_connection_serving() {
+        let addr = health_server().await;
+        let tcp = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|error| panic!("connect: {error}"));
+        let (client, connection) = h2::client::handshake(tcp)
+            .await
+            .unwrap_or_else(|error| panic!("handshake: {error}"));
+        tokio::spawn(connection);
+        let mut client = client
+            .ready()
+            .await
+            .unwrap_or_else(|error| panic!("ready: {error}"));
+        // A gateway whose clients all hang up at once: each request is opened and
+        // reset again (dropping it sends RST_STREAM CANCEL) before the server has
+        // accepted it, five times h2's default allowance.
+        for _ in 0..100 {
+            client = client
+                .ready()
+                .await
+                .unwrap_or_else(|error| panic!("ready: {error}"));
+            let (response, stream) = client
+                .send_request(health_check(), false)
+                .unwrap_or_else(|error| panic!("send: {error}"));
+            drop((response, stream));
+        }
+
+        // The connection still serves everyone else.
+        client = client
+            .ready()
+            .await
+            .unwrap_or_else(|error| panic!("the connection was closed: {error}"));
+        let (response, mut stream) = client
+            .send_request(health_check(), false)
+            .unwrap_or_else(|error| panic!("the connection was closed: {error}"));
+        stream
+            .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .unwrap_or_else(|error| panic!("send: {error}"));
+        let response = response
+            .await
+            .unwrap_or_else(|error| panic!("the connection was closed: {error}"));
+        assert_eq!(grpc_status(response).await.as_deref(), Some("0"));
+        assert_eq!(
+            client.current_max_send_streams(),
+            MAX_CONCURRENT_STREAMS as usize,
+            "the stream limit is advertised"
+        );
     }
 }

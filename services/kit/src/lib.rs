@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod detach;
 pub mod error;
 pub mod grpc;
 pub mod metrics;

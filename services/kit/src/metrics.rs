@@ -57,14 +57,17 @@ pub async fn render() -> Response {
 /// Counts and times every call to `routes` (`grpc_server_handled_total` and
 /// `grpc_server_handling_seconds`, by service, method and status code) and adds
 /// `GET /metrics`. Over HTTP/1.1 only `GET /metrics` is served: gRPC needs HTTP/2,
-/// and a browser page cannot reach the API through the scrape path.
+/// and a browser page cannot reach the API through the scrape path. Every call
+/// runs detached from its caller (see [`crate::detach`]), so it is counted with
+/// the code it really ended with.
 pub fn instrument(routes: Routes) -> Routes {
     install();
     let router = routes
         .into_axum_router()
         .layer(axum::middleware::from_fn(track))
         .route("/metrics", get(render))
-        .layer(axum::middleware::from_fn(http2_only));
+        .layer(axum::middleware::from_fn(http2_only))
+        .layer(axum::middleware::from_fn(crate::detach::detach_grpc));
     Routes::from(router)
 }
 
@@ -94,8 +97,8 @@ async fn track(request: Request, next: Next) -> Response {
     response
 }
 
-/// One call being counted. Recorded when dropped, so that a call the server's
-/// deadline or the client abandoned still counts, as `Cancelled`.
+/// One call being counted. Recorded when dropped, so that a call that never
+/// produced its answer (its handler panicked) still counts, as `Cancelled`.
 struct Call {
     path: String,
     started: Instant,
