@@ -29,6 +29,22 @@ impl AccountId {
             .map_err(|_| LedgerError::Invalid("account id must be a UUID".into()))
     }
 
+    /// The id of a customer's new book. Name-based UUIDs (versions 3 and 5) are
+    /// the form the bank's own books take (see [`AccountId::settlement`]), so none
+    /// can be claimed for a customer: a book opened at a currency's settlement id
+    /// before its first deposit would stop that currency's deposits and
+    /// withdrawals for good.
+    pub fn parse_customer(raw: &str) -> Result<AccountId, LedgerError> {
+        let id = AccountId::parse(raw)?;
+        match id.0.get_version_num() {
+            3 | 5 => Err(LedgerError::Invalid(
+                "account id must not be a name-based UUID: those are reserved for the bank's own books"
+                    .into(),
+            )),
+            _ => Ok(id),
+        }
+    }
+
     /// The bank's settlement account for `currency`: it mirrors money outside the
     /// bank, so it is the other side of every deposit and withdrawal. Its id is
     /// derived from the currency so every replica agrees on it.
@@ -342,6 +358,11 @@ pub enum LedgerError {
     AmountOverflow,
     #[error("{0}")]
     Conflict(String),
+    /// A book that is not the settlement book sits at a currency's settlement id
+    /// (opened there before ids were reserved): the currency cannot settle until
+    /// an operator moves it.
+    #[error("the settlement id of {0} is taken by a book of another kind")]
+    SettlementIdTaken(Currency),
 }
 
 impl DomainError for LedgerError {
@@ -355,6 +376,7 @@ impl DomainError for LedgerError {
             LedgerError::CurrencyMismatch => ErrorCode::CurrencyMismatch,
             LedgerError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             LedgerError::Conflict(_) => ErrorCode::Conflict,
+            LedgerError::SettlementIdTaken(_) => ErrorCode::Internal,
         }
     }
 }
@@ -421,6 +443,24 @@ mod tests {
         assert!(IdempotencyKey::parse("has space").is_err());
         assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
         assert!(IdempotencyKey::parse("order-42").is_ok());
+    }
+
+    #[test]
+    fn settlement_ids_cannot_be_claimed_for_customer_books() {
+        let eur = Currency::parse("EUR").unwrap_or_else(|_| unreachable!());
+        let settlement = AccountId::settlement(eur).to_string();
+        assert!(matches!(
+            AccountId::parse_customer(&settlement),
+            Err(LedgerError::Invalid(_))
+        ));
+        let named = Uuid::new_v5(&Uuid::NAMESPACE_DNS, b"bank.example").to_string();
+        assert!(AccountId::parse_customer(&named).is_err());
+        for id in [Uuid::now_v7(), Uuid::new_v4()] {
+            assert_eq!(
+                AccountId::parse_customer(&id.to_string()).ok(),
+                Some(AccountId::from_uuid(id))
+            );
+        }
     }
 
     #[test]

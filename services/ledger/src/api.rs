@@ -389,7 +389,7 @@ impl LedgerService for LedgerApi {
         let principal = self.caller(&request).await?;
         principal.require_service(ACCOUNT_SERVICE)?;
         let body = request.into_inner();
-        let account_id = AccountId::parse(&body.account_id).map_err(ServiceError::from)?;
+        let account_id = AccountId::parse_customer(&body.account_id).map_err(ServiceError::from)?;
         let owner_id = uuid::Uuid::try_parse(&body.owner_id)
             .map_err(|_| ServiceError::invalid("owner id must be a UUID"))?;
         let currency = Currency::parse_supported(&body.currency)

@@ -375,6 +375,18 @@ fn decide(
     {
         return Err(LedgerError::AccountNotFound);
     }
+    // The book at a currency's settlement id settles only if it is the settlement
+    // book; one of another kind never takes the settlement side.
+    let settlement_side = match request.kind {
+        TransferKind::Deposit => Some(from),
+        TransferKind::Withdrawal => Some(to),
+        TransferKind::Transfer | TransferKind::Reversal => None,
+    };
+    if let Some(book) = settlement_side
+        && book.kind != AccountKind::Settlement
+    {
+        return Err(LedgerError::SettlementIdTaken(request.currency));
+    }
     if from.currency != request.currency || to.currency != request.currency {
         return Err(LedgerError::CurrencyMismatch);
     }

@@ -269,3 +269,59 @@ async fn settlement_is_not_a_customer_target(urls: Vec<String>) {
     assert_eq!(code(&error), ErrorCode::NotFound);
     assert_eq!(balance(&stack, &alice, &account).await, 1_000);
 }
+
+db_test!(
+    a_settlement_id_cannot_be_claimed_before_the_currencys_first_deposit,
+    databases = 2,
+    settlement_ids_are_reserved
+);
+async fn settlement_ids_are_reserved(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::LEDGER).await;
+    let operator = stack.operator().await;
+    let mallory = stack.customer().await;
+    let service = stack.account_service_token().await;
+    // The id USD's settlement book will have: derived from the currency, so anyone
+    // can compute it before USD's first deposit.
+    let usd = bank_kit::money::Currency::parse("USD").unwrap();
+    let settlement_id = bank_ledger::domain::AccountId::settlement(usd).to_string();
+
+    for currency in ["USD", "EUR"] {
+        let squat = stack
+            .ledger()
+            .await
+            .open_ledger_account(authed(
+                &service,
+                pb::OpenLedgerAccountRequest {
+                    account_id: settlement_id.clone(),
+                    owner_id: mallory.user_id.clone(),
+                    currency: currency.into(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(code(&squat), ErrorCode::InvalidArgument, "{currency}");
+    }
+
+    // USD still settles: its first deposit creates the real settlement book there.
+    let account = open_book(&stack, &mallory, "USD").await;
+    let funding = stack
+        .ledger()
+        .await
+        .deposit(authed(
+            &operator.access_token,
+            pb::DepositRequest {
+                account_id: account.clone(),
+                amount_minor: 700,
+                currency: "USD".into(),
+                reference: "wire".into(),
+                idempotency_key: "first-usd".into(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .transfer
+        .unwrap();
+    assert_eq!(funding.from_account_id, settlement_id);
+    assert_eq!(balance(&stack, &mallory, &account).await, 700);
+}

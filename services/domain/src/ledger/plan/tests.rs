@@ -251,6 +251,29 @@ fn customers_cannot_transfer_to_or_from_a_settlement_book() {
 }
 
 #[test]
+fn a_customer_book_squatting_a_settlement_id_never_settles() {
+    let a = account(1);
+    let squatter = book(AccountId::settlement(eur()), "mallory", eur(), 0);
+    let mut deposit = transfer(AccountId::settlement(eur()), a, 10, "deposit");
+    deposit.request.kind = TransferKind::Deposit;
+    deposit.request.required_owner = None;
+    let mut withdrawal = transfer(a, AccountId::settlement(eur()), 10, "withdrawal");
+    withdrawal.request.kind = TransferKind::Withdrawal;
+    withdrawal.request.required_owner = None;
+
+    let plan = plan(
+        &[deposit, withdrawal],
+        facts([book(a, "alice", eur(), 100), squatter]),
+        at(0),
+    );
+
+    for outcome in &plan.outcomes {
+        assert_eq!(code(outcome), Some(ErrorCode::Internal));
+    }
+    assert!(plan.writes.transfers.is_empty() && plan.writes.books.is_empty());
+}
+
+#[test]
 fn a_deposit_may_take_the_settlement_book_below_zero_but_never_overflow() {
     let a = account(1);
     let deposit = |amount: i64, key: &str| {
