@@ -21,7 +21,7 @@
 #   BENCH_ACCOUNTS          accounts of the uniform scenarios [100; short mode 50]
 #   BENCH_SHORT=1           short mode, for CI
 #   CARGO_TARGET_DIR        where the release binaries are [target]
-# Ports 18080 and 15051-15053, so a running `make run` is left alone.
+# Ports 18080, 15051-15053 and 19051-19053, so a running `make run` is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -50,6 +50,9 @@ gateway_port=18080
 identity_port=15051
 account_port=15052
 ledger_port=15053
+identity_admin_port=19051
+account_admin_port=19052
+ledger_admin_port=19053
 G=http://127.0.0.1:$gateway_port
 
 die() {
@@ -84,7 +87,7 @@ done
 psql=$(pg_tool psql)
 pgbench=$(pg_tool pgbench)
 
-for port in $gateway_port $identity_port $account_port $ledger_port; do
+for port in $gateway_port $identity_port $account_port $ledger_port $identity_admin_port $account_admin_port $ledger_admin_port; do
     if (: <>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port is in use; stop whatever listens there first"
     fi
@@ -234,6 +237,8 @@ unset REDIS_URL OTEL_EXPORTER_OTLP_ENDPOINT OTEL_SERVICE_NAME BANK_CORS_ALLOWED_
 export RUST_LOG=error
 export IDENTITY_LISTEN_ADDR=127.0.0.1:$identity_port ACCOUNT_LISTEN_ADDR=127.0.0.1:$account_port
 export LEDGER_LISTEN_ADDR=127.0.0.1:$ledger_port GATEWAY_LISTEN_ADDR=127.0.0.1:$gateway_port
+export IDENTITY_ADMIN_LISTEN_ADDR=127.0.0.1:$identity_admin_port ACCOUNT_ADMIN_LISTEN_ADDR=127.0.0.1:$account_admin_port
+export LEDGER_ADMIN_LISTEN_ADDR=127.0.0.1:$ledger_admin_port
 export IDENTITY_ENDPOINT=http://127.0.0.1:$identity_port ACCOUNT_ENDPOINT=http://127.0.0.1:$account_port
 export LEDGER_ENDPOINT=http://127.0.0.1:$ledger_port
 export IDENTITY_SERVICE_CLIENTS="account=$secret" ACCOUNT_SERVICE_CLIENT_SECRET="$secret" ACCOUNT_SERVICE_CLIENT_ID=account

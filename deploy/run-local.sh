@@ -78,9 +78,9 @@ trap stop INT TERM EXIT
 cat <<INFO
 
   gateway   $(shown GATEWAY_LISTEN_ADDR 127.0.0.1:8080 http://)
-  identity  $(shown IDENTITY_LISTEN_ADDR 127.0.0.1:50051)  (gRPC)
-  account   $(shown ACCOUNT_LISTEN_ADDR 127.0.0.1:50052)  (gRPC)
-  ledger    $(shown LEDGER_LISTEN_ADDR 127.0.0.1:50053)  (gRPC)
+  identity  $(shown IDENTITY_LISTEN_ADDR 127.0.0.1:50051)  (gRPC; probes and metrics on $(shown IDENTITY_ADMIN_LISTEN_ADDR 127.0.0.1:9051 http://))
+  account   $(shown ACCOUNT_LISTEN_ADDR 127.0.0.1:50052)  (gRPC; probes and metrics on $(shown ACCOUNT_ADMIN_LISTEN_ADDR 127.0.0.1:9052 http://))
+  ledger    $(shown LEDGER_LISTEN_ADDR 127.0.0.1:50053)  (gRPC; probes and metrics on $(shown LEDGER_ADMIN_LISTEN_ADDR 127.0.0.1:9053 http://))
   operator  $(shown BANK_BOOTSTRAP_OPERATOR_EMAIL none)${operator_note}
 
   Ctrl-C stops all four.

@@ -136,12 +136,41 @@ impl Config {
     }
 }
 
-/// Channels used by the readiness check.
+/// Channels used by the readiness check, and its last answer.
 #[derive(Clone)]
 pub struct HealthChannels {
     pub identity: Channel,
     pub account: Channel,
     pub ledger: Channel,
+    last_seen: std::sync::Arc<
+        std::sync::Mutex<Option<(std::time::Instant, routes::ops::DownstreamStates)>>,
+    >,
+}
+
+impl HealthChannels {
+    pub fn new(identity: Channel, account: Channel, ledger: Channel) -> HealthChannels {
+        HealthChannels {
+            identity,
+            account,
+            ledger,
+            last_seen: std::sync::Arc::default(),
+        }
+    }
+
+    /// The states seen within the last `ttl`, if any.
+    pub fn recent(&self, ttl: Duration) -> Option<routes::ops::DownstreamStates> {
+        let last_seen = self.last_seen.lock().ok()?;
+        last_seen
+            .as_ref()
+            .filter(|(seen_at, _)| seen_at.elapsed() < ttl)
+            .map(|(_, states)| states.clone())
+    }
+
+    pub fn remember(&self, states: routes::ops::DownstreamStates) {
+        if let Ok(mut last_seen) = self.last_seen.lock() {
+            *last_seen = Some((std::time::Instant::now(), states));
+        }
+    }
 }
 
 /// What every handler shares: a pool of HTTP/2 connections per service.
@@ -231,11 +260,11 @@ pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
         account: AccountServiceClient::new(pooled_channel(&config.account_endpoint, timeout)?),
         ledger: LedgerServiceClient::new(pooled_channel(&config.ledger_endpoint, timeout)?),
         verifier: TokenVerifier::remote(&config.identity_endpoint)?,
-        health_channels: HealthChannels {
-            identity: channel(&config.identity_endpoint, timeout)?,
-            account: channel(&config.account_endpoint, timeout)?,
-            ledger: channel(&config.ledger_endpoint, timeout)?,
-        },
+        health_channels: HealthChannels::new(
+            channel(&config.identity_endpoint, timeout)?,
+            channel(&config.account_endpoint, timeout)?,
+            channel(&config.ledger_endpoint, timeout)?,
+        ),
     };
     let limiter = match &config.redis_url {
         Some(url) => RateLimiter::redis(url, &config.rate_limit_namespace)

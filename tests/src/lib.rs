@@ -61,6 +61,8 @@ pub struct Stack {
     pub ledger_addr: Option<SocketAddr>,
     pub account_addr: Option<SocketAddr>,
     pub gateway_addr: Option<SocketAddr>,
+    /// Each service's admin port (`/livez`, `/readyz`, `/metrics`), by component.
+    pub admin_addrs: HashMap<&'static str, SocketAddr>,
     pub operator_email: String,
     /// Database URLs by component, for tests that inspect storage directly.
     pub database_urls: HashMap<&'static str, String>,
@@ -108,6 +110,7 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
 
     let identity_config = bank_identity::Config {
         listen_addr: any_port,
+        admin_listen_addr: any_port,
         database_url: urls[0].clone(),
         signing_keys_dir: keys.path().to_path_buf(),
         bootstrap_operator: Some(bank_identity::BootstrapOperator {
@@ -126,6 +129,10 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
         .await
         .expect("identity starts");
     let identity_addr = identity.local_addr().expect("identity address");
+    let mut admin_addrs = HashMap::from([(
+        "identity",
+        identity.admin_addr().expect("identity admin address"),
+    )]);
     tokio::spawn(identity.run_until_stopped(stopper(&stop_receiver)));
     let identity_endpoint = format!("http://{identity_addr}");
     let mut database_urls = HashMap::from([("identity", urls[0].clone())]);
@@ -134,11 +141,13 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
     if parts.ledger {
         let config = bank_ledger::Config {
             listen_addr: any_port,
+            admin_listen_addr: any_port,
             database_url: urls[1].clone(),
             identity_endpoint: identity_endpoint.clone(),
         };
         let ledger = bank_ledger::build(&config).await.expect("ledger starts");
         ledger_addr = Some(ledger.local_addr().expect("ledger address"));
+        admin_addrs.insert("ledger", ledger.admin_addr().expect("ledger admin address"));
         tokio::spawn(ledger.run_until_stopped(stopper(&stop_receiver)));
         database_urls.insert("ledger", urls[1].clone());
     }
@@ -147,6 +156,7 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
     if parts.account {
         let config = bank_account::Config {
             listen_addr: any_port,
+            admin_listen_addr: any_port,
             database_url: urls[2].clone(),
             identity_endpoint: identity_endpoint.clone(),
             ledger_endpoint: format!("http://{}", ledger_addr.expect("account needs the ledger")),
@@ -155,6 +165,10 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
         };
         let account = bank_account::build(&config).await.expect("account starts");
         account_addr = Some(account.local_addr().expect("account address"));
+        admin_addrs.insert(
+            "account",
+            account.admin_addr().expect("account admin address"),
+        );
         tokio::spawn(account.run_until_stopped(stopper(&stop_receiver)));
         database_urls.insert("account", urls[2].clone());
     }
@@ -184,6 +198,7 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
         ledger_addr,
         account_addr,
         gateway_addr,
+        admin_addrs,
         operator_email,
         database_urls,
         stop,

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use axum::{Json, extract::State, http::StatusCode, response::IntoResponse};
-use bank_kit::ErrorCode;
 use serde::Serialize;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -13,7 +12,7 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use crate::{AppState, problem::ApiError};
+use crate::AppState;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HealthView {
@@ -28,36 +27,76 @@ pub async fn healthz() -> Json<HealthView> {
     })
 }
 
-/// Readiness: every downstream service reports SERVING.
-#[utoipa::path(get, path = "/readyz", tag = "ops",
-    responses((status = 200, body = HealthView), (status = 503, body = crate::problem::Problem, content_type = "application/problem+json")))]
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthView>, ApiError> {
-    let checks = [
-        ("identity", state.health_channels.identity.clone()),
-        ("account", state.health_channels.account.clone()),
-        ("ledger", state.health_channels.ledger.clone()),
-    ];
-    for (name, channel) in checks {
-        let mut client = HealthClient::new(channel);
-        let mut request = tonic::Request::new(HealthCheckRequest {
-            service: String::new(),
+/// The gateway's readiness and what it knows of each service it calls.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReadinessView {
+    /// `ready`: the gateway can serve. Routes that need a service that is down
+    /// answer 503 `unavailable` on their own; the others keep working.
+    pub status: String,
+    pub services: DownstreamStates,
+}
+
+/// Each service's gRPC health as the gateway last saw it: `serving`,
+/// `not_serving` (it answers but cannot serve, e.g. its database is down) or
+/// `unreachable`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DownstreamStates {
+    pub identity: String,
+    pub account: String,
+    pub ledger: String,
+}
+
+/// How long a readiness answer is reused, so that probes and scrapers polling
+/// `/readyz` never multiply into health checks against the services.
+const READINESS_TTL: Duration = Duration::from_secs(1);
+
+/// How long one service's health check may take.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Readiness of the gateway itself: 200 while it can serve, with each
+/// downstream's state in the body. One service being down never takes the
+/// gateway out of rotation for the routes that do not need that service.
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = ReadinessView)))]
+pub async fn readyz(State(state): State<AppState>) -> Json<ReadinessView> {
+    let channels = &state.health_channels;
+    if let Some(states) = channels.recent(READINESS_TTL) {
+        return Json(ReadinessView {
+            status: "ready".into(),
+            services: states,
         });
-        request.set_timeout(Duration::from_secs(2));
-        let serving = client
-            .check(request)
-            .await
-            .is_ok_and(|response| response.into_inner().status == ServingStatus::Serving as i32);
-        if !serving {
-            tracing::warn!(service = name, "downstream not ready");
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                format!("{name} is not ready"),
-            ));
-        }
     }
-    Ok(Json(HealthView {
+    let (identity, account, ledger) = tokio::join!(
+        downstream_state("identity", channels.identity.clone()),
+        downstream_state("account", channels.account.clone()),
+        downstream_state("ledger", channels.ledger.clone()),
+    );
+    let states = DownstreamStates {
+        identity: identity.into(),
+        account: account.into(),
+        ledger: ledger.into(),
+    };
+    channels.remember(states.clone());
+    Json(ReadinessView {
         status: "ready".into(),
-    }))
+        services: states,
+    })
+}
+
+async fn downstream_state(name: &str, channel: tonic::transport::Channel) -> &'static str {
+    let mut client = HealthClient::new(channel);
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
+    request.set_timeout(HEALTH_CHECK_TIMEOUT);
+    let state = match client.check(request).await {
+        Ok(response) if response.get_ref().status == ServingStatus::Serving as i32 => "serving",
+        Ok(_) => "not_serving",
+        Err(_) => "unreachable",
+    };
+    if state != "serving" {
+        tracing::warn!(service = name, state, "downstream not serving");
+    }
+    state
 }
 
 struct BearerSecurity;

@@ -8,4 +8,5 @@ mod contract;
 mod edge;
 mod helpers;
 mod limits;
+mod readiness;
 mod startup;

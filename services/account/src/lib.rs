@@ -25,6 +25,8 @@ use tonic::transport::Endpoint;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
+    /// Plain HTTP for probes and scrapers: `/livez`, `/readyz`, `/metrics`.
+    pub admin_listen_addr: SocketAddr,
     pub database_url: String,
     pub identity_endpoint: String,
     pub ledger_endpoint: String,
@@ -38,6 +40,7 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
         Ok(Config {
             listen_addr: env.socket_addr("ACCOUNT_LISTEN_ADDR", "127.0.0.1:50052")?,
+            admin_listen_addr: env.socket_addr("ACCOUNT_ADMIN_LISTEN_ADDR", "127.0.0.1:9052")?,
             database_url: env.database_url("ACCOUNT_DATABASE_URL", "sqlite://var/account.db?mode=rwc")?,
             identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
             ledger_endpoint: env.endpoint("LEDGER_ENDPOINT", "http://127.0.0.1:50053")?,
@@ -62,7 +65,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
         .timeout(Duration::from_secs(10))
         .connect_lazy();
     let api = api::AccountApi::new(
-        Arc::new(store::AccountStore::new(connection)),
+        Arc::new(store::AccountStore::new(connection.clone())),
         TokenVerifier::remote(&config.identity_endpoint)?,
         LedgerServiceClient::new(ledger_channel),
         ServiceTokenSource::new(
@@ -75,13 +78,12 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     let service_routes = grpc::service_routes(service_name).await?;
     let server = AccountServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let routes = service_routes.routes.add_service(server);
-    grpc::mark_serving(&service_routes.health, service_name).await;
-    GrpcApp::bind(config.listen_addr, routes)
-        .await
-        .with_context(|| {
-            format!(
-                "ACCOUNT_LISTEN_ADDR: cannot listen on {}",
-                config.listen_addr
-            )
-        })
+    let spec = grpc::ServiceSpec {
+        service_name,
+        variable_prefix: "ACCOUNT",
+        listen_addr: config.listen_addr,
+        admin_listen_addr: config.admin_listen_addr,
+        database: connection,
+    };
+    GrpcApp::bind(spec, routes, service_routes.health).await
 }

@@ -42,6 +42,8 @@ impl std::fmt::Debug for BootstrapOperator {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
+    /// Plain HTTP for probes and scrapers: `/livez`, `/readyz`, `/metrics`.
+    pub admin_listen_addr: SocketAddr,
     pub database_url: String,
     /// Directory of the PEM signing keys; generated there when empty.
     pub signing_keys_dir: PathBuf,
@@ -85,6 +87,7 @@ impl Config {
         };
         Ok(Config {
             listen_addr: env.socket_addr("IDENTITY_LISTEN_ADDR", "127.0.0.1:50051")?,
+            admin_listen_addr: env.socket_addr("IDENTITY_ADMIN_LISTEN_ADDR", "127.0.0.1:9051")?,
             database_url: env
                 .database_url("IDENTITY_DATABASE_URL", "sqlite://var/identity.db?mode=rwc")?,
             signing_keys_dir: PathBuf::from(
@@ -164,7 +167,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
             .context("IDENTITY_SIGNING_KEYS_DIR: cannot load or create the signing keys")?,
     );
     let api = api::IdentityApi {
-        store: Arc::new(store::IdentityStore::new(connection)),
+        store: Arc::new(store::IdentityStore::new(connection.clone())),
         verifier: TokenVerifier::fixed(&keys.jwks()),
         keys,
         hasher: passwords::PasswordHasherPool::new()?,
@@ -189,15 +192,14 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     let service_routes = grpc::service_routes(service_name).await?;
     let server = IdentityServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let routes = service_routes.routes.add_service(server);
-    grpc::mark_serving(&service_routes.health, service_name).await;
-    GrpcApp::bind(config.listen_addr, routes)
-        .await
-        .with_context(|| {
-            format!(
-                "IDENTITY_LISTEN_ADDR: cannot listen on {}",
-                config.listen_addr
-            )
-        })
+    let spec = grpc::ServiceSpec {
+        service_name,
+        variable_prefix: "IDENTITY",
+        listen_addr: config.listen_addr,
+        admin_listen_addr: config.admin_listen_addr,
+        database: connection,
+    };
+    GrpcApp::bind(spec, routes, service_routes.health).await
 }
 
 #[cfg(test)]

@@ -3,7 +3,10 @@
 //! callers, per-method metrics (and `GET /metrics` on the same port) and graceful
 //! shutdown.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::{Future, IntoFuture},
+    time::Duration,
+};
 
 use tokio::net::TcpListener;
 use tonic::{
@@ -60,8 +63,8 @@ pub enum ServeError {
 }
 
 /// Builds health and reflection for the service named `service_name` (its full
-/// protobuf name). The service's own health status starts NOT_SERVING; call
-/// [`mark_serving`] once it is ready (migrations ran).
+/// protobuf name). The service's own health status starts NOT_SERVING; binding the
+/// [`GrpcApp`] reports it SERVING, and its database watch keeps it current.
 pub async fn service_routes(service_name: &str) -> Result<ServiceRoutes, ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -86,16 +89,6 @@ fn reflection_builder(service_name: &str) -> tonic_reflection::server::Builder<'
         .with_service_name("grpc.health.v1.Health")
         .with_service_name("grpc.reflection.v1.ServerReflection")
         .with_service_name("grpc.reflection.v1alpha.ServerReflection")
-}
-
-/// Reports the service, and the server as a whole, as SERVING.
-pub async fn mark_serving(health: &HealthReporter, service_name: &str) {
-    health
-        .set_service_status(service_name, tonic_health::ServingStatus::Serving)
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
 }
 
 /// The full protobuf name of a generated server type.
@@ -162,29 +155,104 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-/// A gRPC service bound to its port and ready to serve.
+/// What a service needs to be served: its name, where it listens, and the
+/// database its readiness follows.
+pub struct ServiceSpec {
+    /// The full protobuf name of the service (see [`service_name`]).
+    pub service_name: &'static str,
+    /// The prefix of the service's variables, e.g. `LEDGER`, so that a port that
+    /// cannot be bound is reported by the variable that names it.
+    pub variable_prefix: &'static str,
+    pub listen_addr: std::net::SocketAddr,
+    pub admin_listen_addr: std::net::SocketAddr,
+    pub database: sea_orm::DatabaseConnection,
+}
+
+/// A gRPC service bound to its API and admin ports and ready to serve.
 pub struct GrpcApp {
     listener: TcpListener,
+    admin_listener: TcpListener,
     routes: Routes,
+    readiness: crate::admin::Readiness,
+    database: sea_orm::DatabaseConnection,
 }
 
 impl GrpcApp {
-    /// Binds `addr`; port 0 lets the OS choose, as tests do.
-    pub async fn bind(addr: std::net::SocketAddr, routes: Routes) -> std::io::Result<GrpcApp> {
-        let listener = TcpListener::bind(addr).await?;
-        Ok(GrpcApp { listener, routes })
+    /// Binds both ports (port 0 lets the OS choose, as tests do) and reports the
+    /// service SERVING: it is built, so its database answered.
+    pub async fn bind(
+        spec: ServiceSpec,
+        routes: Routes,
+        health: HealthReporter,
+    ) -> anyhow::Result<GrpcApp> {
+        use anyhow::Context;
+        let prefix = spec.variable_prefix;
+        let listener = TcpListener::bind(spec.listen_addr).await.with_context(|| {
+            format!(
+                "{prefix}_LISTEN_ADDR: cannot listen on {}",
+                spec.listen_addr
+            )
+        })?;
+        let admin_listener = TcpListener::bind(spec.admin_listen_addr)
+            .await
+            .with_context(|| {
+                format!(
+                    "{prefix}_ADMIN_LISTEN_ADDR: cannot listen on {}",
+                    spec.admin_listen_addr
+                )
+            })?;
+        let readiness = crate::admin::Readiness::new(health, spec.service_name).await;
+        Ok(GrpcApp {
+            listener,
+            admin_listener,
+            routes,
+            readiness,
+            database: spec.database,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then drains in-flight requests.
+    /// The admin port: `/livez`, `/readyz`, `/metrics`.
+    pub fn admin_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.admin_listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then reports NOT_SERVING and drains
+    /// in-flight requests. The database is watched meanwhile (see
+    /// [`crate::admin`]).
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        serve(self.listener, self.routes, shutdown).await
+        let watch = crate::admin::watch_database(self.database, self.readiness.clone());
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = tokio::spawn(
+            axum::serve(
+                self.admin_listener,
+                crate::admin::router(self.readiness.clone()),
+            )
+            .with_graceful_shutdown(async move {
+                admin_stopped.await.ok();
+            })
+            .into_future(),
+        );
+        let readiness = self.readiness;
+        let served = serve(self.listener, self.routes, async move {
+            shutdown.await;
+            readiness.start_draining().await;
+        })
+        .await;
+        watch.abort();
+        stop_admin.send(()).ok();
+        match admin.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the admin port failed"),
+            Err(error) => tracing::error!(%error, "the admin port's task failed"),
+        }
+        served
     }
 }
 
@@ -198,22 +266,28 @@ mod tests {
 
     /// A health service on a port of its own; returns its address.
     async fn health_server() -> std::net::SocketAddr {
-        let ServiceRoutes { routes, health } = service_routes("bank.test.v1.TestService")
+        let name = "bank.test.v1.TestService";
+        let ServiceRoutes { routes, health } = service_routes(name)
             .await
             .unwrap_or_else(|error| panic!("routes: {error}"));
-        mark_serving(&health, "bank.test.v1.TestService").await;
-        let app = GrpcApp::bind(([127, 0, 0, 1], 0).into(), routes)
+        let database = crate::db::connect("sqlite::memory:")
+            .await
+            .unwrap_or_else(|error| panic!("database: {error}"));
+        let any_port: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+        let spec = ServiceSpec {
+            service_name: name,
+            variable_prefix: "TEST",
+            listen_addr: any_port,
+            admin_listen_addr: any_port,
+            database,
+        };
+        let app = GrpcApp::bind(spec, routes, health)
             .await
             .unwrap_or_else(|error| panic!("bind: {error}"));
         let addr = app
             .local_addr()
             .unwrap_or_else(|error| panic!("address: {error}"));
         tokio::spawn(app.run_until_stopped(std::future::pending()));
-        // The health reporter must stay alive while the server runs.
-        tokio::spawn(async move {
-            let _health = health;
-            std::future::pending::<()>().await;
-        });
         addr
     }
 

@@ -4,6 +4,7 @@
 //! database connection and migration, the error-code table, money types, and JWT
 //! verification.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod db;

@@ -23,6 +23,8 @@ use bank_proto::ledger::v1::ledger_service_server::LedgerServiceServer;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
+    /// Plain HTTP for probes and scrapers: `/livez`, `/readyz`, `/metrics`.
+    pub admin_listen_addr: SocketAddr,
     pub database_url: String,
     pub identity_endpoint: String,
 }
@@ -31,6 +33,7 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
         Ok(Config {
             listen_addr: env.socket_addr("LEDGER_LISTEN_ADDR", "127.0.0.1:50053")?,
+            admin_listen_addr: env.socket_addr("LEDGER_ADMIN_LISTEN_ADDR", "127.0.0.1:9053")?,
             database_url: env
                 .database_url("LEDGER_DATABASE_URL", "sqlite://var/ledger.db?mode=rwc")?,
             identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
@@ -43,7 +46,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url)
         .await
         .context("LEDGER_DATABASE_URL: cannot open and migrate the database")?;
-    let store = Arc::new(store::LedgerStore::new(connection));
+    let store = Arc::new(store::LedgerStore::new(connection.clone()));
     let engine = engine::PostingEngine::start(Arc::clone(&store), engine::GroupConfig::default());
     let verifier = TokenVerifier::remote(&config.identity_endpoint)?;
     let service_name = grpc::service_name::<LedgerServiceServer<api::LedgerApi>>();
@@ -51,13 +54,12 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     let server = LedgerServiceServer::new(api::LedgerApi::new(store, engine, verifier))
         .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let routes = service_routes.routes.add_service(server);
-    grpc::mark_serving(&service_routes.health, service_name).await;
-    GrpcApp::bind(config.listen_addr, routes)
-        .await
-        .with_context(|| {
-            format!(
-                "LEDGER_LISTEN_ADDR: cannot listen on {}",
-                config.listen_addr
-            )
-        })
+    let spec = grpc::ServiceSpec {
+        service_name,
+        variable_prefix: "LEDGER",
+        listen_addr: config.listen_addr,
+        admin_listen_addr: config.admin_listen_addr,
+        database: connection,
+    };
+    GrpcApp::bind(spec, routes, service_routes.health).await
 }

@@ -61,3 +61,22 @@ fn a_listen_address_in_use_stops_the_process_with_one_line_naming_the_variable()
     );
     assert!(line.contains(&addr), "{stderr}");
 }
+
+#[test]
+fn an_admin_address_in_use_stops_the_process_with_one_line_naming_the_variable() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let stderr = failed_start(
+        LEDGER,
+        &[
+            ("LEDGER_LISTEN_ADDR", "127.0.0.1:0"),
+            ("LEDGER_ADMIN_LISTEN_ADDR", &addr),
+        ],
+    );
+    let line = one_line(&stderr);
+    assert!(
+        line.starts_with("cannot start: LEDGER_ADMIN_LISTEN_ADDR:"),
+        "{stderr}"
+    );
+    assert!(line.contains(&addr), "{stderr}");
+}
