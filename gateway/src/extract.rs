@@ -149,17 +149,13 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The `Idempotency-Key` header, required on money-moving requests.
+/// The `Idempotency-Key` header, required on money-moving requests and optional
+/// (as `Option<IdempotencyKey>`) where a retry is merely made safe by it, as when
+/// opening an account.
 pub struct IdempotencyKey(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get("idempotency-key")
-            .ok_or_else(|| ApiError::invalid("the Idempotency-Key header is required"))?;
+impl IdempotencyKey {
+    fn from_header(value: &axum::http::HeaderValue) -> Result<IdempotencyKey, ApiError> {
         let key = value
             .to_str()
             .map_err(|_| ApiError::invalid("the Idempotency-Key header must be visible ASCII"))?
@@ -170,6 +166,33 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             ));
         }
         Ok(IdempotencyKey(key.to_owned()))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get("idempotency-key")
+            .ok_or_else(|| ApiError::invalid("the Idempotency-Key header is required"))?;
+        IdempotencyKey::from_header(value)
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        parts
+            .headers
+            .get("idempotency-key")
+            .map(IdempotencyKey::from_header)
+            .transpose()
     }
 }
 

@@ -146,6 +146,7 @@ async fn journey_over_grpc(urls: Vec<String>) {
             account::OpenAccountRequest {
                 currency: "EUR".into(),
                 nickname: nickname.into(),
+                idempotency_key: String::new(),
             },
         );
         let mut client = account_client.clone();

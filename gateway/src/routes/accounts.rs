@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{forward, required};
 use crate::{
     AppState,
-    extract::{ApiJson, ApiQuery, AuthUser},
+    extract::{ApiJson, ApiQuery, AuthUser, IdempotencyKey},
     problem::ApiError,
 };
 
@@ -99,10 +99,13 @@ pub struct TransactionsView {
 }
 
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = OpenAccountBody,
-    responses((status = 201, body = AccountView), (status = 400, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    params(("Idempotency-Key" = Option<String>, Header, description = "Optional: a retry with the same key and body returns the account the first request opened instead of opening another; keys are scoped per user", min_length = 1, max_length = 128, pattern = "^[\\x21-\\x7E]{1,128}$")),
+    responses((status = 201, body = AccountView), (status = 400, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 422, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn open(
     State(state): State<AppState>,
     auth: AuthUser,
+    idempotency_key: Option<IdempotencyKey>,
     ApiJson(body): ApiJson<OpenAccountBody>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     let response = state
@@ -113,6 +116,7 @@ pub async fn open(
             pb::OpenAccountRequest {
                 currency: body.currency,
                 nickname: body.nickname.unwrap_or_default(),
+                idempotency_key: idempotency_key.map(|key| key.0).unwrap_or_default(),
             },
         ))
         .await?

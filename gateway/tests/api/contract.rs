@@ -453,3 +453,46 @@ async fn sessions(urls: Vec<String>) {
         .await;
     assert_problem(&old, StatusCode::UNAUTHORIZED, "unauthenticated");
 }
+
+db_test!(
+    a_retried_account_open_with_its_key_opens_one_account,
+    databases = 3,
+    keyed_account_opens
+);
+async fn keyed_account_opens(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::ALL).await;
+    let rest = Rest::new(&stack);
+    let (_, token) = rest.customer().await;
+    let body = json!({"currency": "EUR", "nickname": "Savings"});
+
+    let first = rest
+        .post("/v1/accounts", Some(&token), Some("open-1"), body.clone())
+        .await;
+    let retry = rest
+        .post("/v1/accounts", Some(&token), Some("open-1"), body.clone())
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED, "{:?}", first.body);
+    assert_eq!(retry.status, StatusCode::CREATED, "{:?}", retry.body);
+    assert_eq!(retry.body["id"], first.body["id"]);
+
+    let reused = rest
+        .post(
+            "/v1/accounts",
+            Some(&token),
+            Some("open-1"),
+            json!({"currency": "EUR", "nickname": "Other"}),
+        )
+        .await;
+    assert_problem(
+        &reused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    );
+    let malformed = rest
+        .post("/v1/accounts", Some(&token), Some("has space"), body)
+        .await;
+    assert_problem(&malformed, StatusCode::BAD_REQUEST, "invalid_argument");
+
+    let listed = rest.get("/v1/accounts", &token).await;
+    assert_eq!(listed.body["accounts"].as_array().map(Vec::len), Some(1));
+}

@@ -1,7 +1,10 @@
 //! The account service's gRPC API. Opening an account writes it as pending, asks
-//! the ledger to open its book (idempotent), then activates it; a crash or ledger
-//! outage in between leaves a pending account that clients never see and that is
-//! completed the next time its owner lists or fetches accounts.
+//! the ledger to open its book (unpostable, idempotent), records it active, then
+//! has the ledger activate the book; a crash or ledger outage in between leaves an
+//! account that clients never see (or, once recorded active, a book that takes no
+//! money yet), completed the next time its owner lists or fetches accounts. A
+//! keyed open (`idempotency_key`) answers a retry with the account it made.
+//! Statuses are decided by the ledger and recorded here by version.
 
 use std::sync::Arc;
 
@@ -22,9 +25,14 @@ use bank_proto::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::{Request, Response, Status, transport::Channel};
 
+use bank_domain::idempotency::IdempotencyKey;
+
 use crate::{
-    domain::{Account, AccountError, AccountStatus, Nickname, account_number},
-    store::AccountStore,
+    domain::{
+        Account, AccountError, AccountStatus, Nickname, Provisioning, account_number,
+        open_request_hash,
+    },
+    store::{AccountStore, Inserted, OpenRequest},
 };
 
 const DEFAULT_PAGE_SIZE: u64 = 50;
@@ -54,48 +62,62 @@ impl AccountApi {
         }
     }
 
-    /// Opens the account's book in the ledger and marks the account active.
+    /// Takes the account the rest of its way to usable (see
+    /// [`Provisioning`]): opens its book, records it active, activates the book.
+    /// Every step is idempotent, so an open that stopped half-way resumes here.
     async fn provision(&self, account: &mut Account) -> Result<(), ServiceError> {
-        let request = self
-            .service_token
-            .request(OpenLedgerAccountRequest {
-                account_id: account.account_id.to_string(),
-                owner_id: account.owner_id.clone(),
-                currency: account.currency.to_string(),
-            })
-            .await?;
-        self.ledger
-            .clone()
-            .open_ledger_account(request)
-            .await
-            .map_err(|status| from_downstream(&status))?;
-        self.store
-            .set_status(account.account_id, AccountStatus::Active)
-            .await?;
-        account.status = AccountStatus::Active;
+        if account.provisioning() == Provisioning::OpenBook {
+            let request = self
+                .service_token
+                .request(OpenLedgerAccountRequest {
+                    account_id: account.account_id.to_string(),
+                    owner_id: account.owner_id.clone(),
+                    currency: account.currency.to_string(),
+                })
+                .await?;
+            self.ledger
+                .clone()
+                .open_ledger_account(request)
+                .await
+                .map_err(|status| from_downstream(&status))?;
+            // Recorded before the book is activated: no money reaches a book
+            // whose account is not recorded here.
+            self.store.record_active(account.account_id).await?;
+            account.status = AccountStatus::Active;
+        }
+        if account.provisioning() == Provisioning::ActivateBook {
+            // Only a book still at version 0 is activated: if it is past that,
+            // another request activated it (and perhaps changed it since), and
+            // its current status is what is recorded.
+            let (status, status_version) = self
+                .set_ledger_status(account.account_id, LedgerAccountStatus::Active, Some(0))
+                .await?;
+            self.store
+                .record_status(account.account_id, status, status_version)
+                .await?;
+            *account = self
+                .store
+                .get(account.account_id)
+                .await?
+                .ok_or(AccountError::NotFound)?;
+        }
         Ok(())
     }
 
-    /// Mirrors a status change into the ledger, which enforces it when posting,
-    /// then records it here.
-    async fn change_status(
+    /// Asks the ledger, which enforces statuses when posting, for `status`;
+    /// returns the status it holds afterwards, and that decision's version.
+    async fn set_ledger_status(
         &self,
-        mut account: Account,
-        status: AccountStatus,
-    ) -> Result<Account, ServiceError> {
-        let ledger_status = match status {
-            AccountStatus::Active => LedgerAccountStatus::Active,
-            AccountStatus::Frozen => LedgerAccountStatus::Frozen,
-            AccountStatus::Closed => LedgerAccountStatus::Closed,
-            AccountStatus::Pending => {
-                return Err(ServiceError::internal(&"cannot set an account pending"));
-            }
-        };
+        account_id: uuid::Uuid,
+        status: LedgerAccountStatus,
+        expected_status_version: Option<i64>,
+    ) -> Result<(AccountStatus, i64), ServiceError> {
         let request = self
             .service_token
             .request(SetLedgerAccountStatusRequest {
-                account_id: account.account_id.to_string(),
-                status: ledger_status as i32,
+                account_id: account_id.to_string(),
+                status: status as i32,
+                expected_status_version,
             })
             .await?;
         let confirmed = self
@@ -105,8 +127,6 @@ impl AccountApi {
             .await
             .map_err(|status| from_downstream(&status))?
             .into_inner();
-        // Record what the ledger, which enforces it, now holds: after a race with
-        // another change that may differ from what was asked.
         let status = match LedgerAccountStatus::try_from(confirmed.status) {
             Ok(LedgerAccountStatus::Active) => AccountStatus::Active,
             Ok(LedgerAccountStatus::Frozen) => AccountStatus::Frozen,
@@ -117,9 +137,97 @@ impl AccountApi {
                 ));
             }
         };
-        self.store.set_status(account.account_id, status).await?;
-        account.status = status;
-        Ok(account)
+        Ok((status, confirmed.status_version))
+    }
+
+    /// Has the ledger decide a status change, then records the decision here
+    /// unless a newer one is recorded already, so that racing changes end here
+    /// as they ended in the ledger. Answers with the account as recorded.
+    async fn change_status(
+        &self,
+        account: Account,
+        status: AccountStatus,
+    ) -> Result<Account, ServiceError> {
+        let ledger_status = match status {
+            AccountStatus::Active => LedgerAccountStatus::Active,
+            AccountStatus::Frozen => LedgerAccountStatus::Frozen,
+            AccountStatus::Closed => LedgerAccountStatus::Closed,
+            AccountStatus::Pending => {
+                return Err(ServiceError::internal(&"cannot set an account pending"));
+            }
+        };
+        let (status, status_version) = self
+            .set_ledger_status(account.account_id, ledger_status, None)
+            .await?;
+        self.store
+            .record_status(account.account_id, status, status_version)
+            .await?;
+        Ok(self
+            .store
+            .get(account.account_id)
+            .await?
+            .ok_or(AccountError::NotFound)?)
+    }
+
+    /// The account an earlier open with the same key made, or
+    /// `idempotency_key_reused` if that open asked for something else.
+    async fn earlier_open(
+        &self,
+        owner_id: &str,
+        request: Option<&OpenRequest>,
+    ) -> Result<Option<Account>, ServiceError> {
+        let Some(request) = request else {
+            return Ok(None);
+        };
+        let Some((request_hash, account_id)) = self
+            .store
+            .open_request(owner_id, &request.idempotency_key)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if request_hash != request.request_hash {
+            return Err(AccountError::IdempotencyKeyReused.into());
+        }
+        let account =
+            self.store.get(account_id).await?.ok_or_else(|| {
+                ServiceError::internal(&"an open request names a missing account")
+            })?;
+        Ok(Some(account))
+    }
+
+    /// Writes a new pending account under a fresh number (and the keyed
+    /// request's record); a concurrent open that took the key first wins.
+    async fn insert_new(
+        &self,
+        owner_id: &str,
+        currency: Currency,
+        nickname: &Nickname,
+        request: Option<&OpenRequest>,
+    ) -> Result<Account, ServiceError> {
+        for _ in 0..NUMBER_ATTEMPTS {
+            let candidate = Account {
+                account_id: uuid::Uuid::now_v7(),
+                number: account_number(random_digits()),
+                owner_id: owner_id.to_owned(),
+                currency,
+                nickname: nickname.as_str().to_owned(),
+                status: AccountStatus::Pending,
+                status_version: 0,
+                created_at: bank_kit::time::now(),
+            };
+            match self.store.insert(&candidate, request).await? {
+                Inserted::Inserted => return Ok(candidate),
+                Inserted::NumberTaken => continue,
+                Inserted::KeyTaken => {
+                    return self
+                        .earlier_open(owner_id, request)
+                        .await?
+                        .ok_or_else(|| ServiceError::internal(&"a taken key names no account"));
+                }
+            }
+        }
+        Err(ServiceError::internal(&"no free account number found"))
     }
 
     /// Moves an account to `target`: closing is the owner's alone (an operator
@@ -178,7 +286,7 @@ impl AccountApi {
                 "only the account's owner can close it",
             ));
         }
-        if account.status == AccountStatus::Pending {
+        if account.needs_activation() {
             self.provision(&mut account).await?;
         }
         Ok(account)
@@ -247,25 +355,23 @@ impl AccountService for AccountApi {
         let currency = Currency::parse_supported(&body.currency)
             .map_err(|error| ServiceError::invalid(error.to_string()))?;
         let nickname = Nickname::parse(&body.nickname)?;
-        let mut account = None;
-        for _ in 0..NUMBER_ATTEMPTS {
-            let candidate = Account {
-                account_id: uuid::Uuid::now_v7(),
-                number: account_number(random_digits()),
-                owner_id: owner_id.clone(),
-                currency,
-                nickname: nickname.as_str().to_owned(),
-                status: AccountStatus::Pending,
-                created_at: bank_kit::time::now(),
-            };
-            if self.store.insert(&candidate).await? {
-                account = Some(candidate);
-                break;
+        let request = match body.idempotency_key.as_str() {
+            "" => None,
+            raw => Some(OpenRequest {
+                idempotency_key: IdempotencyKey::parse(raw).map_err(ServiceError::from)?,
+                request_hash: open_request_hash(currency, &nickname),
+            }),
+        };
+        let mut account = match self.earlier_open(&owner_id, request.as_ref()).await? {
+            Some(account) => account,
+            None => {
+                self.insert_new(&owner_id, currency, &nickname, request.as_ref())
+                    .await?
             }
+        };
+        if account.needs_activation() {
+            self.provision(&mut account).await?;
         }
-        let mut account =
-            account.ok_or_else(|| ServiceError::internal(&"no free account number found"))?;
-        self.provision(&mut account).await?;
         tracing::info!(account_id = %account.account_id, "account opened");
         Ok(Response::new(pb::OpenAccountResponse {
             account: Some(account_to_proto(&account)),
@@ -319,7 +425,7 @@ impl AccountService for AccountApi {
         };
         let mut visible = Vec::with_capacity(accounts.len());
         for mut account in accounts {
-            if account.status == AccountStatus::Pending {
+            if account.needs_activation() {
                 // Completed now if the ledger is reachable; otherwise left out
                 // until it is.
                 if let Err(error) = self.provision(&mut account).await {

@@ -43,7 +43,51 @@ pub struct Account {
     pub currency: Currency,
     pub nickname: String,
     pub status: AccountStatus,
+    /// The ledger's version of `status`: 0 until the ledger activated the book
+    /// (see [`Account::needs_activation`]); a status is only ever recorded over
+    /// an older version.
+    pub status_version: i64,
     pub created_at: DateTime<Utc>,
+}
+
+/// Where an account is on its way to being usable. The ledger takes no money for
+/// a book until the account is recorded here as active, so opening is: record
+/// the account pending, open its book (unpostable), record it active, activate
+/// the book. A crash between any two steps leaves a state the next read resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioning {
+    /// Pending: its book may not exist yet.
+    OpenBook,
+    /// Recorded active, but its book not yet activated.
+    ActivateBook,
+    Done,
+}
+
+impl Account {
+    pub fn provisioning(&self) -> Provisioning {
+        match (self.status, self.status_version) {
+            (AccountStatus::Pending, _) => Provisioning::OpenBook,
+            (AccountStatus::Active, 0) => Provisioning::ActivateBook,
+            _ => Provisioning::Done,
+        }
+    }
+
+    /// Whether the book still waits for its activation.
+    pub fn needs_activation(&self) -> bool {
+        self.provisioning() != Provisioning::Done
+    }
+}
+
+/// The fingerprint of an `OpenAccount` request, so that a key reused with
+/// another body is told apart from a retry.
+pub fn open_request_hash(currency: Currency, nickname: &Nickname) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for field in [currency.as_str(), nickname.as_str()] {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hex::encode(hasher.finalize())
 }
 
 /// An optional label the owner gives an account.
@@ -117,6 +161,8 @@ pub enum AccountError {
     NotFound,
     #[error("account is closed")]
     Closed,
+    #[error("idempotency key was already used with a different request")]
+    IdempotencyKeyReused,
     #[error("database error: {0}")]
     Storage(#[from] sea_orm::DbErr),
     #[error("corrupt row: {0}")]
@@ -130,6 +176,9 @@ impl From<AccountError> for bank_kit::ServiceError {
             AccountError::Invalid(message) => ServiceError::invalid(message),
             AccountError::NotFound => ServiceError::not_found(error.to_string()),
             AccountError::Closed => ServiceError::new(ErrorCode::AccountClosed, error.to_string()),
+            AccountError::IdempotencyKeyReused => {
+                ServiceError::new(ErrorCode::IdempotencyKeyReused, error.to_string())
+            }
             AccountError::Storage(_) | AccountError::Corrupt(_) => ServiceError::internal(&error),
         }
     }

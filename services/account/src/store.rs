@@ -2,12 +2,16 @@
 
 pub mod migrations;
 
+use bank_domain::idempotency::IdempotencyKey;
 use bank_kit::money::Currency;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, TransactionTrait, Value,
+};
 
 use crate::domain::{Account, AccountError, AccountStatus};
 
-const COLUMNS: &str = "account_id, number, owner_id, currency, nickname, status, created_at";
+const COLUMNS: &str =
+    "account_id, number, owner_id, currency, nickname, status, status_version, created_at";
 
 pub struct AccountStore {
     db: DatabaseConnection,
@@ -22,14 +26,18 @@ impl AccountStore {
         self.db.get_database_backend()
     }
 
-    /// Inserts a new account. Returns false when the number is already taken, so
-    /// the caller can draw another.
-    pub async fn insert(&self, account: &Account) -> Result<bool, AccountError> {
-        let result = self
-            .db
+    /// Inserts a new account, and with `request` the record of the keyed open
+    /// that made it, in one transaction.
+    pub async fn insert(
+        &self,
+        account: &Account,
+        request: Option<&OpenRequest>,
+    ) -> Result<Inserted, AccountError> {
+        let txn = self.db.begin().await?;
+        let inserted = txn
             .execute_raw(statement(
                 self.backend(),
-                &format!("INSERT INTO accounts ({COLUMNS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)"),
+                &format!("INSERT INTO accounts ({COLUMNS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"),
                 [
                     account.account_id.to_string().into(),
                     account.number.clone().into(),
@@ -37,15 +45,68 @@ impl AccountStore {
                     account.currency.as_str().into(),
                     account.nickname.clone().into(),
                     account.status.as_str().into(),
+                    account.status_version.into(),
                     account.created_at.into(),
                 ],
             ))
             .await;
-        match result {
-            Ok(_) => Ok(true),
-            Err(error) if bank_kit::db::is_unique_violation(&error) => Ok(false),
-            Err(error) => Err(error.into()),
+        match inserted {
+            Ok(_) => {}
+            Err(error) if bank_kit::db::is_unique_violation(&error) => {
+                txn.rollback().await.ok();
+                return Ok(Inserted::NumberTaken);
+            }
+            Err(error) => return Err(error.into()),
         }
+        if let Some(request) = request {
+            // A concurrent open with the same key waits here for the first to
+            // commit, then finds the key taken.
+            let recorded = txn
+                .execute_raw(statement(
+                    self.backend(),
+                    "INSERT INTO account_open_requests (owner_id, idempotency_key, request_hash, account_id, created_at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner_id, idempotency_key) DO NOTHING",
+                    [
+                        account.owner_id.clone().into(),
+                        request.idempotency_key.as_str().into(),
+                        request.request_hash.clone().into(),
+                        account.account_id.to_string().into(),
+                        account.created_at.into(),
+                    ],
+                ))
+                .await?;
+            if recorded.rows_affected() == 0 {
+                txn.rollback().await.ok();
+                return Ok(Inserted::KeyTaken);
+            }
+        }
+        txn.commit().await?;
+        Ok(Inserted::Inserted)
+    }
+
+    /// The account an earlier keyed open of `owner_id` made, with that request's
+    /// fingerprint.
+    pub async fn open_request(
+        &self,
+        owner_id: &str,
+        idempotency_key: &IdempotencyKey,
+    ) -> Result<Option<(String, uuid::Uuid)>, AccountError> {
+        let row = self
+            .db
+            .query_one_raw(statement(
+                self.backend(),
+                "SELECT request_hash, account_id FROM account_open_requests
+                 WHERE owner_id = $1 AND idempotency_key = $2",
+                [owner_id.into(), idempotency_key.as_str().into()],
+            ))
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let account_id: String = row.try_get("", "account_id")?;
+        let account_id = uuid::Uuid::try_parse(&account_id)
+            .map_err(|_| AccountError::Corrupt("open request account id".into()))?;
+        Ok(Some((row.try_get("", "request_hash")?, account_id)))
     }
 
     pub async fn get(&self, account_id: uuid::Uuid) -> Result<Option<Account>, AccountError> {
@@ -86,17 +147,36 @@ impl AccountStore {
         rows.iter().map(account_from_row).collect()
     }
 
-    pub async fn set_status(
+    /// Records a pending account as active, its book not yet activated.
+    pub async fn record_active(&self, account_id: uuid::Uuid) -> Result<(), AccountError> {
+        self.db
+            .execute_raw(statement(
+                self.backend(),
+                "UPDATE accounts SET status = 'active', updated_at = $1
+                 WHERE account_id = $2 AND status = 'pending'",
+                [bank_kit::time::now().into(), account_id.to_string().into()],
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Records the status the ledger decided at `status_version`, unless a newer
+    /// decision is recorded already: answers of concurrent changes may arrive in
+    /// any order, and the newest one wins here as it did in the ledger.
+    pub async fn record_status(
         &self,
         account_id: uuid::Uuid,
         status: AccountStatus,
+        status_version: i64,
     ) -> Result<(), AccountError> {
         self.db
             .execute_raw(statement(
                 self.backend(),
-                "UPDATE accounts SET status = $1, updated_at = $2 WHERE account_id = $3",
+                "UPDATE accounts SET status = $1, status_version = $2, updated_at = $3
+                 WHERE account_id = $4 AND status_version < $2",
                 [
                     status.as_str().into(),
+                    status_version.into(),
                     bank_kit::time::now().into(),
                     account_id.to_string().into(),
                 ],
@@ -104,6 +184,22 @@ impl AccountStore {
             .await?;
         Ok(())
     }
+}
+
+/// An `OpenAccount` that carried an idempotency key.
+pub struct OpenRequest {
+    pub idempotency_key: IdempotencyKey,
+    pub request_hash: String,
+}
+
+/// What [`AccountStore::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    Inserted,
+    /// The number was drawn before: draw another.
+    NumberTaken,
+    /// An earlier request holds the key: it made the account to answer with.
+    KeyTaken,
 }
 
 fn statement<const N: usize>(backend: DbBackend, sql: &str, values: [Value; N]) -> Statement {
@@ -122,6 +218,7 @@ fn account_from_row(row: &QueryResult) -> Result<Account, AccountError> {
         currency: Currency::parse_supported(&currency).map_err(|_| corrupt("currency"))?,
         nickname: row.try_get("", "nickname")?,
         status: AccountStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
+        status_version: row.try_get("", "status_version")?,
         created_at: row.try_get("", "created_at")?,
     })
 }

@@ -93,28 +93,11 @@ impl fmt::Display for TransferId {
     }
 }
 
-/// A client-chosen key that makes a posting request safe to retry.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct IdempotencyKey(String);
+pub use crate::idempotency::IdempotencyKey;
 
-impl IdempotencyKey {
-    pub const MAX_LEN: usize = 128;
-
-    pub fn parse(raw: &str) -> Result<IdempotencyKey, LedgerError> {
-        let valid = !raw.is_empty()
-            && raw.len() <= Self::MAX_LEN
-            && raw.bytes().all(|byte| byte.is_ascii_graphic());
-        if valid {
-            Ok(IdempotencyKey(raw.to_owned()))
-        } else {
-            Err(LedgerError::Invalid(
-                "idempotency key is required: 1 to 128 visible ASCII characters".into(),
-            ))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+impl From<crate::idempotency::InvalidIdempotencyKey> for LedgerError {
+    fn from(error: crate::idempotency::InvalidIdempotencyKey) -> LedgerError {
+        LedgerError::Invalid(error.to_string())
     }
 }
 
@@ -205,9 +188,60 @@ pub struct LedgerAccount {
     pub balance_minor: i64,
     pub entry_count: i64,
     pub last_entry_hash: String,
+    /// How many status decisions the book has had. A customer's book is opened
+    /// at 0, unpostable, and the account service's activation makes it 1; every
+    /// later change counts one more, so a mirror of the status can tell a newer
+    /// decision from an older one.
+    pub status_version: i64,
+}
+
+/// What a status change request comes to, decided under the book's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusDecision {
+    /// The book already is so: nothing to write.
+    Unchanged,
+    /// Write this status at this version.
+    Change {
+        status: AccountStatus,
+        status_version: i64,
+    },
 }
 
 impl LedgerAccount {
+    /// Whether the book may take part in postings: activated, i.e. its account
+    /// exists for its owner.
+    pub fn is_activated(&self) -> bool {
+        self.status_version > 0
+    }
+
+    /// Moving a customer's book to `target`: a closed book stays closed, closing
+    /// needs a zero balance, and asking for the status a book already has (once
+    /// activated) changes nothing. With `expected_version`, a book at another
+    /// version is left as it is: the decision the caller based its request on is
+    /// no longer the latest.
+    pub fn decide_status(
+        &self,
+        target: AccountStatus,
+        expected_version: Option<i64>,
+    ) -> Result<StatusDecision, LedgerError> {
+        let superseded = expected_version.is_some_and(|version| version != self.status_version);
+        if superseded || (self.status == target && self.is_activated()) {
+            return Ok(StatusDecision::Unchanged);
+        }
+        match (self.status, target) {
+            (AccountStatus::Closed, _) => return Err(LedgerError::AccountClosed(self.account_id)),
+            (_, AccountStatus::Closed) if self.balance_minor != 0 => {
+                return Err(LedgerError::Conflict(
+                    "the account can only be closed at a zero balance".into(),
+                ));
+            }
+            _ => {}
+        }
+        Ok(StatusDecision::Change {
+            status: target,
+            status_version: self.status_version.saturating_add(1),
+        })
+    }
     /// Whether `user_id` may see this account.
     pub fn is_owned_by(&self, user_id: &str) -> bool {
         self.owner_id.as_deref() == Some(user_id)
@@ -395,7 +429,72 @@ mod tests {
             balance_minor,
             entry_count: 0,
             last_entry_hash: GENESIS_HASH.into(),
+            status_version: 1,
         }
+    }
+
+    #[test]
+    fn every_status_decision_counts_one_version_more() {
+        let mut book = customer(0);
+        book.status_version = 0;
+        // Activation: the status it was opened with, now at version 1.
+        assert_eq!(
+            book.decide_status(AccountStatus::Active, None).ok(),
+            Some(StatusDecision::Change {
+                status: AccountStatus::Active,
+                status_version: 1
+            })
+        );
+        book.status_version = 4;
+        assert_eq!(
+            book.decide_status(AccountStatus::Active, None).ok(),
+            Some(StatusDecision::Unchanged)
+        );
+        assert_eq!(
+            book.decide_status(AccountStatus::Frozen, None).ok(),
+            Some(StatusDecision::Change {
+                status: AccountStatus::Frozen,
+                status_version: 5
+            })
+        );
+    }
+
+    #[test]
+    fn an_activation_never_undoes_a_later_decision() {
+        let mut frozen = customer(0);
+        frozen.status = AccountStatus::Frozen;
+        frozen.status_version = 2;
+        assert_eq!(
+            frozen.decide_status(AccountStatus::Active, Some(0)).ok(),
+            Some(StatusDecision::Unchanged)
+        );
+        let mut opening = customer(0);
+        opening.status_version = 0;
+        assert_eq!(
+            opening.decide_status(AccountStatus::Active, Some(0)).ok(),
+            Some(StatusDecision::Change {
+                status: AccountStatus::Active,
+                status_version: 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_closed_book_stays_closed_and_closing_needs_a_zero_balance() {
+        assert!(matches!(
+            customer(1).decide_status(AccountStatus::Closed, None),
+            Err(LedgerError::Conflict(_))
+        ));
+        let mut closed = customer(0);
+        closed.status = AccountStatus::Closed;
+        assert!(matches!(
+            closed.decide_status(AccountStatus::Active, None),
+            Err(LedgerError::AccountClosed(_))
+        ));
+        assert_eq!(
+            closed.decide_status(AccountStatus::Closed, None).ok(),
+            Some(StatusDecision::Unchanged)
+        );
     }
 
     #[test]
@@ -435,14 +534,6 @@ mod tests {
             account.ensure_open(),
             Err(LedgerError::AccountClosed(_))
         ));
-    }
-
-    #[test]
-    fn idempotency_keys_are_bounded_visible_ascii() {
-        assert!(IdempotencyKey::parse("").is_err());
-        assert!(IdempotencyKey::parse("has space").is_err());
-        assert!(IdempotencyKey::parse(&"k".repeat(129)).is_err());
-        assert!(IdempotencyKey::parse("order-42").is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! rule needs and write what it decides, their `api` modules parse and map.
 
 pub mod error;
+pub mod idempotency;
 pub mod ledger;
 pub mod money;
 

@@ -66,10 +66,12 @@ impl LedgerApi {
         principal: &Principal,
         account_id: AccountId,
     ) -> Result<LedgerAccount, ServiceError> {
+        // A book still being opened has no account yet for anyone to see.
         let account = self
             .store
             .account(account_id)
             .await?
+            .filter(LedgerAccount::is_activated)
             .ok_or(LedgerError::AccountNotFound)?;
         let visible = principal.is_operator()
             || principal
@@ -402,6 +404,7 @@ impl LedgerService for LedgerApi {
         Ok(Response::new(pb::OpenLedgerAccountResponse {
             account_id: account.account_id.to_string(),
             status: status_to_proto(account.status) as i32,
+            status_version: account.status_version,
         }))
     }
 
@@ -426,12 +429,13 @@ impl LedgerService for LedgerApi {
         };
         let account = self
             .store
-            .set_status(account_id, status)
+            .set_status(account_id, status, body.expected_status_version)
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::SetLedgerAccountStatusResponse {
             account_id: account.account_id.to_string(),
             status: status_to_proto(account.status) as i32,
+            status_version: account.status_version,
         }))
     }
 }

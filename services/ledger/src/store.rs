@@ -23,7 +23,7 @@ use bank_kit::{DomainError, ErrorCode};
 
 use crate::domain::{
     AccountId, AccountKind, AccountStatus, Entry, GENESIS_HASH, LedgerAccount, LedgerError,
-    Mismatch, Transfer, TransferId, TransferKind, VerifyReport, entry_hash,
+    Mismatch, StatusDecision, Transfer, TransferId, TransferKind, VerifyReport, entry_hash,
 };
 
 /// How often a transaction is retried after a serialization failure, deadlock or
@@ -33,7 +33,7 @@ const MAX_ATTEMPTS: usize = 8;
 /// Column lists, as macros so that every statement is one constant string.
 macro_rules! account_columns {
     () => {
-        "account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash"
+        "account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash, status_version"
     };
 }
 macro_rules! transfer_columns {
@@ -136,8 +136,9 @@ impl LedgerStore {
         }
     }
 
-    /// Creates the book of a customer account; a repeated call with the same owner
-    /// and currency returns the existing book.
+    /// Creates the book of a customer account, unpostable until
+    /// [`LedgerStore::set_status`] activates it; a repeated call with the same
+    /// owner and currency returns the existing book.
     pub async fn open_account(
         &self,
         account_id: AccountId,
@@ -149,8 +150,8 @@ impl LedgerStore {
         self.db
             .execute_raw(statement(
                 self.backend(),
-                "INSERT INTO ledger_accounts (account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash, created_at, updated_at)
-                 VALUES ($1, $2, $3, 'customer', 'active', 0, 0, $4, $5, $5)
+                "INSERT INTO ledger_accounts (account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash, status_version, created_at, updated_at)
+                 VALUES ($1, $2, $3, 'customer', 'active', 0, 0, $4, 0, $5, $5)
                  ON CONFLICT (account_id) DO NOTHING",
                 [
                     account_id.to_string().into(),
@@ -176,15 +177,20 @@ impl LedgerStore {
         Ok(account)
     }
 
-    /// Sets an account's status. Closing requires a zero balance, checked under the
-    /// same row lock that postings take, so no posting can slip in between.
+    /// Sets an account's status (activating a book that was still being opened),
+    /// decided under the same row lock that postings take, so no posting can slip
+    /// in between; closing requires a zero balance. Returns the book as it is
+    /// after the decision, with its status version.
     pub async fn set_status(
         &self,
         account_id: AccountId,
         status: AccountStatus,
+        expected_version: Option<i64>,
     ) -> Result<LedgerAccount, StoreError> {
-        self.write_with_retries(|txn| Box::pin(set_status_in(txn, account_id, status)))
-            .await
+        self.write_with_retries(|txn| {
+            Box::pin(set_status_in(txn, account_id, status, expected_version))
+        })
+        .await
     }
 
     /// Runs `work` in a write transaction and commits it, again from the start
@@ -470,6 +476,7 @@ async fn set_status_in(
     txn: &DatabaseTransaction,
     account_id: AccountId,
     status: AccountStatus,
+    expected_version: Option<i64>,
 ) -> Result<LedgerAccount, StoreError> {
     let mut account = lock_account(txn, account_id)
         .await?
@@ -477,30 +484,26 @@ async fn set_status_in(
     if account.kind != AccountKind::Customer {
         return Err(LedgerError::AccountNotFound.into());
     }
-    if account.status == status {
+    let StatusDecision::Change {
+        status,
+        status_version,
+    } = account.decide_status(status, expected_version)?
+    else {
         return Ok(account);
-    }
-    match (account.status, status) {
-        (AccountStatus::Closed, _) => return Err(LedgerError::AccountClosed(account_id).into()),
-        (_, AccountStatus::Closed) if account.balance_minor != 0 => {
-            return Err(LedgerError::Conflict(
-                "the account can only be closed at a zero balance".into(),
-            )
-            .into());
-        }
-        _ => {}
-    }
+    };
     txn.execute_raw(statement(
         txn.get_database_backend(),
-        "UPDATE ledger_accounts SET status = $1, updated_at = $2 WHERE account_id = $3",
+        "UPDATE ledger_accounts SET status = $1, status_version = $2, updated_at = $3 WHERE account_id = $4",
         [
             status.as_str().into(),
+            status_version.into(),
             bank_kit::time::now().into(),
             account_id.to_string().into(),
         ],
     ))
     .await?;
     account.status = status;
+    account.status_version = status_version;
     Ok(account)
 }
 
@@ -633,6 +636,7 @@ fn account_from_row(row: &QueryResult) -> Result<LedgerAccount, StoreError> {
         balance_minor: row.try_get("", "balance_minor")?,
         entry_count: row.try_get("", "entry_count")?,
         last_entry_hash: get_string("last_entry_hash")?,
+        status_version: row.try_get("", "status_version")?,
     })
 }
 

@@ -13,6 +13,7 @@ async fn open(stack: &Stack, user: &TestUser, currency: &str) -> pb::Account {
             pb::OpenAccountRequest {
                 currency: currency.into(),
                 nickname: "Main".into(),
+                idempotency_key: String::new(),
             },
         ))
         .await
@@ -125,14 +126,17 @@ async fn open_validation(urls: Vec<String>) {
         pb::OpenAccountRequest {
             currency: "XYZ".into(),
             nickname: String::new(),
+            idempotency_key: String::new(),
         },
         pb::OpenAccountRequest {
             currency: "eur".into(),
             nickname: String::new(),
+            idempotency_key: String::new(),
         },
         pb::OpenAccountRequest {
             currency: "EUR".into(),
             nickname: "n".repeat(65),
+            idempotency_key: String::new(),
         },
     ] {
         let error = accounts

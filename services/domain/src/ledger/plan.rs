@@ -355,7 +355,15 @@ fn decide(
     now: DateTime<Utc>,
 ) -> Result<(Transfer, i64, i64), LedgerError> {
     let request = &proposal.request;
-    let book = |id: AccountId| facts.books.get(&id).ok_or(LedgerError::AccountNotFound);
+    // A book whose account is still being opened does not exist yet for anyone:
+    // no money reaches a half-open account.
+    let book = |id: AccountId| {
+        facts
+            .books
+            .get(&id)
+            .filter(|book| book.is_activated())
+            .ok_or(LedgerError::AccountNotFound)
+    };
     let from = book(request.from_account_id)?;
     let to = book(request.to_account_id)?;
     if from.account_id == to.account_id {

@@ -6,6 +6,7 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 mod m20261128_000001_create_journal;
 mod m20261201_000001_request_records;
 mod m20261202_000001_refuse_replace;
+mod m20261202_000002_book_status_version;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_journal::Migration),
             Box::new(m20261201_000001_request_records::Migration),
             Box::new(m20261202_000001_refuse_replace::Migration),
+            Box::new(m20261202_000002_book_status_version::Migration),
         ]
     }
 }

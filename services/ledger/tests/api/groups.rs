@@ -11,7 +11,7 @@ use bank_e2e::db_test;
 use bank_kit::{ErrorCode, money::Currency, money::PositiveAmount};
 use bank_ledger::{
     domain::{
-        AccountId, Description, IdempotencyKey, TransferKind,
+        AccountId, AccountStatus, Description, IdempotencyKey, TransferKind,
         plan::{Outcome, PostingRequest, Proposal},
     },
     engine::{GroupConfig, PostingEngine},
@@ -60,6 +60,10 @@ fn transfer(from: AccountId, to: AccountId, amount: i64, key: &str) -> Proposal 
 async fn book(store: &LedgerStore, funding: i64) -> AccountId {
     let id = AccountId::from_uuid(uuid::Uuid::now_v7());
     store.open_account(id, "alice", eur()).await.unwrap();
+    store
+        .set_status(id, AccountStatus::Active, Some(0))
+        .await
+        .unwrap();
     if funding > 0 {
         let deposit = Proposal::new(request(
             TransferKind::Deposit,

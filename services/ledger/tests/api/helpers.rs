@@ -4,11 +4,23 @@ use bank_e2e::{Parts, Stack, TestUser, authed, spawn};
 use bank_kit::ErrorCode;
 use bank_proto::ledger::v1 as pb;
 
-/// Opens a book for `owner` in `currency` as the account service would.
+/// Opens a book for `owner` in `currency` and activates it, as the account
+/// service does once it recorded the account.
 pub async fn open_book(stack: &Stack, owner: &TestUser, currency: &str) -> String {
+    let account_id = open_unactivated_book(stack, owner, currency).await;
+    let token = stack.account_service_token().await;
+    let activated = set_book_status(stack, &token, &account_id, pb::LedgerAccountStatus::Active)
+        .await
+        .expect("activate book");
+    assert_eq!(activated.status_version, 1);
+    account_id
+}
+
+/// Opens a book as the account service's first step does: not yet postable.
+pub async fn open_unactivated_book(stack: &Stack, owner: &TestUser, currency: &str) -> String {
     let account_id = uuid::Uuid::now_v7().to_string();
     let token = stack.account_service_token().await;
-    stack
+    let opened = stack
         .ledger()
         .await
         .open_ledger_account(authed(
@@ -20,8 +32,32 @@ pub async fn open_book(stack: &Stack, owner: &TestUser, currency: &str) -> Strin
             },
         ))
         .await
-        .expect("open book");
+        .expect("open book")
+        .into_inner();
+    assert_eq!(opened.status_version, 0);
     account_id
+}
+
+/// `SetLedgerAccountStatus` as the principal of `token`.
+pub async fn set_book_status(
+    stack: &Stack,
+    token: &str,
+    account_id: &str,
+    status: pb::LedgerAccountStatus,
+) -> Result<pb::SetLedgerAccountStatusResponse, tonic::Status> {
+    stack
+        .ledger()
+        .await
+        .set_ledger_account_status(authed(
+            token,
+            pb::SetLedgerAccountStatusRequest {
+                account_id: account_id.to_owned(),
+                status: status as i32,
+                expected_status_version: None,
+            },
+        ))
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 pub async fn deposit(

@@ -6,6 +6,7 @@
 mod groups;
 mod helpers;
 mod integrity;
+mod lifecycle;
 mod observability;
 mod postings;
 mod security;

@@ -412,6 +412,7 @@ async fn frozen_and_closed(urls: Vec<String>) {
             pb::SetLedgerAccountStatusRequest {
                 account_id: account_id.into(),
                 status: status as i32,
+                expected_status_version: None,
             },
         )
     };

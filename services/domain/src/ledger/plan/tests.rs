@@ -37,6 +37,7 @@ fn book(id: AccountId, owner: &str, currency: Currency, balance_minor: i64) -> L
         balance_minor,
         entry_count: 0,
         last_entry_hash: GENESIS_HASH.to_owned(),
+        status_version: 1,
     }
 }
 
@@ -248,6 +249,27 @@ fn customers_cannot_transfer_to_or_from_a_settlement_book() {
         at(0),
     );
     assert_eq!(code(&plan.outcomes[0]), Some(ErrorCode::NotFound));
+}
+
+#[test]
+fn no_money_reaches_a_book_whose_account_is_still_being_opened() {
+    let a = account(1);
+    let mut half_open = book(account(2), "bob", eur(), 0);
+    half_open.status_version = 0;
+    let mut deposit = transfer(AccountId::settlement(eur()), account(2), 10, "deposit");
+    deposit.request.kind = TransferKind::Deposit;
+    deposit.request.required_owner = None;
+
+    let plan = plan(
+        &[transfer(a, account(2), 10, "pay"), deposit],
+        facts([book(a, "alice", eur(), 100), half_open, settlement(eur())]),
+        at(0),
+    );
+
+    for outcome in &plan.outcomes {
+        assert_eq!(code(outcome), Some(ErrorCode::NotFound));
+    }
+    assert!(plan.writes.transfers.is_empty() && plan.writes.books.is_empty());
 }
 
 #[test]
