@@ -165,7 +165,7 @@ required = {
 # (test code excepted: tests/ directories, testing.rs, and what follows #[cfg(test)]).
 read = set()
 pattern = re.compile(
-    r"\.(?:string|optional|parse|socket_addr|endpoint|database_url|secret)\(\s*\"([A-Z][A-Z0-9_]*)\""
+    r"\.(?:string|optional|parse|socket_addr|endpoint|database_url|migration_database_url|secret)\(\s*\"([A-Z][A-Z0-9_]*)\""
 )
 for directory in ("services", "gateway"):
     for source in pathlib.Path(directory).rglob("*.rs"):

@@ -103,6 +103,18 @@ pub const LOGIN_THROTTLE: LoginThrottle = LoginThrottle {
 /// Starts identity and the requested parts on `urls`: identity on `urls[0]`,
 /// ledger on `urls[1]`, account on `urls[2]`.
 pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
+    spawn_with_owners(urls, None, parts).await
+}
+
+/// [`spawn`], each service running as the restricted role of its URL in `urls`
+/// while its migrations run as the schema owner's URL at the same index of
+/// `owner_urls` (PostgreSQL only).
+pub async fn spawn_with_owners(
+    urls: &[String],
+    owner_urls: Option<&[String]>,
+    parts: Parts,
+) -> Stack {
+    let owner_url = |index: usize| owner_urls.map(|owners| owners[index].clone());
     let (stop, stop_receiver) = watch::channel(false);
     let keys = tempfile::tempdir().expect("key directory");
     let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
@@ -112,6 +124,7 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
         listen_addr: any_port,
         admin_listen_addr: any_port,
         database_url: urls[0].clone(),
+        migration_database_url: owner_url(0),
         signing_keys_dir: keys.path().to_path_buf(),
         bootstrap_operator: Some(bank_identity::BootstrapOperator {
             email: operator_email.clone(),
@@ -143,6 +156,7 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
             listen_addr: any_port,
             admin_listen_addr: any_port,
             database_url: urls[1].clone(),
+            migration_database_url: owner_url(1),
             identity_endpoint: identity_endpoint.clone(),
         };
         let ledger = bank_ledger::build(&config).await.expect("ledger starts");
@@ -158,6 +172,7 @@ pub async fn spawn(urls: &[String], parts: Parts) -> Stack {
             listen_addr: any_port,
             admin_listen_addr: any_port,
             database_url: urls[2].clone(),
+            migration_database_url: owner_url(2),
             identity_endpoint: identity_endpoint.clone(),
             ledger_endpoint: format!("http://{}", ledger_addr.expect("account needs the ledger")),
             service_client_id: "account".into(),

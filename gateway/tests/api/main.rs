@@ -9,4 +9,5 @@ mod edge;
 mod helpers;
 mod limits;
 mod readiness;
+mod roles;
 mod startup;

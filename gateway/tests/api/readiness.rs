@@ -142,14 +142,7 @@ async fn gateway_ready(stack: &Stack, http: &reqwest::Client) -> Value {
 /// the service keeps running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_whose_database_is_down_is_not_ready_until_it_is_back() {
-    let Some(admin_url) = std::env::var(bank_kit::testing::POSTGRES_URL_VAR)
-        .ok()
-        .filter(|url| !url.is_empty())
-    else {
-        eprintln!(
-            "skipped: {} is not set",
-            bank_kit::testing::POSTGRES_URL_VAR
-        );
+    let Some(admin_url) = bank_kit::testing::postgres_server_or_skip() else {
         return;
     };
     bank_kit::testing::run_with_databases(

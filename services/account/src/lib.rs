@@ -7,7 +7,6 @@ pub mod store;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::Context;
 use bank_kit::{
     auth::{ServiceTokenSource, TokenVerifier},
     config::{ConfigError, Env},
@@ -28,6 +27,9 @@ pub struct Config {
     /// Plain HTTP for probes and scrapers: `/livez`, `/readyz`, `/metrics`.
     pub admin_listen_addr: SocketAddr,
     pub database_url: String,
+    /// PostgreSQL only: the schema owner's URL the migrations run with, when the
+    /// service runs as a restricted role (see `bank_kit::db::TableGrant`).
+    pub migration_database_url: Option<String>,
     pub identity_endpoint: String,
     pub ledger_endpoint: String,
     /// This service's principal at identity, for calling the ledger's internal
@@ -38,10 +40,15 @@ pub struct Config {
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
+        let listen_addr = env.socket_addr("ACCOUNT_LISTEN_ADDR", "127.0.0.1:50052")?;
+        let admin_listen_addr = env.socket_addr("ACCOUNT_ADMIN_LISTEN_ADDR", "127.0.0.1:9052")?;
+        let database_url =
+            env.database_url("ACCOUNT_DATABASE_URL", "sqlite://var/account.db?mode=rwc")?;
         Ok(Config {
-            listen_addr: env.socket_addr("ACCOUNT_LISTEN_ADDR", "127.0.0.1:50052")?,
-            admin_listen_addr: env.socket_addr("ACCOUNT_ADMIN_LISTEN_ADDR", "127.0.0.1:9052")?,
-            database_url: env.database_url("ACCOUNT_DATABASE_URL", "sqlite://var/account.db?mode=rwc")?,
+            listen_addr,
+            admin_listen_addr,
+            migration_database_url: env.migration_database_url("ACCOUNT_MIGRATION_DATABASE_URL", &database_url)?,
+            database_url,
             identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
             ledger_endpoint: env.endpoint("LEDGER_ENDPOINT", "http://127.0.0.1:50053")?,
             service_client_id: env.string("ACCOUNT_SERVICE_CLIENT_ID", "account"),
@@ -57,9 +64,13 @@ impl Config {
 
 /// Connects, migrates, and binds the account service's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
-    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url)
-        .await
-        .context("ACCOUNT_DATABASE_URL: cannot open and migrate the database")?;
+    let connection = db::open_service_database::<store::migrations::Migrator>(
+        "ACCOUNT",
+        &config.database_url,
+        config.migration_database_url.as_deref(),
+        store::GRANTS,
+    )
+    .await?;
     let ledger_channel = Endpoint::from_shared(config.ledger_endpoint.clone())?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))

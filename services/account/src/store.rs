@@ -2,6 +2,19 @@
 
 pub mod migrations;
 
+/// What the account service's own role may do when it is not the schema's
+/// owner: no schema changes, no deletes.
+pub const GRANTS: &[bank_kit::db::TableGrant] = &[
+    bank_kit::db::TableGrant {
+        table: "accounts",
+        privileges: "SELECT, INSERT, UPDATE",
+    },
+    bank_kit::db::TableGrant {
+        table: "account_open_requests",
+        privileges: "SELECT, INSERT",
+    },
+];
+
 use bank_domain::idempotency::IdempotencyKey;
 use bank_kit::money::Currency;
 use sea_orm::{

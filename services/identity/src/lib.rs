@@ -45,6 +45,9 @@ pub struct Config {
     /// Plain HTTP for probes and scrapers: `/livez`, `/readyz`, `/metrics`.
     pub admin_listen_addr: SocketAddr,
     pub database_url: String,
+    /// PostgreSQL only: the schema owner's URL the migrations run with, when the
+    /// service runs as a restricted role (see `bank_kit::db::TableGrant`).
+    pub migration_database_url: Option<String>,
     /// Directory of the PEM signing keys; generated there when empty.
     pub signing_keys_dir: PathBuf,
     pub bootstrap_operator: Option<BootstrapOperator>,
@@ -85,11 +88,16 @@ impl Config {
                 ));
             }
         };
+        let listen_addr = env.socket_addr("IDENTITY_LISTEN_ADDR", "127.0.0.1:50051")?;
+        let admin_listen_addr = env.socket_addr("IDENTITY_ADMIN_LISTEN_ADDR", "127.0.0.1:9051")?;
+        let database_url =
+            env.database_url("IDENTITY_DATABASE_URL", "sqlite://var/identity.db?mode=rwc")?;
         Ok(Config {
-            listen_addr: env.socket_addr("IDENTITY_LISTEN_ADDR", "127.0.0.1:50051")?,
-            admin_listen_addr: env.socket_addr("IDENTITY_ADMIN_LISTEN_ADDR", "127.0.0.1:9051")?,
-            database_url: env
-                .database_url("IDENTITY_DATABASE_URL", "sqlite://var/identity.db?mode=rwc")?,
+            listen_addr,
+            admin_listen_addr,
+            migration_database_url: env
+                .migration_database_url("IDENTITY_MIGRATION_DATABASE_URL", &database_url)?,
+            database_url,
             signing_keys_dir: PathBuf::from(
                 env.string("IDENTITY_SIGNING_KEYS_DIR", "var/identity-keys"),
             ),
@@ -159,9 +167,13 @@ fn parse_service_clients(env: &Env) -> Result<HashMap<String, SecretString>, Con
 /// Connects, migrates, loads the signing keys, ensures the bootstrap operator,
 /// and binds identity's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
-    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url)
-        .await
-        .context("IDENTITY_DATABASE_URL: cannot open and migrate the database")?;
+    let connection = db::open_service_database::<store::migrations::Migrator>(
+        "IDENTITY",
+        &config.database_url,
+        config.migration_database_url.as_deref(),
+        store::GRANTS,
+    )
+    .await?;
     let keys = Arc::new(
         keys::KeyRing::load_or_generate(&config.signing_keys_dir)
             .context("IDENTITY_SIGNING_KEYS_DIR: cannot load or create the signing keys")?,

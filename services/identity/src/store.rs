@@ -3,6 +3,32 @@
 
 pub mod migrations;
 
+/// What identity's own role may do when it is not the schema's owner: no schema
+/// changes; the audit trail is append-only; only expired throttle counters are
+/// ever deleted.
+pub const GRANTS: &[bank_kit::db::TableGrant] = &[
+    bank_kit::db::TableGrant {
+        table: "users",
+        privileges: "SELECT, INSERT, UPDATE",
+    },
+    bank_kit::db::TableGrant {
+        table: "sessions",
+        privileges: "SELECT, INSERT, UPDATE",
+    },
+    bank_kit::db::TableGrant {
+        table: "refresh_tokens",
+        privileges: "SELECT, INSERT, UPDATE",
+    },
+    bank_kit::db::TableGrant {
+        table: "login_throttle",
+        privileges: "SELECT, INSERT, UPDATE, DELETE",
+    },
+    bank_kit::db::TableGrant {
+        table: "audit_events",
+        privileges: "SELECT, INSERT",
+    },
+];
+
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement, TransactionTrait, Value,

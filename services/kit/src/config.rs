@@ -120,6 +120,33 @@ impl Env {
         }
     }
 
+    /// The URL the migrations run with, as the schema's owner, when the service
+    /// itself runs as a restricted role. PostgreSQL only: SQLite has no roles.
+    pub fn migration_database_url(
+        &self,
+        name: &str,
+        database_url: &str,
+    ) -> Result<Option<String>, ConfigError> {
+        let Some(raw) = self.optional(name) else {
+            return Ok(None);
+        };
+        let postgres =
+            |url: &str| url.starts_with("postgres://") || url.starts_with("postgresql://");
+        if !postgres(&raw) {
+            return Err(ConfigError::new(
+                name,
+                "must start with postgres:// (value not shown)",
+            ));
+        }
+        if !postgres(database_url) {
+            return Err(ConfigError::new(
+                name,
+                "is for PostgreSQL only: SQLite has no roles, so the service migrates its own file",
+            ));
+        }
+        Ok(Some(raw))
+    }
+
     pub fn secret(&self, name: &str) -> Option<SecretString> {
         self.optional(name).map(SecretString::from)
     }
@@ -180,5 +207,34 @@ mod tests {
             .err()
             .map(|error| error.to_string());
         assert!(error.is_some_and(|text| text.contains("DB") && !text.contains("hunter2")));
+    }
+
+    #[test]
+    fn a_migration_url_is_for_postgresql_only() {
+        let owner = "postgres://owner:hunter2@db/ledger";
+        let env = Env::from_pairs([("MIGRATE", owner)]);
+        assert_eq!(
+            env.migration_database_url("MIGRATE", "postgres://ledger@db/ledger")
+                .ok(),
+            Some(Some(owner.to_owned()))
+        );
+        let on_sqlite = env
+            .migration_database_url("MIGRATE", "sqlite://var/ledger.db")
+            .err();
+        assert_eq!(
+            on_sqlite.map(|error| error.variable),
+            Some("MIGRATE".to_owned())
+        );
+        let not_postgres = Env::from_pairs([("MIGRATE", "mysql://owner:hunter2@db/x")])
+            .migration_database_url("MIGRATE", "postgres://ledger@db/ledger")
+            .err()
+            .map(|error| error.to_string());
+        assert!(not_postgres.is_some_and(|text| !text.contains("hunter2")));
+        assert_eq!(
+            Env::from_pairs([("OTHER", "x")])
+                .migration_database_url("MIGRATE", "sqlite://var/ledger.db")
+                .ok(),
+            Some(None)
+        );
     }
 }

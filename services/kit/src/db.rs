@@ -69,6 +69,103 @@ pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<Database
     Ok(db)
 }
 
+/// What a service's own database role may do with one of its tables. The role
+/// that owns the schema runs the migrations; the service runs as a role granted
+/// exactly these privileges, so its credentials can neither change the schema,
+/// disable a trigger, nor rewrite what its grants leave out (the ledger's journal
+/// is `SELECT, INSERT` only).
+#[derive(Debug, Clone, Copy)]
+pub struct TableGrant {
+    pub table: &'static str,
+    /// A privilege list as SQL writes it, e.g. `SELECT, INSERT`.
+    pub privileges: &'static str,
+}
+
+/// The service's database, migrated, for the service whose variables start with
+/// `prefix` (`LEDGER`: `LEDGER_DATABASE_URL`, `LEDGER_MIGRATION_DATABASE_URL`).
+/// With `migration_url` (PostgreSQL only) the migrations run as that URL's role,
+/// the schema's owner, which then grants the role of `url` exactly `grants` (and
+/// the use of the schema's sequences), and the service's pool connects as the
+/// role of `url`. Without it the service's own role migrates, as on SQLite,
+/// where there are no roles.
+pub async fn open_service_database<M: MigratorTrait>(
+    prefix: &str,
+    url: &str,
+    migration_url: Option<&str>,
+    grants: &[TableGrant],
+) -> anyhow::Result<DatabaseConnection> {
+    use anyhow::Context;
+    let Some(migration_url) = migration_url else {
+        return connect_and_migrate::<M>(url).await.with_context(|| {
+            format!("{prefix}_DATABASE_URL: cannot open and migrate the database")
+        });
+    };
+    migrate_as_owner::<M>(migration_url, url, grants)
+        .await
+        .with_context(|| {
+            format!("{prefix}_MIGRATION_DATABASE_URL: cannot migrate the database and grant the service's role")
+        })?;
+    connect(url)
+        .await
+        .with_context(|| format!("{prefix}_DATABASE_URL: cannot open the database"))
+}
+
+/// Runs the migrations as the role of `migration_url` and grants the role of
+/// `service_url` exactly `grants`.
+pub async fn migrate_as_owner<M: MigratorTrait>(
+    migration_url: &str,
+    service_url: &str,
+    grants: &[TableGrant],
+) -> Result<(), DbErr> {
+    let owner = connect_and_migrate::<M>(migration_url).await?;
+    let granted = grant(&owner, &role_of(service_url)?, grants).await;
+    owner.close().await.ok();
+    granted
+}
+
+/// The login role a PostgreSQL URL connects as.
+fn role_of(url: &str) -> Result<String, DbErr> {
+    use sea_orm::sqlx::postgres::PgConnectOptions;
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|_| DbErr::Custom("not a PostgreSQL URL".into()))?;
+    Ok(options.get_username().to_owned())
+}
+
+/// A PostgreSQL identifier, quoted.
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+async fn grant(owner: &DatabaseConnection, role: &str, grants: &[TableGrant]) -> Result<(), DbErr> {
+    let current = owner
+        .query_one_raw(sea_orm::Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT current_user AS name",
+        ))
+        .await?
+        .map(|row| row.try_get::<String>("", "name"))
+        .transpose()?;
+    if current.as_deref() == Some(role) {
+        tracing::warn!("the service connects as the schema's owner: its role is not restricted");
+        return Ok(());
+    }
+    let role = quote_identifier(role);
+    let mut statements = vec![format!("GRANT USAGE ON SCHEMA public TO {role}")];
+    for TableGrant { table, privileges } in grants {
+        // Exactly these: whatever the role held before is taken back first.
+        statements.push(format!("REVOKE ALL ON {table} FROM {role}"));
+        statements.push(format!("GRANT {privileges} ON {table} TO {role}"));
+    }
+    statements.push(format!(
+        "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"
+    ));
+    for statement in statements {
+        owner.execute_unprepared(&statement).await?;
+    }
+    Ok(())
+}
+
 /// Advisory lock key taken while migrating ("bankmigr" in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x62616e6b6d696772;
 

@@ -86,7 +86,21 @@ impl TestDatabases {
     }
 }
 
-fn replace_database_name(url: &str, name: &str) -> String {
+/// The PostgreSQL server of [`POSTGRES_URL_VAR`], for a test that needs one
+/// beyond a fresh database (roles, a database taken away). When it is not set the
+/// test says it is skipped and should return.
+pub fn postgres_server_or_skip() -> Option<String> {
+    let url = std::env::var(POSTGRES_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty());
+    if url.is_none() {
+        eprintln!("skipped: {POSTGRES_URL_VAR} is not set");
+    }
+    url
+}
+
+/// `url` with its database name replaced by `name`, credentials and query kept.
+pub fn replace_database_name(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (url, None),

@@ -10,7 +10,6 @@ pub use bank_domain::ledger as domain;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::Context;
 use bank_kit::{
     auth::TokenVerifier,
     config::{ConfigError, Env},
@@ -26,16 +25,24 @@ pub struct Config {
     /// Plain HTTP for probes and scrapers: `/livez`, `/readyz`, `/metrics`.
     pub admin_listen_addr: SocketAddr,
     pub database_url: String,
+    /// PostgreSQL only: the schema owner's URL the migrations run with, when the
+    /// service runs as a restricted role (see `bank_kit::db::TableGrant`).
+    pub migration_database_url: Option<String>,
     pub identity_endpoint: String,
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
+        let listen_addr = env.socket_addr("LEDGER_LISTEN_ADDR", "127.0.0.1:50053")?;
+        let admin_listen_addr = env.socket_addr("LEDGER_ADMIN_LISTEN_ADDR", "127.0.0.1:9053")?;
+        let database_url =
+            env.database_url("LEDGER_DATABASE_URL", "sqlite://var/ledger.db?mode=rwc")?;
         Ok(Config {
-            listen_addr: env.socket_addr("LEDGER_LISTEN_ADDR", "127.0.0.1:50053")?,
-            admin_listen_addr: env.socket_addr("LEDGER_ADMIN_LISTEN_ADDR", "127.0.0.1:9053")?,
-            database_url: env
-                .database_url("LEDGER_DATABASE_URL", "sqlite://var/ledger.db?mode=rwc")?,
+            listen_addr,
+            admin_listen_addr,
+            migration_database_url: env
+                .migration_database_url("LEDGER_MIGRATION_DATABASE_URL", &database_url)?,
+            database_url,
             identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
         })
     }
@@ -43,9 +50,13 @@ impl Config {
 
 /// Connects, migrates, and binds the ledger's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
-    let connection = db::connect_and_migrate::<store::migrations::Migrator>(&config.database_url)
-        .await
-        .context("LEDGER_DATABASE_URL: cannot open and migrate the database")?;
+    let connection = db::open_service_database::<store::migrations::Migrator>(
+        "LEDGER",
+        &config.database_url,
+        config.migration_database_url.as_deref(),
+        store::GRANTS,
+    )
+    .await?;
     let store = Arc::new(store::LedgerStore::new(connection.clone()));
     let engine = engine::PostingEngine::start(Arc::clone(&store), engine::GroupConfig::default());
     let verifier = TokenVerifier::remote(&config.identity_endpoint)?;

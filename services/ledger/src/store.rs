@@ -8,6 +8,29 @@
 //! per connection and reuses it.
 
 pub mod migrations;
+
+/// What the ledger's own role may do when it is not the schema's owner: read
+/// and append the journal and the request records, and move balances and
+/// statuses on the books. Nothing else, so its credentials cannot rewrite
+/// history even with the triggers in the way removed, and cannot remove them.
+pub const GRANTS: &[bank_kit::db::TableGrant] = &[
+    bank_kit::db::TableGrant {
+        table: "ledger_accounts",
+        privileges: "SELECT, INSERT, UPDATE",
+    },
+    bank_kit::db::TableGrant {
+        table: "ledger_transfers",
+        privileges: "SELECT, INSERT",
+    },
+    bank_kit::db::TableGrant {
+        table: "ledger_entries",
+        privileges: "SELECT, INSERT",
+    },
+    bank_kit::db::TableGrant {
+        table: "ledger_requests",
+        privileges: "SELECT, INSERT",
+    },
+];
 pub mod posting;
 
 use bank_kit::{db, money::Currency};

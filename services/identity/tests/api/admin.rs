@@ -144,6 +144,7 @@ async fn bootstrap_existing_user(urls: Vec<String>) {
         listen_addr: "127.0.0.1:0".parse().unwrap(),
         admin_listen_addr: "127.0.0.1:0".parse().unwrap(),
         database_url: urls[0].clone(),
+        migration_database_url: None,
         signing_keys_dir: keys.path().to_path_buf(),
         bootstrap_operator: Some(bank_identity::BootstrapOperator {
             email: squatter.email.clone(),
