@@ -448,9 +448,14 @@ async fn rate_limit(
     }
 }
 
-/// Answers 503 when a request takes longer than the configured deadline.
+/// Answers 503 when a request takes longer than the configured deadline. The
+/// deadline also travels with every call the request makes (`grpc-timeout`, see
+/// [`routes::anonymous`]), so a service stops working on it when the gateway has
+/// stopped waiting.
 async fn deadline(limit: Duration, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
+    let ends_at = tokio::time::Instant::now() + limit;
+    let run = problem::DEADLINE.scope(ends_at, next.run(request));
+    match tokio::time::timeout_at(ends_at, run).await {
         Ok(response) => response,
         Err(_) => {
             use axum::response::IntoResponse;

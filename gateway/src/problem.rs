@@ -15,6 +15,18 @@ tokio::task_local! {
     pub static TRACE_ID: String;
 }
 
+tokio::task_local! {
+    /// When the gateway stops waiting for the request being handled.
+    pub static DEADLINE: tokio::time::Instant;
+}
+
+/// What is left of the current request's deadline, if it has one.
+pub fn remaining_time() -> Option<std::time::Duration> {
+    DEADLINE
+        .try_with(|ends_at| ends_at.saturating_duration_since(tokio::time::Instant::now()))
+        .ok()
+}
+
 /// The trace id of the current request, or empty outside one.
 pub fn current_trace_id() -> String {
     TRACE_ID.try_with(Clone::clone).unwrap_or_default()

@@ -22,9 +22,13 @@ pub fn forward<T>(auth: &AuthUser, message: T) -> tonic::Request<T> {
     request
 }
 
-/// A gRPC request for a method anyone may call.
+/// A gRPC request for a method anyone may call. It carries what is left of the
+/// REST request's deadline as its own (`grpc-timeout`).
 pub fn anonymous<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
+    if let Some(remaining) = crate::problem::remaining_time() {
+        request.set_timeout(remaining);
+    }
     if let Ok(value) = current_trace_id().parse() {
         request.metadata_mut().insert("x-request-id", value);
     }

@@ -377,3 +377,70 @@ async fn undeclared_methods_are_405_problems_naming_the_allowed_ones() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "method_not_allowed");
 }
+
+/// A stand-in for identity that records the `grpc-timeout` of each call and
+/// answers NOT_FOUND.
+async fn recording_identity() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::{Router, http::HeaderMap, response::IntoResponse};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorder = std::sync::Arc::clone(&seen);
+    let router = Router::new().fallback(move |headers: HeaderMap| {
+        let recorder = std::sync::Arc::clone(&recorder);
+        async move {
+            let timeout = headers
+                .get("grpc-timeout")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            recorder.lock().unwrap().push(timeout);
+            tonic::Status::not_found("no such user")
+                .into_http::<axum::body::Body>()
+                .into_response()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, seen)
+}
+
+/// `grpc-timeout` as a duration: digits and one unit letter.
+fn grpc_timeout(raw: &str) -> Option<std::time::Duration> {
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let value: u64 = digits.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(value * 3600),
+        "M" => Duration::from_secs(value * 60),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+#[tokio::test]
+async fn the_request_deadline_travels_to_the_services_as_the_grpc_deadline() {
+    let (identity, seen) = recording_identity().await;
+    let mut config = offline_config().await;
+    config.identity_endpoint = identity;
+    config.request_timeout = std::time::Duration::from_secs(3);
+    let url = start(&config).await;
+
+    let login = reqwest::Client::new()
+        .post(format!("{url}/v1/auth/login"))
+        .json(&json!({"email": "a@example.com", "password": "wrong password here"}))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(login.status(), StatusCode::NOT_FOUND);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let carried = grpc_timeout(&seen[0]).unwrap_or_else(|| panic!("no grpc-timeout: {seen:?}"));
+    assert!(
+        carried > std::time::Duration::ZERO && carried <= std::time::Duration::from_secs(3),
+        "{carried:?}"
+    );
+}
