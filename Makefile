@@ -3,7 +3,7 @@
 CARGO ?= cargo
 BUF ?= $(shell command -v buf 2>/dev/null || echo "npx --yes @bufbuild/buf")
 
-.PHONY: run build test lint bench
+.PHONY: run build test test-faults lint bench
 
 ## Build and start identity, account, ledger and gateway on SQLite under ./var/.
 run: build
@@ -20,10 +20,24 @@ test:
 		$(CARGO) test --workspace --no-fail-fast; \
 	fi
 
+## The fault suite: the built binaries killed, restarted and cut off from
+## PostgreSQL (a private cluster made with the machine's initdb) and Redis under
+## load, and clients hanging up mid-request. BANK_FAULTS_SHORT=1 for CI's short
+## version.
+test-faults:
+	$(CARGO) build --workspace --bins
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+		$(CARGO) nextest run -p bank-e2e --features faults --test faults --no-fail-fast --failure-output final --test-threads 1 && \
+		$(CARGO) nextest run -p bank-gateway --no-fail-fast --failure-output final -E 'test(/aborts::/)'; \
+	else \
+		$(CARGO) test -p bank-e2e --features faults --test faults --no-fail-fast -- --test-threads 1 && \
+		$(CARGO) test -p bank-gateway --test api --no-fail-fast -- aborts::; \
+	fi
+
 ## Formatting, clippy with warnings as errors, protobuf lint.
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	cd proto && $(BUF) lint
 
 bench:

@@ -179,6 +179,9 @@ impl From<AccountError> for bank_kit::ServiceError {
             AccountError::IdempotencyKeyReused => {
                 ServiceError::new(ErrorCode::IdempotencyKeyReused, error.to_string())
             }
+            AccountError::Storage(ref cause) if bank_kit::db::is_unavailable(cause) => {
+                ServiceError::unavailable(&error)
+            }
             AccountError::Storage(_) | AccountError::Corrupt(_) => ServiceError::internal(&error),
         }
     }

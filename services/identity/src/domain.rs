@@ -273,6 +273,9 @@ impl From<IdentityError> for bank_kit::ServiceError {
             IdentityError::LoginThrottled(seconds) => {
                 ServiceError::rate_limited(error.to_string(), seconds)
             }
+            IdentityError::Storage(ref cause) if bank_kit::db::is_unavailable(cause) => {
+                ServiceError::unavailable(&error)
+            }
             IdentityError::Storage(_)
             | IdentityError::Hashing(_)
             | IdentityError::Signing(_)

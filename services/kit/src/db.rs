@@ -215,6 +215,32 @@ pub fn is_retryable(error: &DbErr) -> bool {
     }
 }
 
+/// Whether an error says the database could not be reached or went away, rather
+/// than that a statement failed: no connection could be had, the connection
+/// broke, or the server is shutting down, restarting or not yet accepting
+/// connections (SQLSTATE class 08, 57P01 to 57P03). Such a request is answered
+/// `unavailable` (retry later), never `internal`.
+pub fn is_unavailable(error: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx};
+    let inner = match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => return true,
+        DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
+            inner
+        }
+        _ => return false,
+    };
+    match inner.as_ref() {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(database_error) => database_error.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 /// Whether an error is a unique-constraint violation.
 pub fn is_unique_violation(error: &DbErr) -> bool {
     matches!(

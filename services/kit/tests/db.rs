@@ -99,3 +99,25 @@ async fn constraint_violations_are_not_retryable() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_ended_is_unavailable_not_a_failed_statement() {
+    run_with_databases(Backend::Postgres, 1, |urls| async move {
+        let mut options = ConnectOptions::new(urls[0].clone());
+        options.max_connections(1).sqlx_logging(false);
+        let pool = Database::connect(options).await.unwrap();
+        // What a server shutting down does to its sessions (57P01).
+        let ended = pool
+            .execute_unprepared("SELECT pg_terminate_backend(pg_backend_pid())")
+            .await
+            .unwrap_err();
+        assert!(db::is_unavailable(&ended), "{ended:?}");
+
+        let failed = pool
+            .execute_unprepared("SELECT * FROM no_such_table")
+            .await
+            .unwrap_err();
+        assert!(!db::is_unavailable(&failed), "{failed:?}");
+    })
+    .await;
+}

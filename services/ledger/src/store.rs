@@ -96,8 +96,8 @@ impl DomainError for StoreError {
         match self {
             StoreError::Refused(error) => error.code(),
             StoreError::Busy => ErrorCode::Conflict,
-            StoreError::Database(DbErr::ConnectionAcquire(_) | DbErr::Conn(_))
-            | StoreError::Unavailable(_) => ErrorCode::Unavailable,
+            StoreError::Database(error) if db::is_unavailable(error) => ErrorCode::Unavailable,
+            StoreError::Unavailable(_) => ErrorCode::Unavailable,
             StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::WriterStopped(_) => {
                 ErrorCode::Internal
             }
