@@ -28,10 +28,10 @@ test-faults:
 	$(CARGO) build --workspace --bins
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run -p bank-e2e --features faults --test faults --no-fail-fast --failure-output final --test-threads 1 && \
-		$(CARGO) nextest run -p bank-gateway --no-fail-fast --failure-output final -E 'test(/aborts::/)'; \
+		$(CARGO) nextest run -p bank-gateway --no-fail-fast --failure-output final -E 'test(/aborts::|deadline_travels/)'; \
 	else \
 		$(CARGO) test -p bank-e2e --features faults --test faults --no-fail-fast -- --test-threads 1 && \
-		$(CARGO) test -p bank-gateway --test api --no-fail-fast -- aborts::; \
+		$(CARGO) test -p bank-gateway --test api --no-fail-fast -- aborts:: deadline_travels; \
 	fi
 
 ## Formatting, clippy with warnings as errors, protobuf lint.
