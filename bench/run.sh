@@ -241,7 +241,10 @@ export IDENTITY_ADMIN_LISTEN_ADDR=127.0.0.1:$identity_admin_port ACCOUNT_ADMIN_L
 export LEDGER_ADMIN_LISTEN_ADDR=127.0.0.1:$ledger_admin_port
 export IDENTITY_ENDPOINT=http://127.0.0.1:$identity_port ACCOUNT_ENDPOINT=http://127.0.0.1:$account_port
 export LEDGER_ENDPOINT=http://127.0.0.1:$ledger_port
-export IDENTITY_SERVICE_CLIENTS="account=$secret" ACCOUNT_SERVICE_CLIENT_SECRET="$secret" ACCOUNT_SERVICE_CLIENT_ID=account
+export IDENTITY_SERVICE_CLIENTS="account=$secret,gateway=$secret-gateway" ACCOUNT_SERVICE_CLIENT_SECRET="$secret" ACCOUNT_SERVICE_CLIENT_ID=account
+export GATEWAY_SERVICE_CLIENT_SECRET="$secret-gateway"
+# The bench's customer holds every account of the uniform scenarios.
+export ACCOUNT_MAX_OPEN_PER_USER=$((n_accounts + 10))
 export BANK_BOOTSTRAP_OPERATOR_EMAIL=$operator_email BANK_BOOTSTRAP_OPERATOR_PASSWORD=$operator_password
 export GATEWAY_RATE_LIMIT_PER_MINUTE=$api_limit GATEWAY_AUTH_RATE_LIMIT_PER_MINUTE=$auth_limit
 export GATEWAY_REQUEST_TIMEOUT_SECONDS=120

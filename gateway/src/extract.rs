@@ -50,6 +50,15 @@ fn describe_data_error(text: &str) -> String {
     let inner = text
         .split_once("target type: ")
         .map_or(text, |(_, inner)| inner);
+    if let Some(start) = inner.find("unknown field `") {
+        let rest = &inner[start + "unknown field `".len()..];
+        if let Some(end) = rest.find('`') {
+            return format!(
+                "invalid JSON body: unknown field `{}`: this route takes only its documented fields",
+                &rest[..end]
+            );
+        }
+    }
     if let Some(start) = inner.find("missing field `") {
         let rest = &inner[start + "missing field `".len()..];
         if let Some(end) = rest.find('`') {
@@ -217,5 +226,12 @@ mod tests {
             "Failed to deserialize the JSON body into the target type: invalid type: string \"x\", expected struct TransferBody at line 1 column 3",
         );
         assert!(!not_an_object.contains("TransferBody") && !not_an_object.contains("struct"));
+        let unknown = describe_data_error(
+            "Failed to deserialize the JSON body into the target type: unknown field `amout`, expected one of `from_account_id`, `to_account_id`, `amount` at line 1 column 9",
+        );
+        assert_eq!(
+            unknown,
+            "invalid JSON body: unknown field `amout`: this route takes only its documented fields"
+        );
     }
 }

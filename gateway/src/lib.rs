@@ -66,6 +66,11 @@ pub struct Config {
     pub auth_quota: Quota,
     /// Load balancers and ingresses whose `X-Forwarded-For` names the client.
     pub trusted_proxies: TrustedProxies,
+    /// The gateway's own secret at identity (client id `gateway`), with which it
+    /// vouches for the client addresses it reports, so that identity throttles
+    /// logins per client. Unset: identity counts every login under the
+    /// gateway's own address.
+    pub service_client_secret: Option<secrecy::SecretString>,
 }
 
 impl Config {
@@ -132,6 +137,7 @@ impl Config {
             auth_quota: Quota::per_minute(auth_per_minute),
             trusted_proxies: TrustedProxies::parse(&env.string("GATEWAY_TRUSTED_PROXIES", ""))
                 .map_err(|reason| ConfigError::new("GATEWAY_TRUSTED_PROXIES", reason))?,
+            service_client_secret: env.secret("GATEWAY_SERVICE_CLIENT_SECRET"),
         })
     }
 }
@@ -181,6 +187,8 @@ pub struct AppState {
     pub ledger: LedgerServiceClient<Channel>,
     pub verifier: TokenVerifier,
     pub health_channels: HealthChannels,
+    /// The gateway's service token, to vouch for client addresses to identity.
+    pub service_token: Option<bank_kit::auth::ServiceTokenSource>,
 }
 
 /// HTTP/2 connections the gateway keeps to each service. One connection carries
@@ -260,6 +268,19 @@ pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
         account: AccountServiceClient::new(pooled_channel(&config.account_endpoint, timeout)?),
         ledger: LedgerServiceClient::new(pooled_channel(&config.ledger_endpoint, timeout)?),
         verifier: TokenVerifier::remote(&config.identity_endpoint)?,
+        service_token: match &config.service_client_secret {
+            Some(secret) => Some(bank_kit::auth::ServiceTokenSource::new(
+                &config.identity_endpoint,
+                bank_kit::auth::GATEWAY_CLIENT_ID.to_owned(),
+                secret.clone(),
+            )?),
+            None => {
+                tracing::warn!(
+                    "GATEWAY_SERVICE_CLIENT_SECRET is unset: identity throttles every login under the gateway's own address"
+                );
+                None
+            }
+        },
         health_channels: HealthChannels::new(
             channel(&config.identity_endpoint, timeout)?,
             channel(&config.account_endpoint, timeout)?,

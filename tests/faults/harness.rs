@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 pub const OPERATOR_PASSWORD: &str = "fault suite operator password";
 pub const USER_PASSWORD: &str = "fault suite customer password";
 const SERVICE_SECRET: &str = "fault-suite-account-secret";
+const GATEWAY_SECRET: &str = "fault-suite-gateway-secret";
 
 /// Short mode (`BANK_FAULTS_SHORT=1`, as CI runs it): fewer clients and requests.
 pub fn short() -> bool {
@@ -189,7 +190,7 @@ impl Bank {
                     ("IDENTITY_SIGNING_KEYS_DIR", keys.display().to_string()),
                     (
                         "IDENTITY_SERVICE_CLIENTS",
-                        format!("account={SERVICE_SECRET}"),
+                        format!("account={SERVICE_SECRET},gateway={GATEWAY_SECRET}"),
                     ),
                     ("BANK_BOOTSTRAP_OPERATOR_EMAIL", operator_email.clone()),
                     ("BANK_BOOTSTRAP_OPERATOR_PASSWORD", OPERATOR_PASSWORD.into()),
@@ -214,6 +215,7 @@ impl Bank {
                     ("LEDGER_ENDPOINT", endpoint("ledger")),
                     ("ACCOUNT_SERVICE_CLIENT_ID", "account".into()),
                     ("ACCOUNT_SERVICE_CLIENT_SECRET", SERVICE_SECRET.into()),
+                    ("ACCOUNT_MAX_OPEN_PER_USER", "1000".into()),
                 ]),
             ),
             (
@@ -226,6 +228,7 @@ impl Bank {
                     ("GATEWAY_RATE_LIMIT_PER_MINUTE", "100000000".into()),
                     ("GATEWAY_AUTH_RATE_LIMIT_PER_MINUTE", "100000000".into()),
                     ("GATEWAY_REQUEST_TIMEOUT_SECONDS", "5".into()),
+                    ("GATEWAY_SERVICE_CLIENT_SECRET", GATEWAY_SECRET.into()),
                 ]),
             ),
         ];

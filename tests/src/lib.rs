@@ -22,7 +22,10 @@ pub use bank_kit::db_test;
 pub const OPERATOR_PASSWORD: &str = "operator password for tests";
 /// Password every test user registers with.
 pub const USER_PASSWORD: &str = "correct horse battery staple";
-const SERVICE_SECRET: &str = "account-service-secret-for-tests";
+/// The account service's client secret at identity in a test stack.
+pub const SERVICE_SECRET: &str = "account-service-secret-for-tests";
+/// The gateway's client secret at identity in a test stack.
+pub const GATEWAY_SERVICE_SECRET: &str = "gateway-service-secret-for-tests";
 
 /// Which components to start. Identity always runs: every other one needs it.
 #[derive(Debug, Clone, Copy)]
@@ -92,13 +95,18 @@ pub const LOGIN_THROTTLE: LoginThrottle = LoginThrottle {
         free_failures: 5,
         first_delay_seconds: 600,
         cap_seconds: 3_600,
+        lockout_after: None,
     },
     per_account: Backoff {
         free_failures: 20,
         first_delay_seconds: 600,
         cap_seconds: 3_600,
+        lockout_after: Some(bank_identity::domain::ACCOUNT_LOCKOUT_FAILURES),
     },
 };
+
+/// How many open accounts a customer of a test stack may hold.
+pub const MAX_OPEN_ACCOUNTS: u32 = 12;
 
 /// Starts identity and the requested parts on `urls`: identity on `urls[0]`,
 /// ledger on `urls[1]`, account on `urls[2]`.
@@ -130,10 +138,13 @@ pub async fn spawn_with_owners(
             email: operator_email.clone(),
             password: SecretString::from(OPERATOR_PASSWORD),
         }),
-        service_clients: HashMap::from([(
-            "account".to_owned(),
-            SecretString::from(SERVICE_SECRET),
-        )]),
+        service_clients: HashMap::from([
+            ("account".to_owned(), SecretString::from(SERVICE_SECRET)),
+            (
+                "gateway".to_owned(),
+                SecretString::from(GATEWAY_SERVICE_SECRET),
+            ),
+        ]),
         session_idle_timeout: chrono::Duration::minutes(30),
         session_absolute_lifetime: chrono::Duration::hours(12),
         login_throttle: LOGIN_THROTTLE,
@@ -177,6 +188,7 @@ pub async fn spawn_with_owners(
             ledger_endpoint: format!("http://{}", ledger_addr.expect("account needs the ledger")),
             service_client_id: "account".into(),
             service_client_secret: SecretString::from(SERVICE_SECRET),
+            max_open_per_user: MAX_OPEN_ACCOUNTS,
         };
         let account = bank_account::build(&config).await.expect("account starts");
         account_addr = Some(account.local_addr().expect("account address"));
@@ -202,6 +214,7 @@ pub async fn spawn_with_owners(
             api_quota: bank_gateway::rate_limit::Quota::per_minute(1_000_000),
             auth_quota: bank_gateway::rate_limit::Quota::per_minute(1_000_000),
             trusted_proxies: Default::default(),
+            service_client_secret: Some(SecretString::from(GATEWAY_SERVICE_SECRET)),
         };
         let gateway = bank_gateway::build(&config).await.expect("gateway starts");
         gateway_addr = Some(gateway.local_addr().expect("gateway address"));
@@ -327,6 +340,21 @@ impl Stack {
             .into_inner()
             .tokens
             .expect("tokens")
+    }
+
+    /// A token for the gateway's principal, with which it vouches for the
+    /// client addresses it reports to identity.
+    pub async fn gateway_service_token(&self) -> String {
+        self.identity()
+            .await
+            .issue_service_token(identity::IssueServiceTokenRequest {
+                client_id: "gateway".into(),
+                client_secret: GATEWAY_SERVICE_SECRET.into(),
+            })
+            .await
+            .expect("service token")
+            .into_inner()
+            .access_token
     }
 
     /// A token for the account service's principal, as the account service gets.

@@ -16,6 +16,7 @@ use crate::{
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct OpenAccountBody {
     /// ISO 4217 code of a supported currency, e.g. `EUR`.
     #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]

@@ -20,6 +20,7 @@ use crate::{
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct MoneyMovementBody {
     #[schema(format = Uuid)]
     pub account_id: String,
@@ -34,6 +35,7 @@ pub struct MoneyMovementBody {
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ReverseBody {
     #[schema(max_length = 140)]
     pub reason: Option<String>,

@@ -13,6 +13,7 @@ use crate::{
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterBody {
     #[schema(max_length = 254, example = "alice@example.com")]
     pub email: String,
@@ -43,6 +44,7 @@ impl From<pb::User> for UserView {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginBody {
     pub email: String,
     pub password: String,
@@ -70,11 +72,13 @@ impl From<pb::TokenPair> for TokenView {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RefreshBody {
     pub refresh_token: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ChangePasswordBody {
     pub current_password: String,
     pub new_password: String,
@@ -126,10 +130,13 @@ pub async fn login(
         email: body.email,
         password: body.password,
     });
-    // Identity throttles failed logins per email and client address.
+    // Identity throttles failed logins per email and client address, and
+    // believes the address only when the gateway vouches for it.
     if let Some(Extension(ClientAddress(address))) = client
+        && let Some(service_token) = &state.service_token
         && let Ok(value) = address.to_string().parse()
     {
+        service_token.vouch(&mut request).await?;
         request.metadata_mut().insert("x-client-address", value);
     }
     let response = state.identity.clone().login(request).await?.into_inner();

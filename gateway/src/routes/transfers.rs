@@ -16,6 +16,7 @@ use crate::{
 };
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TransferBody {
     #[schema(format = Uuid)]
     pub from_account_id: String,

@@ -444,3 +444,142 @@ async fn the_request_deadline_travels_to_the_services_as_the_grpc_deadline() {
         "{carried:?}"
     );
 }
+
+db_test!(
+    a_body_field_the_route_does_not_define_is_refused_and_named,
+    databases = 3,
+    strict_bodies
+);
+async fn strict_bodies(urls: Vec<String>) {
+    let stack = bank_e2e::spawn(&urls, bank_e2e::Parts::ALL).await;
+    let rest = crate::helpers::Rest::new(&stack);
+    let operator = rest.operator_token().await;
+    let (_, token) = rest.customer().await;
+    let from = rest.open_account(&token, "EUR").await;
+    let to = rest.open_account(&token, "EUR").await;
+    rest.deposit(&operator, &from, 1_000).await;
+
+    // A client that misspells `amount` must not get a transfer of something else.
+    let misspelled = rest
+        .post(
+            "/v1/transfers",
+            Some(&token),
+            Some("strict-1"),
+            serde_json::json!({"from_account_id": from, "to_account_id": to, "amount": 5, "amout": 500, "currency": "EUR"}),
+        )
+        .await;
+    crate::helpers::assert_problem(
+        &misspelled,
+        reqwest::StatusCode::BAD_REQUEST,
+        "invalid_argument",
+    );
+    assert!(
+        misspelled.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`amout`"),
+        "{:?}",
+        misspelled.body
+    );
+    assert_eq!(rest.balance(&token, &to).await, 0, "nothing moved");
+
+    for (path, key, body) in [
+        (
+            "/v1/auth/login",
+            None,
+            serde_json::json!({"email": "a@b.test", "password": "x", "remember": true}),
+        ),
+        (
+            "/v1/accounts",
+            None,
+            serde_json::json!({"currency": "EUR", "owner_id": "someone"}),
+        ),
+        (
+            "/v1/admin/deposits",
+            Some("strict-2"),
+            serde_json::json!({"account_id": from, "amount": 1, "currency": "EUR", "reference": "r", "fee": 0}),
+        ),
+    ] {
+        let token = if path.starts_with("/v1/admin") {
+            &operator
+        } else {
+            &token
+        };
+        let reply = rest.post(path, Some(token), key, body).await;
+        crate::helpers::assert_problem(
+            &reply,
+            reqwest::StatusCode::BAD_REQUEST,
+            "invalid_argument",
+        );
+        assert!(
+            reply.body["detail"]
+                .as_str()
+                .unwrap()
+                .contains("unknown field"),
+            "{path}: {:?}",
+            reply.body
+        );
+    }
+
+    // The document says so.
+    let openapi: serde_json::Value = rest
+        .http
+        .get(stack.gateway_url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for schema in [
+        "TransferBody",
+        "OpenAccountBody",
+        "LoginBody",
+        "MoneyMovementBody",
+    ] {
+        assert_eq!(
+            openapi["components"]["schemas"][schema]["additionalProperties"], false,
+            "{schema}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn invented_methods_and_paths_never_grow_the_metrics() {
+    let url = crate::helpers::start(&crate::helpers::offline_config().await).await;
+    let http = reqwest::Client::new();
+    for index in 0..200 {
+        let method = reqwest::Method::from_bytes(format!("X{index}FLOOD").as_bytes()).unwrap();
+        http.request(method, format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap();
+        http.get(format!("{url}/flood/{index}/{}", uuid::Uuid::new_v4()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    assert!(
+        !metrics.contains("FLOOD"),
+        "an invented method became a label"
+    );
+    assert!(!metrics.contains("/flood/"), "a raw path became a label");
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+    // Every method label is one of a fixed few, whatever ran in this process.
+    let allowed = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other",
+    ];
+    for label in metrics.split("method=\"").skip(1) {
+        let value = label.split('"').next().unwrap_or_default();
+        assert!(allowed.contains(&value), "method label {value:?}");
+    }
+}

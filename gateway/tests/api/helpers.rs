@@ -211,6 +211,7 @@ pub async fn offline_config() -> bank_gateway::Config {
         api_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
         auth_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
         trusted_proxies: Default::default(),
+        service_client_secret: None,
     }
 }
 

@@ -45,6 +45,7 @@ pub struct AccountApi {
     verifier: TokenVerifier,
     ledger: LedgerServiceClient<Channel>,
     service_token: ServiceTokenSource,
+    max_open_per_user: u32,
 }
 
 impl AccountApi {
@@ -53,12 +54,14 @@ impl AccountApi {
         verifier: TokenVerifier,
         ledger: LedgerServiceClient<Channel>,
         service_token: ServiceTokenSource,
+        max_open_per_user: u32,
     ) -> AccountApi {
         AccountApi {
             store,
             verifier,
             ledger,
             service_token,
+            max_open_per_user,
         }
     }
 
@@ -216,8 +219,15 @@ impl AccountApi {
                 status_version: 0,
                 created_at: bank_kit::time::now(),
             };
-            match self.store.insert(&candidate, request).await? {
+            match self
+                .store
+                .insert(&candidate, request, self.max_open_per_user)
+                .await?
+            {
                 Inserted::Inserted => return Ok(candidate),
+                Inserted::LimitReached => {
+                    return Err(AccountError::LimitExceeded(self.max_open_per_user).into());
+                }
                 Inserted::NumberTaken => continue,
                 Inserted::KeyTaken => {
                     return self

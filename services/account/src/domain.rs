@@ -163,6 +163,8 @@ pub enum AccountError {
     Closed,
     #[error("idempotency key was already used with a different request")]
     IdempotencyKeyReused,
+    #[error("a customer may hold at most {0} open accounts; close one to open another")]
+    LimitExceeded(u32),
     #[error("database error: {0}")]
     Storage(#[from] sea_orm::DbErr),
     #[error("corrupt row: {0}")]
@@ -178,6 +180,9 @@ impl From<AccountError> for bank_kit::ServiceError {
             AccountError::Closed => ServiceError::new(ErrorCode::AccountClosed, error.to_string()),
             AccountError::IdempotencyKeyReused => {
                 ServiceError::new(ErrorCode::IdempotencyKeyReused, error.to_string())
+            }
+            AccountError::LimitExceeded(_) => {
+                ServiceError::new(ErrorCode::LimitExceeded, error.to_string())
             }
             AccountError::Storage(ref cause) if bank_kit::db::is_unavailable(cause) => {
                 ServiceError::unavailable(&error)

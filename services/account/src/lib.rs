@@ -36,6 +36,8 @@ pub struct Config {
     /// methods.
     pub service_client_id: String,
     pub service_client_secret: SecretString,
+    /// Accounts a customer may hold open at once (closed ones do not count).
+    pub max_open_per_user: u32,
 }
 
 impl Config {
@@ -58,6 +60,15 @@ impl Config {
                     "is required: the secret of this service's entry in IDENTITY_SERVICE_CLIENTS",
                 )
             })?,
+            max_open_per_user: match env.parse("ACCOUNT_MAX_OPEN_PER_USER", 10_u32)? {
+                0 => {
+                    return Err(ConfigError::new(
+                        "ACCOUNT_MAX_OPEN_PER_USER",
+                        "must be at least 1",
+                    ));
+                }
+                limit => limit,
+            },
         })
     }
 }
@@ -84,6 +95,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
             config.service_client_id.clone(),
             config.service_client_secret.clone(),
         )?,
+        config.max_open_per_user,
     );
     let service_name = grpc::service_name::<AccountServiceServer<api::AccountApi>>();
     let service_routes = grpc::service_routes(service_name).await?;

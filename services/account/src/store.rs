@@ -40,13 +40,25 @@ impl AccountStore {
     }
 
     /// Inserts a new account, and with `request` the record of the keyed open
-    /// that made it, in one transaction.
+    /// that made it, in one transaction, unless its owner would then hold more
+    /// than `max_open` open accounts. Opens of one owner take turns (the
+    /// insert's write lock on SQLite, an advisory lock on the owner on
+    /// PostgreSQL), so concurrent opens cannot all slip under the limit.
     pub async fn insert(
         &self,
         account: &Account,
         request: Option<&OpenRequest>,
+        max_open: u32,
     ) -> Result<Inserted, AccountError> {
         let txn = self.db.begin().await?;
+        if self.backend() == DbBackend::Postgres {
+            txn.execute_raw(statement(
+                self.backend(),
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                [account.owner_id.clone().into()],
+            ))
+            .await?;
+        }
         let inserted = txn
             .execute_raw(statement(
                 self.backend(),
@@ -70,6 +82,20 @@ impl AccountStore {
                 return Ok(Inserted::NumberTaken);
             }
             Err(error) => return Err(error.into()),
+        }
+        let open = txn
+            .query_one_raw(statement(
+                self.backend(),
+                "SELECT COUNT(*) AS open FROM accounts WHERE owner_id = $1 AND status <> 'closed'",
+                [account.owner_id.clone().into()],
+            ))
+            .await?
+            .map(|row| row.try_get::<i64>("", "open"))
+            .transpose()?
+            .unwrap_or_default();
+        if open > i64::from(max_open) {
+            txn.rollback().await.ok();
+            return Ok(Inserted::LimitReached);
         }
         if let Some(request) = request {
             // A concurrent open with the same key waits here for the first to
@@ -213,6 +239,8 @@ pub enum Inserted {
     NumberTaken,
     /// An earlier request holds the key: it made the account to answer with.
     KeyTaken,
+    /// The owner holds the most open accounts allowed.
+    LimitReached,
 }
 
 fn statement<const N: usize>(backend: DbBackend, sql: &str, values: [Value; N]) -> Statement {

@@ -16,6 +16,7 @@ pub enum ErrorCode {
     AccountClosed,
     CurrencyMismatch,
     IdempotencyKeyReused,
+    LimitExceeded,
     PayloadTooLarge,
     UnsupportedMediaType,
     MethodNotAllowed,
@@ -50,7 +51,7 @@ pub trait DomainError: std::error::Error {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
@@ -61,6 +62,7 @@ impl ErrorCode {
         ErrorCode::AccountClosed,
         ErrorCode::CurrencyMismatch,
         ErrorCode::IdempotencyKeyReused,
+        ErrorCode::LimitExceeded,
         ErrorCode::PayloadTooLarge,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::MethodNotAllowed,
@@ -141,6 +143,12 @@ impl ErrorCode {
                 422,
                 GrpcCode::FailedPrecondition,
                 "Currency mismatch",
+            ),
+            ErrorCode::LimitExceeded => (
+                "limit_exceeded",
+                422,
+                GrpcCode::FailedPrecondition,
+                "Limit exceeded",
             ),
             ErrorCode::IdempotencyKeyReused => (
                 "idempotency_key_reused",

@@ -230,6 +230,10 @@ impl LedgerAccount {
         }
         match (self.status, target) {
             (AccountStatus::Closed, _) => return Err(LedgerError::AccountClosed(self.account_id)),
+            // An operator's freeze is not undone by its owner closing the account.
+            (AccountStatus::Frozen, AccountStatus::Closed) => {
+                return Err(LedgerError::AccountFrozen(self.account_id));
+            }
             (_, AccountStatus::Closed) if self.balance_minor != 0 => {
                 return Err(LedgerError::Conflict(
                     "the account can only be closed at a zero balance".into(),
@@ -477,6 +481,16 @@ mod tests {
                 status_version: 1
             })
         );
+    }
+
+    #[test]
+    fn a_frozen_book_cannot_be_closed() {
+        let mut frozen = customer(0);
+        frozen.status = AccountStatus::Frozen;
+        assert!(matches!(
+            frozen.decide_status(AccountStatus::Closed, None),
+            Err(LedgerError::AccountFrozen(_))
+        ));
     }
 
     #[test]

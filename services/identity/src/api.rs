@@ -266,15 +266,38 @@ pub const CLIENT_ADDRESS_METADATA: &str = "x-client-address";
 
 /// The address the login comes from, as the gateway reports it, else the peer;
 /// counted per address (IPv6: per /64, see [`bank_kit::net::client_bucket`]).
-fn client_address<T>(request: &Request<T>) -> String {
-    request
-        .metadata()
-        .get(CLIENT_ADDRESS_METADATA)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<std::net::IpAddr>().ok())
-        .or_else(|| request.remote_addr().map(|addr| addr.ip()))
-        .map(bank_kit::net::client_bucket)
-        .unwrap_or_default()
+impl IdentityApi {
+    /// The address a request counts under for throttling: what the gateway
+    /// reports (`x-client-address`) only when the gateway vouches for it with its
+    /// own service token; from anyone else, the TCP peer. A caller reaching
+    /// identity's port directly cannot pose as a stream of fresh clients.
+    async fn client_address<T>(&self, request: &Request<T>) -> String {
+        let peer = request.remote_addr().map(|addr| addr.ip());
+        let claimed = request
+            .metadata()
+            .get(CLIENT_ADDRESS_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<std::net::IpAddr>().ok());
+        let vouched = match request
+            .metadata()
+            .get(bank_kit::auth::SERVICE_AUTHORIZATION_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+        {
+            Some(token) if claimed.is_some() => {
+                self.verifier.verify(token).await.is_ok_and(|principal| {
+                    principal
+                        .require_service(bank_kit::auth::GATEWAY_CLIENT_ID)
+                        .is_ok()
+                })
+            }
+            _ => false,
+        };
+        let address = if vouched { claimed } else { peer };
+        address
+            .map(bank_kit::net::client_bucket)
+            .unwrap_or_default()
+    }
 }
 
 /// Throttle keys for a login attempt: hashed, so the table holds no emails.
@@ -290,6 +313,16 @@ impl ThrottleKeys {
         ThrottleKeys {
             per_client: digest(&["client", &email, client]),
             per_account: digest(&["account", &email]),
+        }
+    }
+
+    /// Keys for another secret check, counted apart from logins: `purpose`
+    /// (`password_change`, `service_token`) and whose secret it is.
+    fn for_secret(purpose: &str, subject: &str, client: &str) -> ThrottleKeys {
+        let digest = |parts: &[&str]| hex::encode(Sha256::digest(parts.join("\n").as_bytes()));
+        ThrottleKeys {
+            per_client: digest(&[purpose, "client", subject, client]),
+            per_account: digest(&[purpose, "account", subject]),
         }
     }
 
@@ -344,7 +377,7 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
-        let client = client_address(&request);
+        let client = self.client_address(&request).await;
         let body = request.into_inner();
         let throttle = ThrottleKeys::new(&body.email, &client);
         self.reserve_attempt(&throttle).await?;
@@ -435,6 +468,12 @@ impl IdentityService for IdentityApi {
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         let principal = self.caller(&request).await?;
         let user_id = principal.require_user()?.to_owned();
+        // The session of the access token presented ends, whatever refresh
+        // token came with it; a refresh token of another of the caller's
+        // sessions ends that one too.
+        if let Some(session_id) = principal.session_id() {
+            self.store.revoke_session(session_id, &user_id).await?;
+        }
         let token = request.into_inner().refresh_token;
         if !token.is_empty() && token.len() <= 128 {
             self.store
@@ -464,8 +503,12 @@ impl IdentityService for IdentityApi {
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let principal = self.caller(&request).await?;
         let user = self.current_user(&principal).await?;
+        let client = self.client_address(&request).await;
         let body = request.into_inner();
         let new_password = NewPassword::parse(&body.new_password)?;
+        // The current password is a secret check like a login, throttled alike.
+        let throttle = ThrottleKeys::for_secret("password_change", &user.user_id, &client);
+        self.reserve_attempt(&throttle).await?;
         let stored = self
             .store
             .password_hash(&user.user_id)
@@ -487,6 +530,7 @@ impl IdentityService for IdentityApi {
                 .await?;
             return Err(ServiceError::invalid("current_password is incorrect").into());
         }
+        self.store.clear_login_failures(&throttle.both()).await?;
         let hash = self.hasher.hash(new_password.as_str()).await?;
         self.store.set_password_hash(&user.user_id, &hash).await?;
         let revoked = self
@@ -552,7 +596,12 @@ impl IdentityService for IdentityApi {
         let body = request.get_ref();
         let roles = Role::parse_set(body.roles.iter().map(String::as_str))?;
         let mut user = self.target_user(&principal, &body.user_id).await?;
-        self.store.set_roles(&user.user_id, &roles).await?;
+        if !self.store.set_roles(&user.user_id, &roles).await? {
+            return Err(ServiceError::conflict(
+                "the last enabled operator keeps the operator role",
+            )
+            .into());
+        }
         let actor = principal.user_id().unwrap_or_default().to_owned();
         let names: Vec<&str> = roles.iter().map(|role| role.as_str()).collect();
         self.store
@@ -573,7 +622,10 @@ impl IdentityService for IdentityApi {
         &self,
         request: Request<pb::IssueServiceTokenRequest>,
     ) -> Result<Response<pb::IssueServiceTokenResponse>, Status> {
+        let client = self.client_address(&request).await;
         let body = request.into_inner();
+        let throttle = ThrottleKeys::for_secret("service_token", &body.client_id, &client);
+        self.reserve_attempt(&throttle).await?;
         let presented: [u8; 32] = Sha256::digest(body.client_secret.as_bytes()).into();
         let known = self
             .service_clients
@@ -583,6 +635,7 @@ impl IdentityService for IdentityApi {
             tracing::warn!(client_id = %body.client_id, "service token refused");
             return Err(IdentityError::InvalidClient.into());
         }
+        self.store.clear_login_failures(&throttle.both()).await?;
         let now = chrono::Utc::now().timestamp();
         let access_token = self.keys.sign(&Claims {
             iss: ISSUER.into(),

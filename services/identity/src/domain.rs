@@ -125,7 +125,18 @@ pub struct Backoff {
     pub first_delay_seconds: i64,
     /// The longest delay, in seconds.
     pub cap_seconds: i64,
+    /// From this many consecutive failures on, every client waits, new ones
+    /// included, and at least [`LOCKOUT_MIN_WAIT_SECONDS`] between attempts,
+    /// until one succeeds (NIST SP 800-63B allows at most 100 consecutive
+    /// failures per account). `None`: only clients that failed before wait.
+    pub lockout_after: Option<i64>,
 }
+
+/// The least wait between attempts on an account past its lockout threshold.
+pub const LOCKOUT_MIN_WAIT_SECONDS: i64 = 60;
+
+/// Consecutive failures on one account after which every client waits.
+pub const ACCOUNT_LOCKOUT_FAILURES: i64 = 100;
 
 impl Backoff {
     /// The delay after `failures` consecutive failures: none for the free ones,
@@ -136,10 +147,16 @@ impl Backoff {
             return None;
         }
         let doublings = u32::try_from(over - 1).unwrap_or(u32::MAX).min(40);
-        let seconds = self
+        let mut seconds = self
             .first_delay_seconds
             .saturating_mul(1_i64 << doublings)
             .min(self.cap_seconds);
+        if self
+            .lockout_after
+            .is_some_and(|threshold| failures >= threshold)
+        {
+            seconds = seconds.max(LOCKOUT_MIN_WAIT_SECONDS);
+        }
         Some(chrono::Duration::seconds(seconds))
     }
 }
@@ -161,11 +178,13 @@ impl Default for LoginThrottle {
                 free_failures: 5,
                 first_delay_seconds: 5,
                 cap_seconds: 15 * 60,
+                lockout_after: None,
             },
             per_account: Backoff {
                 free_failures: 20,
                 first_delay_seconds: 1,
                 cap_seconds: 60,
+                lockout_after: Some(ACCOUNT_LOCKOUT_FAILURES),
             },
         }
     }
@@ -334,11 +353,27 @@ mod tests {
     }
 
     #[test]
+    fn past_the_lockout_threshold_every_attempt_waits_at_least_a_minute() {
+        let backoff = Backoff {
+            free_failures: 20,
+            first_delay_seconds: 1,
+            cap_seconds: 30,
+            lockout_after: Some(ACCOUNT_LOCKOUT_FAILURES),
+        };
+        assert_eq!(backoff.delay_after(99), Some(chrono::Duration::seconds(30)));
+        assert_eq!(
+            backoff.delay_after(100),
+            Some(chrono::Duration::seconds(LOCKOUT_MIN_WAIT_SECONDS))
+        );
+    }
+
+    #[test]
     fn backoff_doubles_after_the_free_failures_up_to_the_cap() {
         let backoff = Backoff {
             free_failures: 5,
             first_delay_seconds: 2,
             cap_seconds: 60,
+            lockout_after: None,
         };
         assert_eq!(backoff.delay_after(5), None);
         assert_eq!(backoff.delay_after(6), Some(chrono::Duration::seconds(2)));

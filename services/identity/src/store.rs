@@ -204,19 +204,53 @@ impl IdentityStore {
         Ok(())
     }
 
-    pub async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<(), IdentityError> {
-        self.db
-            .execute_raw(statement(
+    /// Sets the roles of `user_id`, unless that would leave no enabled operator:
+    /// then nothing changes and the answer is false. Role changes take turns
+    /// (the update's write lock on SQLite, an advisory lock on PostgreSQL), so
+    /// two operators demoting each other at once cannot both succeed.
+    pub async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<bool, IdentityError> {
+        let txn = self.db.begin().await?;
+        if self.backend() == DbBackend::Postgres {
+            txn.execute_raw(statement(
                 self.backend(),
-                "UPDATE users SET roles = $1, updated_at = $2 WHERE user_id = $3",
-                [
-                    roles_to_column(roles).into(),
-                    bank_kit::time::now().into(),
-                    user_id.into(),
-                ],
+                "SELECT pg_advisory_xact_lock($1)",
+                [ROLE_CHANGE_LOCK_KEY.into()],
             ))
             .await?;
-        Ok(())
+        }
+        txn.execute_raw(statement(
+            self.backend(),
+            "UPDATE users SET roles = $1, updated_at = $2 WHERE user_id = $3",
+            [
+                roles_to_column(roles).into(),
+                bank_kit::time::now().into(),
+                user_id.into(),
+            ],
+        ))
+        .await?;
+        let operators = txn
+            .query_all_raw(statement(
+                self.backend(),
+                "SELECT roles FROM users WHERE enabled = $1",
+                [true.into()],
+            ))
+            .await?
+            .iter()
+            .map(|row| row.try_get::<String>("", "roles"))
+            .collect::<Result<Vec<_>, _>>()?
+            .iter()
+            .filter(|column| {
+                column
+                    .split(',')
+                    .any(|role| role == Role::Operator.as_str())
+            })
+            .count();
+        if operators == 0 {
+            txn.rollback().await.ok();
+            return Ok(false);
+        }
+        txn.commit().await?;
+        Ok(true)
     }
 
     /// Replaces the password hash `old` by `new` (a rehash with current
@@ -383,6 +417,28 @@ impl IdentityStore {
     }
 
     /// Revokes the session the refresh token belongs to, if it is `user_id`'s.
+    /// Ends the session `session_id` of `user_id`.
+    pub async fn revoke_session(
+        &self,
+        session_id: &str,
+        user_id: &str,
+    ) -> Result<(), IdentityError> {
+        self.db
+            .execute_raw(statement(
+                self.backend(),
+                "UPDATE sessions SET revoked_at = $1, revoked_reason = $2
+                 WHERE revoked_at IS NULL AND user_id = $3 AND session_id = $4",
+                [
+                    bank_kit::time::now().into(),
+                    RevokeReason::Logout.as_str().into(),
+                    user_id.into(),
+                    session_id.into(),
+                ],
+            ))
+            .await?;
+        Ok(())
+    }
+
     pub async fn revoke_session_of_token(
         &self,
         token_hash: &str,
@@ -440,10 +496,18 @@ impl IdentityStore {
         respect_block: bool,
     ) -> Result<Reservation, IdentityError> {
         let now = bank_kit::time::now();
-        let guard = if respect_block {
-            "WHERE login_throttle.blocked_until IS NULL OR login_throttle.blocked_until <= $2"
-        } else {
-            ""
+        // A client that does not have to respect the block (a fresh one, on the
+        // account's key) still does past the lockout threshold.
+        let guard = match (respect_block, backoff.lockout_after) {
+            (true, _) => {
+                "WHERE login_throttle.blocked_until IS NULL OR login_throttle.blocked_until <= $2"
+                    .to_owned()
+            }
+            (false, Some(threshold)) => format!(
+                "WHERE login_throttle.failures < {threshold}
+                   OR login_throttle.blocked_until IS NULL OR login_throttle.blocked_until <= $2"
+            ),
+            (false, None) => String::new(),
         };
         // One transaction whose first statement writes: it holds the row (the
         // file on SQLite) from the count to the block, so a parallel attempt sees
@@ -567,6 +631,9 @@ async fn revoke_session(
 fn statement<const N: usize>(backend: DbBackend, sql: &str, values: [Value; N]) -> Statement {
     Statement::from_sql_and_values(backend, sql, values)
 }
+
+/// Advisory lock key taken while changing roles ("bankrole" in ASCII).
+const ROLE_CHANGE_LOCK_KEY: i64 = 0x62616e6b726f6c65;
 
 fn roles_to_column(roles: &[Role]) -> String {
     roles

@@ -693,7 +693,29 @@ pub struct ServiceTokenSource {
     cached: Arc<tokio::sync::Mutex<Option<(String, Instant)>>>,
 }
 
+/// Metadata entry in which a service vouches for what it reports about its caller
+/// (`x-client-address`): the service's own token, beside the user's
+/// `authorization`.
+pub const SERVICE_AUTHORIZATION_METADATA: &str = "x-bank-service-authorization";
+
+/// The service principal of the gateway, the one caller identity believes about
+/// a client's address.
+pub const GATEWAY_CLIENT_ID: &str = "gateway";
+
 impl ServiceTokenSource {
+    /// Adds this service's token to `request` as [`SERVICE_AUTHORIZATION_METADATA`],
+    /// leaving its `authorization` (the user's) as it is.
+    pub async fn vouch<T>(&self, request: &mut tonic::Request<T>) -> Result<(), ServiceError> {
+        let token = self.token().await?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ServiceError::internal(&"service token is not a valid header"))?;
+        request
+            .metadata_mut()
+            .insert(SERVICE_AUTHORIZATION_METADATA, value);
+        Ok(())
+    }
+
     pub fn new(
         identity_endpoint: &str,
         client_id: String,

@@ -220,7 +220,7 @@ async fn older_decisions(urls: Vec<String>) {
         created_at: bank_kit::time::now(),
     };
     assert_eq!(
-        store.insert(&account, None).await.unwrap(),
+        store.insert(&account, None, 10).await.unwrap(),
         Inserted::Inserted
     );
     store.record_active(account.account_id).await.unwrap();
@@ -251,5 +251,69 @@ async fn older_decisions(urls: Vec<String>) {
     assert_eq!(
         (recorded().await.status, recorded().await.status_version),
         (AccountStatus::Active, 4)
+    );
+}
+
+db_test!(
+    a_customer_holds_at_most_the_configured_number_of_open_accounts,
+    databases = 3,
+    open_account_limit
+);
+async fn open_account_limit(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::SERVICES).await;
+    let alice = stack.customer().await;
+    let limit = bank_e2e::MAX_OPEN_ACCOUNTS as usize;
+
+    // Twice the limit at once: exactly the limit gets through.
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..limit * 2 {
+        let client = stack.account().await;
+        let token = alice.access_token.clone();
+        opening.spawn(async move {
+            let mut client = client;
+            client
+                .open_account(authed(
+                    &token,
+                    pb::OpenAccountRequest {
+                        currency: "EUR".into(),
+                        nickname: String::new(),
+                        idempotency_key: String::new(),
+                    },
+                ))
+                .await
+                .map(|response| response.into_inner().account.unwrap())
+        });
+    }
+    let (mut opened, mut refused) = (Vec::new(), Vec::new());
+    while let Some(outcome) = opening.join_next().await {
+        match outcome.unwrap() {
+            Ok(account) => opened.push(account),
+            Err(status) => refused.push(bank_kit::error::code_of_status(&status)),
+        }
+    }
+    assert_eq!(opened.len(), limit);
+    assert!(
+        refused.iter().all(|code| *code == ErrorCode::LimitExceeded),
+        "{refused:?}"
+    );
+    assert_eq!(accounts_of(&stack, &alice).await.len(), limit);
+
+    // A closed account no longer counts.
+    stack
+        .account()
+        .await
+        .close_account(authed(
+            &alice.access_token,
+            pb::CloseAccountRequest {
+                account_id: opened[0].account_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    open_keyed(&stack, &alice, "again", "").await.unwrap();
+    let over = open_keyed(&stack, &alice, "over", "").await.unwrap_err();
+    assert_eq!(
+        bank_kit::error::code_of_status(&over),
+        ErrorCode::LimitExceeded
     );
 }

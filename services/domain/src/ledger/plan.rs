@@ -399,7 +399,19 @@ fn decide(
         return Err(LedgerError::CurrencyMismatch);
     }
     from.ensure_open()?;
-    to.ensure_open()?;
+    // A destination the caller does not own that cannot receive is, to the
+    // caller, not there: whether it is frozen or closed is its owner's business.
+    if let Err(refusal) = to.ensure_open() {
+        let foreign = request
+            .required_owner
+            .as_ref()
+            .is_some_and(|owner| !to.is_owned_by(owner));
+        return Err(if foreign {
+            LedgerError::AccountNotFound
+        } else {
+            refusal
+        });
+    }
     if let Some(original) = request.reverses_transfer_id
         && facts.reversed.contains(&original)
     {

@@ -205,3 +205,64 @@ async fn bootstrap_existing_user(urls: Vec<String>) {
         .unwrap_err();
     assert_eq!(after_restart.code(), tonic::Code::Unauthenticated);
 }
+
+db_test!(
+    the_last_enabled_operator_keeps_the_operator_role,
+    databases = 1,
+    last_operator
+);
+async fn last_operator(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let operator = stack.operator().await;
+    let alice = stack.customer().await;
+    let mut identity = stack.identity().await;
+    let set_roles = |user_id: &str, roles: &[&str]| pb::SetUserRolesRequest {
+        user_id: user_id.to_owned(),
+        roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+    };
+
+    let alone = identity
+        .set_user_roles(authed(
+            &operator.access_token,
+            set_roles(&operator.user_id, &["customer"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(alone.code(), tonic::Code::AlreadyExists, "{alone:?}");
+
+    // With a second operator, stepping down is fine; then she is the last one.
+    identity
+        .set_user_roles(authed(
+            &operator.access_token,
+            set_roles(&alice.user_id, &["customer", "operator"]),
+        ))
+        .await
+        .unwrap();
+    identity
+        .set_user_roles(authed(
+            &operator.access_token,
+            set_roles(&operator.user_id, &["customer"]),
+        ))
+        .await
+        .unwrap();
+    let alice_operator = stack.login(&alice.email, USER_PASSWORD).await;
+    let last = identity
+        .set_user_roles(authed(
+            &alice_operator.access_token,
+            set_roles(&alice.user_id, &["customer"]),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(last.code(), tonic::Code::AlreadyExists);
+    let me = identity
+        .get_current_user(authed(
+            &alice_operator.access_token,
+            pb::GetCurrentUserRequest {},
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .user
+        .unwrap();
+    assert!(me.roles.contains(&"operator".to_owned()));
+}

@@ -209,15 +209,33 @@ async fn service_tokens(urls: Vec<String>) {
     assert_eq!(unknown.code(), tonic::Code::Unauthenticated);
 }
 
-fn login_from(client: &str, email: &str, password: &str) -> tonic::Request<pb::LoginRequest> {
-    let mut request = tonic::Request::new(pb::LoginRequest {
-        email: email.into(),
-        password: password.into(),
-    });
+/// A request as the gateway sends it for a client at `client`: the address,
+/// vouched for with the gateway's own service token `vouch`.
+fn from_client<T>(vouch: &str, client: &str, mut request: tonic::Request<T>) -> tonic::Request<T> {
     request
         .metadata_mut()
         .insert("x-client-address", client.parse().unwrap());
+    request.metadata_mut().insert(
+        "x-bank-service-authorization",
+        format!("Bearer {vouch}").parse().unwrap(),
+    );
     request
+}
+
+fn login_from(
+    vouch: &str,
+    client: &str,
+    email: &str,
+    password: &str,
+) -> tonic::Request<pb::LoginRequest> {
+    from_client(
+        vouch,
+        client,
+        tonic::Request::new(pb::LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        }),
+    )
 }
 
 db_test!(
@@ -227,12 +245,14 @@ db_test!(
 );
 async fn login_backoff(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
+    let vouch = stack.gateway_service_token().await;
     let alice = stack.customer().await;
     let mut identity = stack.identity().await;
 
     for _ in 0..6 {
         let error = identity
             .login(login_from(
+                &vouch,
                 "203.0.113.7",
                 &alice.email,
                 "a wrong guess of a password",
@@ -242,11 +262,21 @@ async fn login_backoff(urls: Vec<String>) {
         assert_eq!(error.code(), tonic::Code::Unauthenticated);
     }
     let throttled = identity
-        .login(login_from("203.0.113.7", &alice.email, USER_PASSWORD))
+        .login(login_from(
+            &vouch,
+            "203.0.113.7",
+            &alice.email,
+            USER_PASSWORD,
+        ))
         .await
         .unwrap_err();
     let owner_elsewhere = identity
-        .login(login_from("198.51.100.20", &alice.email, USER_PASSWORD))
+        .login(login_from(
+            &vouch,
+            "198.51.100.20",
+            &alice.email,
+            USER_PASSWORD,
+        ))
         .await;
 
     assert_eq!(
@@ -272,11 +302,13 @@ db_test!(
 );
 async fn unknown_email_backoff(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
+    let vouch = stack.gateway_service_token().await;
     let mut identity = stack.identity().await;
 
     for _ in 0..6 {
         identity
             .login(login_from(
+                &vouch,
                 "203.0.113.9",
                 "nobody@example.com",
                 "some password guess",
@@ -286,6 +318,7 @@ async fn unknown_email_backoff(urls: Vec<String>) {
     }
     let throttled = identity
         .login(login_from(
+            &vouch,
             "203.0.113.9",
             "nobody@example.com",
             "some password guess",
@@ -306,6 +339,7 @@ db_test!(
 );
 async fn parallel_guesses(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
+    let vouch = stack.gateway_service_token().await;
     let alice = stack.customer().await;
     let identity = stack.identity().await;
 
@@ -313,6 +347,7 @@ async fn parallel_guesses(urls: Vec<String>) {
         .map(|index| {
             let mut client = identity.clone();
             let request = login_from(
+                &vouch,
                 "203.0.113.50",
                 &alice.email,
                 &format!("parallel guess number {index}"),
@@ -345,6 +380,7 @@ db_test!(
 );
 async fn distributed_guessing(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::IDENTITY).await;
+    let vouch = stack.gateway_service_token().await;
     let alice = stack.customer().await;
     let mut identity = stack.identity().await;
 
@@ -352,6 +388,7 @@ async fn distributed_guessing(urls: Vec<String>) {
         let client = format!("192.0.2.{index}");
         identity
             .login(login_from(
+                &vouch,
                 &client,
                 &alice.email,
                 "a distributed wrong guess",
@@ -361,6 +398,7 @@ async fn distributed_guessing(urls: Vec<String>) {
     }
     let returning_guesser = identity
         .login(login_from(
+            &vouch,
             "192.0.2.0",
             &alice.email,
             "a distributed wrong guess",
@@ -368,7 +406,12 @@ async fn distributed_guessing(urls: Vec<String>) {
         .await
         .unwrap_err();
     let owner = identity
-        .login(login_from("198.51.100.1", &alice.email, USER_PASSWORD))
+        .login(login_from(
+            &vouch,
+            "198.51.100.1",
+            &alice.email,
+            USER_PASSWORD,
+        ))
         .await;
 
     assert_eq!(
@@ -391,4 +434,217 @@ fn retry_after(status: &tonic::Status) -> i64 {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| panic!("no retry-after on {status:?}"))
+}
+
+fn change_password_from(
+    vouch: &str,
+    client: &str,
+    token: &str,
+    current: &str,
+) -> tonic::Request<pb::ChangePasswordRequest> {
+    from_client(
+        vouch,
+        client,
+        authed(
+            token,
+            pb::ChangePasswordRequest {
+                current_password: current.into(),
+                new_password: "another long passphrase here".into(),
+            },
+        ),
+    )
+}
+
+db_test!(
+    wrong_current_passwords_are_throttled_like_logins,
+    databases = 1,
+    password_change_backoff
+);
+async fn password_change_backoff(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let vouch = stack.gateway_service_token().await;
+    let alice = stack.customer().await;
+    let mut identity = stack.identity().await;
+    let free = LOGIN_THROTTLE.per_client.free_failures;
+
+    // The free failures, and the one that sets the backoff.
+    for _ in 0..=free {
+        let wrong = identity
+            .change_password(change_password_from(
+                &vouch,
+                "203.0.113.40",
+                &alice.access_token,
+                "a wrong current password",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
+    }
+    let throttled = identity
+        .change_password(change_password_from(
+            &vouch,
+            "203.0.113.40",
+            &alice.access_token,
+            USER_PASSWORD,
+        ))
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        bank_kit::error::code_of_status(&throttled),
+        ErrorCode::RateLimited,
+        "even the right password waits once the guesses ran out"
+    );
+    assert!(retry_after(&throttled) > 0);
+}
+
+fn service_token_from(
+    vouch: &str,
+    client: &str,
+    secret: &str,
+) -> tonic::Request<pb::IssueServiceTokenRequest> {
+    from_client(
+        vouch,
+        client,
+        tonic::Request::new(pb::IssueServiceTokenRequest {
+            client_id: "account".into(),
+            client_secret: secret.into(),
+        }),
+    )
+}
+
+db_test!(
+    wrong_client_secrets_are_throttled_like_logins,
+    databases = 1,
+    service_secret_backoff
+);
+async fn service_secret_backoff(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let vouch = stack.gateway_service_token().await;
+    let mut identity = stack.identity().await;
+
+    for _ in 0..=LOGIN_THROTTLE.per_client.free_failures {
+        let wrong = identity
+            .issue_service_token(service_token_from(
+                &vouch,
+                "203.0.113.41",
+                "guessed-secret-0000",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.code(), tonic::Code::Unauthenticated);
+    }
+    let throttled = identity
+        .issue_service_token(service_token_from(
+            &vouch,
+            "203.0.113.41",
+            bank_e2e::SERVICE_SECRET,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bank_kit::error::code_of_status(&throttled),
+        ErrorCode::RateLimited
+    );
+    // The real service, elsewhere, is not held back.
+    identity
+        .issue_service_token(service_token_from(
+            &vouch,
+            "198.51.100.41",
+            bank_e2e::SERVICE_SECRET,
+        ))
+        .await
+        .unwrap();
+}
+
+db_test!(
+    a_client_address_is_believed_only_from_the_gateway,
+    databases = 1,
+    forged_addresses
+);
+async fn forged_addresses(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let alice = stack.customer().await;
+    let mut identity = stack.identity().await;
+
+    // A guesser at identity's own port, with a fresh forged address each time,
+    // half of them "vouched for" with a customer's token.
+    let mut throttled_after = None;
+    for index in 0..60 {
+        let mut request = tonic::Request::new(pb::LoginRequest {
+            email: alice.email.clone(),
+            password: format!("guess number {index}"),
+        });
+        request.metadata_mut().insert(
+            "x-client-address",
+            format!("203.0.113.{index}").parse().unwrap(),
+        );
+        if index % 2 == 0 {
+            request.metadata_mut().insert(
+                "x-bank-service-authorization",
+                format!("Bearer {}", alice.access_token).parse().unwrap(),
+            );
+        }
+        let refused = identity.login(request).await.unwrap_err();
+        if bank_kit::error::code_of_status(&refused) == ErrorCode::RateLimited {
+            throttled_after = Some(index);
+            break;
+        }
+    }
+    assert_eq!(
+        throttled_after,
+        // The free failures, and the one that set the backoff, get answers.
+        Some(LOGIN_THROTTLE.per_client.free_failures as usize + 1),
+        "the forged addresses were believed"
+    );
+}
+
+db_test!(
+    after_a_hundred_consecutive_failures_every_client_waits,
+    databases = 1,
+    account_lockout
+);
+async fn account_lockout(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let vouch = stack.gateway_service_token().await;
+    let alice = stack.customer().await;
+    let mut identity = stack.identity().await;
+    let threshold = bank_identity::domain::ACCOUNT_LOCKOUT_FAILURES;
+
+    // A botnet: each address fails once, so no address is ever throttled itself.
+    for index in 0..threshold {
+        let refused = identity
+            .login(login_from(
+                &vouch,
+                &format!("198.18.{}.{}", index / 250, index % 250 + 1),
+                &alice.email,
+                "a botnet guess",
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::Unauthenticated,
+            "guess {index}"
+        );
+    }
+    // Now even a client never seen before, with the right password, waits.
+    let fresh = identity
+        .login(login_from(
+            &vouch,
+            "192.0.2.200",
+            &alice.email,
+            USER_PASSWORD,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        bank_kit::error::code_of_status(&fresh),
+        ErrorCode::RateLimited
+    );
+    assert!(
+        retry_after(&fresh) >= bank_identity::domain::LOCKOUT_MIN_WAIT_SECONDS,
+        "{}",
+        retry_after(&fresh)
+    );
 }

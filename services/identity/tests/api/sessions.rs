@@ -251,3 +251,40 @@ async fn login_races_password_change(urls: Vec<String>) {
         .await;
     assert!(disabled.is_err(), "a disabled user got a session");
 }
+
+db_test!(
+    a_logout_with_a_bogus_refresh_token_still_ends_the_callers_session,
+    databases = 1,
+    logout_bogus_token
+);
+async fn logout_bogus_token(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let alice = stack.customer().await;
+    let other_device = stack.login(&alice.email, USER_PASSWORD).await;
+    let mut identity = stack.identity().await;
+
+    identity
+        .logout(authed(
+            &alice.access_token,
+            pb::LogoutRequest {
+                refresh_token: "not-a-refresh-token".into(),
+            },
+        ))
+        .await
+        .unwrap();
+
+    let ended = identity
+        .refresh(pb::RefreshRequest {
+            refresh_token: alice.refresh_token,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated);
+    // Only the session whose access token logged out ends.
+    identity
+        .refresh(pb::RefreshRequest {
+            refresh_token: other_device.refresh_token,
+        })
+        .await
+        .unwrap();
+}

@@ -216,7 +216,8 @@ fn a_second_reversal_in_the_same_group_is_refused() {
 #[test]
 fn refusals_take_the_contracts_precedence() {
     let (a, b, c) = (account(1), account(2), account(3));
-    let mut frozen = book(b, "bob", eur(), 0);
+    // Alice's own frozen account: someone else's would be not found to her.
+    let mut frozen = book(b, "alice", eur(), 0);
     frozen.status = AccountStatus::Frozen;
     let world = || {
         facts([
@@ -249,6 +250,28 @@ fn customers_cannot_transfer_to_or_from_a_settlement_book() {
         at(0),
     );
     assert_eq!(code(&plan.outcomes[0]), Some(ErrorCode::NotFound));
+}
+
+#[test]
+fn a_frozen_or_closed_destination_of_someone_else_is_not_found() {
+    let alice = account(1);
+    let mut bobs = book(account(2), "bob", eur(), 0);
+    bobs.status = AccountStatus::Frozen;
+    let mut own = book(account(3), "alice", eur(), 0);
+    own.status = AccountStatus::Frozen;
+
+    let plan = plan(
+        &[
+            transfer(alice, account(2), 10, "to-bob"),
+            transfer(alice, account(3), 10, "to-own"),
+        ],
+        facts([book(alice, "alice", eur(), 100), bobs, own]),
+        at(0),
+    );
+
+    assert_eq!(code(&plan.outcomes[0]), Some(ErrorCode::NotFound));
+    // Her own frozen account she is told about.
+    assert_eq!(code(&plan.outcomes[1]), Some(ErrorCode::AccountFrozen));
 }
 
 #[test]
@@ -395,9 +418,14 @@ impl Model {
         if from.currency != request.currency || to.currency != request.currency {
             return Err(ErrorCode::CurrencyMismatch);
         }
-        for side in [from, to] {
+        let foreign_destination = request
+            .required_owner
+            .as_ref()
+            .is_some_and(|owner| to.owner.as_ref() != Some(owner));
+        for (side, hidden) in [(from, false), (to, foreign_destination)] {
             match side.status {
                 AccountStatus::Active => {}
+                _ if hidden => return Err(ErrorCode::NotFound),
                 AccountStatus::Frozen => return Err(ErrorCode::AccountFrozen),
                 AccountStatus::Closed => return Err(ErrorCode::AccountClosed),
             }
