@@ -52,11 +52,10 @@ else
     service_secret=$(secret_file var/account-client-secret)
     gateway_secret=$(secret_file var/gateway-client-secret)
     export ACCOUNT_SERVICE_CLIENT_SECRET="$service_secret"
-    # The gateway vouches with its own secret for the client addresses it reports.
-    if ! configured GATEWAY_SERVICE_CLIENT_SECRET; then
-        export GATEWAY_SERVICE_CLIENT_SECRET="$gateway_secret"
-    fi
-    export IDENTITY_SERVICE_CLIENTS="${ACCOUNT_SERVICE_CLIENT_ID:-account}=$service_secret,gateway=${GATEWAY_SERVICE_CLIENT_SECRET}"
+    # The gateway vouches with its own secret for the client addresses it
+    # reports; generated here with its entry at identity, as a pair.
+    export GATEWAY_SERVICE_CLIENT_SECRET="$gateway_secret"
+    export IDENTITY_SERVICE_CLIENTS="${ACCOUNT_SERVICE_CLIENT_ID:-account}=$service_secret,gateway=$gateway_secret"
 fi
 operator_note=""
 if ! configured BANK_BOOTSTRAP_OPERATOR_EMAIL && ! configured BANK_BOOTSTRAP_OPERATOR_PASSWORD; then
