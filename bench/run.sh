@@ -261,7 +261,8 @@ start_services() { # label
         service_names+=("$component")
     done
     deadline=$((SECONDS + 120))
-    until curl -sf -o /dev/null "$G/readyz"; do
+    # The gateway is ready on its own; wait until it sees every service serving.
+    until curl -sf "$G/readyz" 2>/dev/null | grep -q '"identity":"serving","account":"serving","ledger":"serving"'; do
         for pid in "${service_pids[@]}"; do
             kill -0 "$pid" 2>/dev/null || die "a component exited while starting ($label); see the log above"
         done
