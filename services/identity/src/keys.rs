@@ -50,7 +50,13 @@ impl KeyRing {
             path: dir.display().to_string(),
             reason: error.to_string(),
         };
-        fs::create_dir_all(dir).map_err(io)?;
+        if !dir.exists() {
+            // Owner-only whatever the umask; an existing directory (a mounted
+            // Secret, read-only) is left as it is.
+            bank_kit::db::private_dir_builder()
+                .create(dir)
+                .map_err(io)?;
+        }
         let mut paths: Vec<PathBuf> = fs::read_dir(dir)
             .map_err(io)?
             .filter_map(Result::ok)
@@ -170,6 +176,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
         let ring = KeyRing::load_or_generate(dir.path()).unwrap_or_else(|error| panic!("{error}"));
         (dir, ring)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_key_directory_and_its_key_are_readable_by_the_owner_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+        let dir = root.path().join("keys");
+        KeyRing::load_or_generate(&dir).unwrap_or_else(|error| panic!("{error}"));
+        let mode = |path: &Path| {
+            fs::metadata(path)
+                .map(|metadata| metadata.permissions().mode() & 0o777)
+                .unwrap_or_default()
+        };
+        assert_eq!(mode(&dir), 0o700);
+        let keys: Vec<PathBuf> = fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|entry| entry.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(mode(&keys[0]), 0o600);
     }
 
     /// An access token's claims for `user-1`, valid for `lifetime` seconds.

@@ -7,7 +7,8 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbB
 use sea_orm_migration::MigratorTrait;
 
 /// Opens a pool on `url`. For SQLite the parent directory of the file is created
-/// and the journal switched to WAL so readers never block the writer.
+/// (and, with `mode=rwc`, the file), both owner-only, and the journal switched to
+/// WAL so readers never block the writer.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let is_sqlite = url.starts_with("sqlite:");
     if is_sqlite {
@@ -179,13 +180,54 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), DbErr> {
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
-    if let Some(parent) = std::path::Path::new(path).parent()
+    let path = std::path::Path::new(path);
+    if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
+        && !parent.exists()
     {
-        std::fs::create_dir_all(parent)
+        private_dir_builder()
+            .create(parent)
             .map_err(|error| DbErr::Custom(format!("cannot create database directory: {error}")))?;
     }
-    Ok(())
+    // Only where the URL asks for the file to be created (`mode=rwc`).
+    let creates = url
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|pair| pair == "mode=rwc"));
+    if !creates {
+        return Ok(());
+    }
+    create_private_file(path)
+        .map_err(|error| DbErr::Custom(format!("cannot create the database file: {error}")))
+}
+
+/// Creates directories readable by the owner alone (0700), whatever the umask.
+pub fn private_dir_builder() -> std::fs::DirBuilder {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+}
+
+/// Creates `path` empty and readable by the owner alone (0600) if it does not
+/// exist yet. SQLite gives its `-wal` and `-shm` files the database file's
+/// permissions, so the whole database stays owner-only whatever the umask.
+fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// Whether an error is a transient conflict worth retrying the whole transaction

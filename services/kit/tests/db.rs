@@ -121,3 +121,33 @@ async fn a_connection_the_server_ended_is_unavailable_not_a_failed_statement() {
     })
     .await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_new_sqlite_database_is_readable_by_its_owner_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("var");
+    let url = format!("sqlite://{}?mode=rwc", dir.join("bank.db").display());
+
+    let db = db::connect(&url).await.unwrap();
+    db.execute_unprepared("CREATE TABLE t (id INTEGER)")
+        .await
+        .unwrap();
+    db.execute_unprepared("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    let mode = |path: std::path::PathBuf| {
+        std::fs::metadata(&path)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(dir.clone()), 0o700);
+    for file in ["bank.db", "bank.db-wal", "bank.db-shm"] {
+        assert_eq!(mode(dir.join(file)), 0o600, "{file}");
+    }
+    db.close().await.ok();
+}
