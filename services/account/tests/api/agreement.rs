@@ -317,3 +317,42 @@ async fn open_account_limit(urls: Vec<String>) {
         ErrorCode::LimitExceeded
     );
 }
+
+db_test!(
+    an_account_left_pending_before_the_upgrade_is_completed_with_an_activated_book,
+    databases = 1,
+    pending_before_upgrade
+);
+async fn pending_before_upgrade(urls: Vec<String>) {
+    use bank_account::store::migrations::Migrator;
+    use sea_orm::ConnectionTrait;
+    use sea_orm_migration::MigratorTrait;
+    let db = bank_kit::db::connect(&urls[0]).await.unwrap();
+    // The schema as the previous version left it, with one account of each kind.
+    Migrator::up(&db, Some(1)).await.unwrap();
+    for (id, status) in [("pending", "pending"), ("active", "active")] {
+        db.execute_unprepared(&format!(
+            "INSERT INTO accounts (account_id, number, owner_id, currency, nickname, status, created_at, updated_at)
+             VALUES ('{id}', '{id}', 'owner', 'EUR', '', '{status}', '2026-11-30T00:00:00Z', '2026-11-30T00:00:00Z')"
+        ))
+        .await
+        .unwrap();
+    }
+    Migrator::up(&db, None).await.unwrap();
+
+    for (id, expected) in [("pending", 0), ("active", 1)] {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                format!("SELECT status_version FROM accounts WHERE account_id = '{id}'"),
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.try_get::<i64>("", "status_version").unwrap(),
+            expected,
+            "{id}"
+        );
+    }
+}

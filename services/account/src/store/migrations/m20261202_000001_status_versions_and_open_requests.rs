@@ -3,7 +3,8 @@
 //! - `accounts.status_version`: the ledger's version of the status recorded here.
 //!   A status is written only over an older version, so concurrent changes end
 //!   here as they ended in the ledger. A new account starts at 0: its book is not
-//!   yet activated. Existing accounts mirror activated books, version 1.
+//!   yet activated. Existing accounts mirror activated books, version 1; pending
+//!   ones start at 0, so that completing them activates their books.
 //! - `account_open_requests`: one row per `OpenAccount` that carried an
 //!   idempotency key, naming the account it opened, so that a retried open
 //!   returns that account instead of opening a second one.
@@ -27,6 +28,10 @@ impl MigrationTrait for Migration {
                 "ALTER TABLE accounts ADD COLUMN status_version {integer} NOT NULL DEFAULT 1
                  CHECK (status_version >= 0)"
             ),
+            // A pending account was never confirmed by the ledger: its book may be
+            // missing, and a book opened now starts unpostable. Version 0 sends it
+            // through the activation step when it is completed.
+            "UPDATE accounts SET status_version = 0 WHERE status = 'pending'".to_owned(),
             format!(
                 "CREATE TABLE account_open_requests (
                     owner_id TEXT NOT NULL,
