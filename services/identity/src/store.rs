@@ -4,8 +4,8 @@
 pub mod migrations;
 
 /// What identity's own role may do when it is not the schema's owner: no schema
-/// changes; the audit trail is append-only; only expired throttle counters are
-/// ever deleted.
+/// changes; the audit trail is append-only; only throttle counters are ever
+/// deleted (a success clears them).
 pub const GRANTS: &[bank_kit::db::TableGrant] = &[
     bank_kit::db::TableGrant {
         table: "users",
