@@ -128,27 +128,12 @@ pub async fn spawn_with_owners(
     let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
     let operator_email = format!("operator-{}@bank.test", uuid::Uuid::new_v4().simple());
 
-    let identity_config = bank_identity::Config {
-        listen_addr: any_port,
-        admin_listen_addr: any_port,
-        database_url: urls[0].clone(),
-        migration_database_url: owner_url(0),
-        signing_keys_dir: keys.path().to_path_buf(),
-        bootstrap_operator: Some(bank_identity::BootstrapOperator {
-            email: operator_email.clone(),
-            password: SecretString::from(OPERATOR_PASSWORD),
-        }),
-        service_clients: HashMap::from([
-            ("account".to_owned(), SecretString::from(SERVICE_SECRET)),
-            (
-                "gateway".to_owned(),
-                SecretString::from(GATEWAY_SERVICE_SECRET),
-            ),
-        ]),
-        session_idle_timeout: chrono::Duration::minutes(30),
-        session_absolute_lifetime: chrono::Duration::hours(12),
-        login_throttle: LOGIN_THROTTLE,
-    };
+    let identity_config = identity_config(
+        urls[0].clone(),
+        owner_url(0),
+        keys.path(),
+        Some(operator_email.clone()),
+    );
     let identity = bank_identity::build(&identity_config)
         .await
         .expect("identity starts");
@@ -231,6 +216,62 @@ pub async fn spawn_with_owners(
         database_urls,
         stop,
         _keys: keys,
+    }
+}
+
+/// Identity's configuration in a test stack; `operator_email` names the
+/// operator to bootstrap, if any.
+fn identity_config(
+    database_url: String,
+    migration_database_url: Option<String>,
+    signing_keys_dir: &std::path::Path,
+    operator_email: Option<String>,
+) -> bank_identity::Config {
+    let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
+    bank_identity::Config {
+        listen_addr: any_port,
+        admin_listen_addr: any_port,
+        database_url,
+        migration_database_url,
+        signing_keys_dir: signing_keys_dir.to_path_buf(),
+        bootstrap_operator: operator_email.map(|email| bank_identity::BootstrapOperator {
+            email,
+            password: SecretString::from(OPERATOR_PASSWORD),
+        }),
+        service_clients: HashMap::from([
+            ("account".to_owned(), SecretString::from(SERVICE_SECRET)),
+            (
+                "gateway".to_owned(),
+                SecretString::from(GATEWAY_SERVICE_SECRET),
+            ),
+        ]),
+        session_idle_timeout: chrono::Duration::minutes(30),
+        session_absolute_lifetime: chrono::Duration::hours(12),
+        login_throttle: LOGIN_THROTTLE,
+    }
+}
+
+impl Stack {
+    /// Starts another identity replica on this stack's identity database and
+    /// signing keys, stopped with the stack, and answers its address.
+    pub async fn identity_replica(&self) -> SocketAddr {
+        let config = identity_config(
+            self.database_urls["identity"].clone(),
+            None,
+            self._keys.path(),
+            None,
+        );
+        let replica = bank_identity::build(&config)
+            .await
+            .expect("identity replica starts");
+        let addr = replica.local_addr().expect("replica address");
+        tokio::spawn(replica.run_until_stopped(stopper(&self.stop.subscribe())));
+        addr
+    }
+
+    /// A client of the identity replica at `addr`.
+    pub async fn identity_at(&self, addr: SocketAddr) -> IdentityServiceClient<Channel> {
+        IdentityServiceClient::new(channel(addr).await)
     }
 }
 

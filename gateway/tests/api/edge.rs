@@ -378,13 +378,13 @@ async fn undeclared_methods_are_405_problems_naming_the_allowed_ones() {
     assert_eq!(body["code"], "method_not_allowed");
 }
 
-/// A stand-in for identity that records the `grpc-timeout` of each call and
-/// answers NOT_FOUND.
+/// A stand-in for identity that records the `grpc-timeout` of each login and
+/// answers every call NOT_FOUND.
 async fn recording_identity() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use axum::{Router, http::HeaderMap, response::IntoResponse};
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let recorder = std::sync::Arc::clone(&seen);
-    let router = Router::new().fallback(move |headers: HeaderMap| {
+    let router = Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
         let recorder = std::sync::Arc::clone(&recorder);
         async move {
             let timeout = headers
@@ -392,7 +392,9 @@ async fn recording_identity() -> (String, std::sync::Arc<std::sync::Mutex<Vec<St
                 .and_then(|value| value.to_str().ok())
                 .unwrap_or_default()
                 .to_owned();
-            recorder.lock().unwrap().push(timeout);
+            if uri.path().ends_with("/Login") {
+                recorder.lock().unwrap().push(timeout);
+            }
             tonic::Status::not_found("no such user")
                 .into_http::<axum::body::Body>()
                 .into_response()

@@ -9,5 +9,6 @@ mod edge;
 mod helpers;
 mod limits;
 mod readiness;
+mod revocation;
 mod roles;
 mod startup;

@@ -25,11 +25,71 @@ use crate::{
     },
     keys::KeyRing,
     passwords::PasswordHasherPool,
-    store::{IdentityStore, Reservation, RevokeReason, Rotation, SessionPolicy},
+    store::{IdentityStore, Reservation, RevocationPage, RevokeReason, Rotation, SessionPolicy},
 };
 
 /// Lifetime of access and service tokens.
 pub const ACCESS_TOKEN_TTL_SECONDS: i64 = 15 * 60;
+
+/// How long an ended session stays in the revocation feed: past it, every
+/// access token of the session has expired (the lifetime, plus the leeway
+/// verifiers allow, plus slack for clocks).
+const REVOCATION_MEMORY: chrono::Duration =
+    chrono::Duration::seconds(ACCESS_TOKEN_TTL_SECONDS + 5 * 60);
+
+/// Most ended sessions in one page of the feed.
+const REVOCATION_PAGE_SIZE: u32 = 5_000;
+
+/// One page of the feed of ended sessions, as `ListRevokedSessions` answers it.
+async fn revocation_page(
+    store: &IdentityStore,
+    request: pb::ListRevokedSessionsRequest,
+) -> Result<pb::ListRevokedSessionsResponse, ServiceError> {
+    if request.horizon < 0 || request.after_seq < 0 {
+        return Err(ServiceError::invalid(
+            "horizon and after_seq are never negative",
+        ));
+    }
+    let since = bank_kit::time::now() - REVOCATION_MEMORY;
+    let page = store
+        .revoked_sessions(
+            request.horizon,
+            request.after_seq,
+            since,
+            REVOCATION_PAGE_SIZE,
+        )
+        .await?;
+    Ok(revocation_page_to_proto(page))
+}
+
+/// Identity's own verifier reads the feed from its database.
+pub(crate) struct LocalRevocations(pub(crate) Arc<IdentityStore>);
+
+#[tonic::async_trait]
+impl bank_kit::auth::RevocationSource for LocalRevocations {
+    async fn page(
+        &self,
+        request: pb::ListRevokedSessionsRequest,
+    ) -> Result<pb::ListRevokedSessionsResponse, ServiceError> {
+        revocation_page(&self.0, request).await
+    }
+}
+
+fn revocation_page_to_proto(page: RevocationPage) -> pb::ListRevokedSessionsResponse {
+    pb::ListRevokedSessionsResponse {
+        sessions: page
+            .sessions
+            .into_iter()
+            .map(|(session_id, revoked_at)| pb::RevokedSession {
+                session_id,
+                not_after_unix: (revoked_at + REVOCATION_MEMORY).timestamp(),
+            })
+            .collect(),
+        last_seq: page.last_seq,
+        complete: page.complete,
+        horizon: page.horizon,
+    }
+}
 
 pub struct IdentityApi {
     pub(crate) store: Arc<IdentityStore>,
@@ -573,10 +633,7 @@ impl IdentityService for IdentityApi {
         if principal.user_id() == Some(user.user_id.as_str()) {
             return Err(ServiceError::invalid("operators cannot disable themselves").into());
         }
-        self.store.set_enabled(&user.user_id, false).await?;
-        self.store
-            .revoke_sessions_of_user(&user.user_id, None, RevokeReason::UserDisabled)
-            .await?;
+        self.store.disable_user(&user.user_id).await?;
         let actor = principal.user_id().unwrap_or_default().to_owned();
         self.store
             .audit("user_disabled", Some(&user.user_id), &format!("by {actor}"))
@@ -615,6 +672,15 @@ impl IdentityService for IdentityApi {
         Ok(Response::new(pb::SetUserRolesResponse {
             user: Some(user_to_proto(&user)),
         }))
+    }
+
+    #[tracing::instrument(name = "identity.list_revoked_sessions", skip_all)]
+    async fn list_revoked_sessions(
+        &self,
+        request: Request<pb::ListRevokedSessionsRequest>,
+    ) -> Result<Response<pb::ListRevokedSessionsResponse>, Status> {
+        let page = revocation_page(&self.store, request.into_inner()).await?;
+        Ok(Response::new(page))
     }
 
     #[tracing::instrument(name = "identity.issue_service_token", skip_all)]

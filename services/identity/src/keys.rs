@@ -216,7 +216,7 @@ mod tests {
             jti: "j".into(),
             roles,
             typ: "access".into(),
-            sid: None,
+            sid: Some("session-1".into()),
         }
     }
 

@@ -178,9 +178,13 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
         keys::KeyRing::load_or_generate(&config.signing_keys_dir)
             .context("IDENTITY_SIGNING_KEYS_DIR: cannot load or create the signing keys")?,
     );
+    let store = Arc::new(store::IdentityStore::new(connection.clone()));
     let api = api::IdentityApi {
-        store: Arc::new(store::IdentityStore::new(connection.clone())),
-        verifier: TokenVerifier::fixed(&keys.jwks()),
+        verifier: TokenVerifier::fixed_with_revocations(
+            &keys.jwks(),
+            api::LocalRevocations(store.clone()),
+        ),
+        store,
         keys,
         hasher: passwords::PasswordHasherPool::new()?,
         sessions: store::SessionPolicy {

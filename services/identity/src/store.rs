@@ -27,6 +27,10 @@ pub const GRANTS: &[bank_kit::db::TableGrant] = &[
         table: "audit_events",
         privileges: "SELECT, INSERT",
     },
+    bank_kit::db::TableGrant {
+        table: "revoked_sessions",
+        privileges: "SELECT, INSERT",
+    },
 ];
 
 use chrono::{DateTime, Duration, Utc};
@@ -51,6 +55,7 @@ pub enum RevokeReason {
     Logout,
     PasswordChanged,
     UserDisabled,
+    RolesChanged,
     RefreshTokenReused,
 }
 
@@ -60,6 +65,7 @@ impl RevokeReason {
             RevokeReason::Logout => "logout",
             RevokeReason::PasswordChanged => "password_changed",
             RevokeReason::UserDisabled => "user_disabled",
+            RevokeReason::RolesChanged => "roles_changed",
             RevokeReason::RefreshTokenReused => "refresh_token_reused",
         }
     }
@@ -96,6 +102,19 @@ pub enum Rotation {
         user_id: String,
     },
     Invalid,
+}
+
+/// One page of the feed of ended sessions (see the `revoked_sessions` migration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevocationPage {
+    /// Each session with the time it ended.
+    pub sessions: Vec<(String, DateTime<Utc>)>,
+    /// Position of the last session of the page (or the `after_seq` asked for).
+    pub last_seq: i64,
+    /// Whether the page ends the round.
+    pub complete: bool,
+    /// Where the next round starts, read before the page.
+    pub horizon: i64,
 }
 
 impl IdentityStore {
@@ -204,8 +223,24 @@ impl IdentityStore {
         Ok(())
     }
 
+    /// Disables `user_id` and ends every session of theirs, in one transaction.
+    pub async fn disable_user(&self, user_id: &str) -> Result<(), IdentityError> {
+        let now = bank_kit::time::now();
+        let txn = self.db.begin().await?;
+        txn.execute_raw(statement(
+            self.backend(),
+            "UPDATE users SET enabled = $1, updated_at = $2 WHERE user_id = $3",
+            [false.into(), now.into(), user_id.into()],
+        ))
+        .await?;
+        revoke_sessions_of_user(&txn, user_id, None, RevokeReason::UserDisabled, now).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
     /// Sets the roles of `user_id`, unless that would leave no enabled operator:
-    /// then nothing changes and the answer is false. Role changes take turns
+    /// then nothing changes and the answer is false. A change ends the user's
+    /// sessions. Role changes take turns
     /// (the update's write lock on SQLite, an advisory lock on PostgreSQL), so
     /// two operators demoting each other at once cannot both succeed.
     pub async fn set_roles(&self, user_id: &str, roles: &[Role]) -> Result<bool, IdentityError> {
@@ -218,16 +253,21 @@ impl IdentityStore {
             ))
             .await?;
         }
-        txn.execute_raw(statement(
-            self.backend(),
-            "UPDATE users SET roles = $1, updated_at = $2 WHERE user_id = $3",
-            [
-                roles_to_column(roles).into(),
-                bank_kit::time::now().into(),
-                user_id.into(),
-            ],
-        ))
-        .await?;
+        let now = bank_kit::time::now();
+        let changed = txn
+            .execute_raw(statement(
+                self.backend(),
+                "UPDATE users SET roles = $1, updated_at = $2 WHERE user_id = $3 AND roles <> $1",
+                [roles_to_column(roles).into(), now.into(), user_id.into()],
+            ))
+            .await?
+            .rows_affected()
+            == 1;
+        // Tokens carry roles: the ones issued with the old roles must stop
+        // working, so the user's sessions end with the change.
+        if changed {
+            revoke_sessions_of_user(&txn, user_id, None, RevokeReason::RolesChanged, now).await?;
+        }
         let operators = txn
             .query_all_raw(statement(
                 self.backend(),
@@ -468,21 +508,69 @@ impl IdentityStore {
         keep: Option<&str>,
         reason: RevokeReason,
     ) -> Result<u64, IdentityError> {
-        let result = self
+        revoke_sessions_of_user(&self.db, user_id, keep, reason, bank_kit::time::now()).await
+    }
+
+    /// The sessions ended from `horizon` on (0: all), after position
+    /// `after_seq`, that ended after `since`, at most `limit` of them. The
+    /// horizon for the next round is read first, so a session that ends while
+    /// the page is read is either in it or after that horizon.
+    pub async fn revoked_sessions(
+        &self,
+        horizon: i64,
+        after_seq: i64,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<RevocationPage, IdentityError> {
+        let backend = self.backend();
+        let (horizon_sql, page_sql) = match backend {
+            DbBackend::Postgres => (
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon",
+                "SELECT seq, session_id, revoked_at FROM revoked_sessions
+                 WHERE txid >= $1 AND seq > $2 AND revoked_at > $3
+                 ORDER BY seq LIMIT $4",
+            ),
+            _ => (
+                "SELECT COALESCE(MAX(seq), 0) + 1 AS horizon FROM revoked_sessions",
+                "SELECT seq, session_id, revoked_at FROM revoked_sessions
+                 WHERE seq >= $1 AND seq > $2 AND revoked_at > $3
+                 ORDER BY seq LIMIT $4",
+            ),
+        };
+        let next_horizon: i64 = self
             .db
-            .execute_raw(statement(
-                self.backend(),
-                "UPDATE sessions SET revoked_at = $1, revoked_reason = $2
-                 WHERE revoked_at IS NULL AND user_id = $3 AND session_id <> $4",
+            .query_one_raw(Statement::from_string(backend, horizon_sql))
+            .await?
+            .ok_or_else(|| IdentityError::Corrupt("revocation horizon".into()))?
+            .try_get("", "horizon")?;
+        let rows = self
+            .db
+            .query_all_raw(statement(
+                backend,
+                page_sql,
                 [
-                    bank_kit::time::now().into(),
-                    reason.as_str().into(),
-                    user_id.into(),
-                    keep.unwrap_or_default().into(),
+                    horizon.into(),
+                    after_seq.into(),
+                    since.into(),
+                    i64::from(limit).into(),
                 ],
             ))
             .await?;
-        Ok(result.rows_affected())
+        let mut last_seq = after_seq;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for row in &rows {
+            last_seq = row.try_get("", "seq")?;
+            sessions.push((
+                row.try_get("", "session_id")?,
+                row.try_get("", "revoked_at")?,
+            ));
+        }
+        Ok(RevocationPage {
+            complete: sessions.len() < limit as usize,
+            sessions,
+            last_seq,
+            horizon: next_horizon,
+        })
     }
 
     /// Counts a login attempt under `key` before it is checked, so that parallel
@@ -626,6 +714,29 @@ async fn revoke_session(
     ))
     .await?;
     Ok(())
+}
+
+async fn revoke_sessions_of_user(
+    db: &impl ConnectionTrait,
+    user_id: &str,
+    keep: Option<&str>,
+    reason: RevokeReason,
+    now: DateTime<Utc>,
+) -> Result<u64, IdentityError> {
+    let result = db
+        .execute_raw(statement(
+            db.get_database_backend(),
+            "UPDATE sessions SET revoked_at = $1, revoked_reason = $2
+             WHERE revoked_at IS NULL AND user_id = $3 AND session_id <> $4",
+            [
+                now.into(),
+                reason.as_str().into(),
+                user_id.into(),
+                keep.unwrap_or_default().into(),
+            ],
+        ))
+        .await?;
+    Ok(result.rows_affected())
 }
 
 fn statement<const N: usize>(backend: DbBackend, sql: &str, values: [Value; N]) -> Statement {

@@ -12,7 +12,8 @@ use std::{
 };
 
 use bank_proto::identity::v1::{
-    GetJwksRequest, Jwk, identity_service_client::IdentityServiceClient,
+    GetJwksRequest, Jwk, ListRevokedSessionsRequest, ListRevokedSessionsResponse,
+    identity_service_client::IdentityServiceClient,
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,18 @@ const MIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// reached, tokens are refused: every honest token has expired by then anyway,
 /// and a key withdrawn at identity must not stay trusted forever.
 const MAX_KEY_SET_AGE: Duration = Duration::from_secs(60 * 60);
+
+/// How often a verifier asks identity for sessions that ended: well inside the
+/// two seconds in which a revoked session must stop working everywhere.
+const REVOCATION_POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a verifier may go without hearing from identity before it stops
+/// serving operators: their revocations may be the ones it is missing.
+const MAX_REVOCATION_SILENCE: Duration = Duration::from_secs(60);
+
+/// How long an operator's call waits for a verifier that has just started to
+/// hear from identity the first time.
+const FIRST_REVOCATION_WAIT: Duration = Duration::from_secs(2);
 
 /// Claims of every token. All are required: a token missing one is rejected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,11 +152,15 @@ impl Principal {
 
     fn from_claims(claims: Claims) -> Result<Principal, ServiceError> {
         match claims.typ.as_str() {
-            TYPE_ACCESS => Ok(Principal::User {
-                user_id: claims.sub,
-                roles: claims.roles,
-                session_id: claims.sid,
-            }),
+            // A user's token always names its session, so that it can be revoked.
+            TYPE_ACCESS => match claims.sid {
+                Some(session_id) if !session_id.is_empty() => Ok(Principal::User {
+                    user_id: claims.sub,
+                    roles: claims.roles,
+                    session_id: Some(session_id),
+                }),
+                _ => Err(invalid_token()),
+            },
             TYPE_SERVICE => match claims.sub.strip_prefix(SERVICE_SUBJECT_PREFIX) {
                 Some(name) if !name.is_empty() => Ok(Principal::Service {
                     name: name.to_owned(),
@@ -198,8 +215,161 @@ impl KeySource for IdentityKeys {
     }
 }
 
+/// Where a verifier learns which sessions have ended: identity's
+/// `ListRevokedSessions`, or identity's own database inside identity.
+#[tonic::async_trait]
+pub trait RevocationSource: Send + Sync + 'static {
+    async fn page(
+        &self,
+        request: ListRevokedSessionsRequest,
+    ) -> Result<ListRevokedSessionsResponse, ServiceError>;
+}
+
+#[tonic::async_trait]
+impl RevocationSource for IdentityServiceClient<Channel> {
+    async fn page(
+        &self,
+        request: ListRevokedSessionsRequest,
+    ) -> Result<ListRevokedSessionsResponse, ServiceError> {
+        self.clone()
+            .list_revoked_sessions(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| {
+                ServiceError::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot fetch revoked sessions: {}", status.code()),
+                )
+            })
+    }
+}
+
+/// The ended sessions a verifier knows of, kept current by a task that follows
+/// the revocation feed. Access tokens name their session (`sid`); one whose
+/// session is here is refused, whether or not it was verified before.
+struct Revocations {
+    /// Ended session ids, with the time (Unix seconds) after which none of
+    /// their tokens can verify anyway and the entry is dropped.
+    sessions: RwLock<HashMap<String, i64>>,
+    /// When the feed was last read to its end.
+    heard_at: tokio::sync::watch::Sender<Option<Instant>>,
+}
+
+impl Revocations {
+    fn new() -> Revocations {
+        Revocations {
+            sessions: RwLock::new(HashMap::new()),
+            heard_at: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
+    fn is_revoked(&self, session_id: &str) -> bool {
+        self.sessions
+            .read()
+            .map_or(true, |sessions| sessions.contains_key(session_id))
+    }
+
+    /// Refuses the principal of a revoked session, and operators while the
+    /// feed is silent: customers keep working with the revocations known
+    /// while identity is unreachable, operators do not past a minute.
+    async fn check(&self, principal: &Principal) -> Result<(), ServiceError> {
+        if let Some(session_id) = principal.session_id()
+            && self.is_revoked(session_id)
+        {
+            return Err(invalid_token());
+        }
+        if !principal.is_operator() {
+            return Ok(());
+        }
+        let mut heard_at = self.heard_at.subscribe();
+        // A verifier that has just started gives the feed a moment.
+        let first =
+            tokio::time::timeout(FIRST_REVOCATION_WAIT, heard_at.wait_for(Option::is_some)).await;
+        let heard_at = match first {
+            Ok(Ok(heard_at)) => *heard_at,
+            _ => None,
+        };
+        match heard_at {
+            Some(at) if at.elapsed() < MAX_REVOCATION_SILENCE => {
+                // A session may have ended while the feed was being awaited.
+                match principal.session_id() {
+                    Some(session_id) if self.is_revoked(session_id) => Err(invalid_token()),
+                    _ => Ok(()),
+                }
+            }
+            _ => Err(ServiceError::new(
+                ErrorCode::Unavailable,
+                "session revocations cannot be confirmed with identity; operator calls wait until they can",
+            )),
+        }
+    }
+
+    /// Reads the feed from `horizon` to its end, and answers the horizon of
+    /// the next round.
+    async fn read_round(
+        &self,
+        source: &dyn RevocationSource,
+        horizon: i64,
+    ) -> Result<i64, ServiceError> {
+        let mut after_seq = 0;
+        let mut next_horizon = None;
+        loop {
+            let page = source
+                .page(ListRevokedSessionsRequest { horizon, after_seq })
+                .await?;
+            next_horizon.get_or_insert(page.horizon);
+            if let Ok(mut sessions) = self.sessions.write() {
+                for revoked in page.sessions {
+                    sessions.insert(revoked.session_id, revoked.not_after_unix);
+                }
+            }
+            if page.complete || page.last_seq <= after_seq {
+                break;
+            }
+            after_seq = page.last_seq;
+        }
+        let now = chrono::Utc::now().timestamp();
+        if let Ok(mut sessions) = self.sessions.write() {
+            sessions.retain(|_, not_after| now <= *not_after);
+        }
+        self.heard_at.send_replace(Some(Instant::now()));
+        Ok(next_horizon.unwrap_or(horizon))
+    }
+
+    /// Follows the feed for as long as a verifier holds `revocations`.
+    fn follow(revocations: &Arc<Revocations>, source: Arc<dyn RevocationSource>) {
+        let revocations = Arc::downgrade(revocations);
+        tokio::spawn(async move {
+            let mut horizon = 0;
+            let mut failing = false;
+            loop {
+                let Some(held) = revocations.upgrade() else {
+                    return;
+                };
+                match held.read_round(source.as_ref(), horizon).await {
+                    Ok(next) => {
+                        horizon = next;
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("the revocation feed is reachable again");
+                        }
+                    }
+                    Err(error) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!(%error, "the revocation feed cannot be read");
+                        }
+                    }
+                }
+                drop(held);
+                tokio::time::sleep(REVOCATION_POLL_INTERVAL).await;
+            }
+        });
+    }
+}
+
 struct Inner {
     keys: RwLock<HashMap<String, DecodingKey>>,
+    /// `None`: no revocation feed (tests of the key handling only).
+    revocations: Option<Arc<Revocations>>,
     /// `None`: the keys were handed in and never change (identity verifying its
     /// own tokens).
     source: Option<Arc<dyn KeySource>>,
@@ -271,34 +441,63 @@ pub struct TokenVerifier {
 }
 
 impl TokenVerifier {
-    /// A verifier that fetches keys from the identity service at `endpoint`. The
-    /// channel connects lazily, so the service can start before identity does.
+    /// A verifier that fetches keys from the identity service at `endpoint` and
+    /// follows its feed of ended sessions. The channel connects lazily, so the
+    /// service can start before identity does. Call it inside a Tokio runtime.
     pub fn remote(endpoint: &str) -> Result<TokenVerifier, tonic::transport::Error> {
         let channel = Endpoint::from_shared(endpoint.to_owned())?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(5))
             .connect_lazy();
-        Ok(Self::from_source(IdentityKeys(IdentityServiceClient::new(
-            channel,
-        ))))
+        let client = IdentityServiceClient::new(channel);
+        Ok(Self::build(
+            Some(Arc::new(IdentityKeys(client.clone()))),
+            Some(Arc::new(client)),
+        ))
     }
 
-    /// A verifier that fetches its keys from `source`.
+    /// A verifier that fetches its keys from `source`, without a revocation feed.
     pub fn from_source(source: impl KeySource) -> TokenVerifier {
-        Self::with_source(Some(Arc::new(source)))
+        Self::build(Some(Arc::new(source)), None)
     }
 
-    /// A verifier that trusts exactly `keys`.
+    /// A verifier that fetches its keys from `keys` and follows the feed of
+    /// ended sessions of `revocations`. Call it inside a Tokio runtime.
+    pub fn from_sources(keys: impl KeySource, revocations: impl RevocationSource) -> TokenVerifier {
+        Self::build(Some(Arc::new(keys)), Some(Arc::new(revocations)))
+    }
+
+    /// A verifier that trusts exactly `keys`, without a revocation feed.
     pub fn fixed(keys: &[Jwk]) -> TokenVerifier {
-        let verifier = Self::with_source(None);
+        let verifier = Self::build(None, None);
         verifier.replace_keys(keys);
         verifier
     }
 
-    fn with_source(source: Option<Arc<dyn KeySource>>) -> TokenVerifier {
+    /// A verifier that trusts exactly `keys` and follows the feed of ended
+    /// sessions of `revocations`: identity's own. Call it inside a Tokio runtime.
+    pub fn fixed_with_revocations(
+        keys: &[Jwk],
+        revocations: impl RevocationSource,
+    ) -> TokenVerifier {
+        let verifier = Self::build(None, Some(Arc::new(revocations)));
+        verifier.replace_keys(keys);
+        verifier
+    }
+
+    fn build(
+        source: Option<Arc<dyn KeySource>>,
+        revocation_source: Option<Arc<dyn RevocationSource>>,
+    ) -> TokenVerifier {
+        let revocations = revocation_source.map(|revocation_source| {
+            let revocations = Arc::new(Revocations::new());
+            Revocations::follow(&revocations, revocation_source);
+            revocations
+        });
         TokenVerifier {
             inner: Arc::new(Inner {
                 keys: RwLock::new(HashMap::new()),
+                revocations,
                 source,
                 last_fetch: tokio::sync::Mutex::new(None),
                 fetched_at: RwLock::new(None),
@@ -325,8 +524,19 @@ impl TokenVerifier {
         self.inner.verified.clear();
     }
 
-    /// Verifies `token` and returns who it speaks for.
+    /// Verifies `token` and returns who it speaks for, unless its session has
+    /// ended.
     pub async fn verify(&self, token: &str) -> Result<Principal, ServiceError> {
+        let principal = self.verify_signed(token).await?;
+        if let Some(revocations) = &self.inner.revocations {
+            revocations.check(&principal).await?;
+        }
+        Ok(principal)
+    }
+
+    /// Verifies `token`'s signature and claims, from the cache when it was
+    /// verified before.
+    async fn verify_signed(&self, token: &str) -> Result<Principal, ServiceError> {
         self.keep_keys_fresh().await?;
         let digest = VerifiedTokens::digest(token);
         let now = chrono::Utc::now().timestamp();
@@ -670,6 +880,226 @@ mod tests {
         assert!(held <= VERIFIED_TOKENS_CAPACITY, "{held}");
         let newest = VerifiedTokens::digest(&(VERIFIED_TOKENS_CAPACITY + 9).to_string());
         assert!(tokens.get(&newest, 1).is_some());
+    }
+
+    /// A revocation feed that answers round by round from `pages`, or fails
+    /// while `down` is set; it records the requests it was asked.
+    #[derive(Clone, Default)]
+    struct Feed {
+        pages: Arc<std::sync::Mutex<std::collections::VecDeque<ListRevokedSessionsResponse>>>,
+        asked: Arc<std::sync::Mutex<Vec<(i64, i64)>>>,
+        down: Arc<AtomicBool>,
+    }
+
+    #[tonic::async_trait]
+    impl RevocationSource for Feed {
+        async fn page(
+            &self,
+            request: ListRevokedSessionsRequest,
+        ) -> Result<ListRevokedSessionsResponse, ServiceError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(unreachable_identity());
+            }
+            if let Ok(mut asked) = self.asked.lock() {
+                asked.push((request.horizon, request.after_seq));
+            }
+            let next = self
+                .pages
+                .lock()
+                .ok()
+                .and_then(|mut pages| pages.pop_front());
+            Ok(next.unwrap_or(ListRevokedSessionsResponse {
+                sessions: Vec::new(),
+                last_seq: request.after_seq,
+                complete: true,
+                horizon: request.horizon,
+            }))
+        }
+    }
+
+    fn page(
+        sessions: &[&str],
+        last_seq: i64,
+        complete: bool,
+        horizon: i64,
+    ) -> ListRevokedSessionsResponse {
+        ListRevokedSessionsResponse {
+            sessions: sessions
+                .iter()
+                .map(|id| bank_proto::identity::v1::RevokedSession {
+                    session_id: (*id).to_owned(),
+                    not_after_unix: chrono::Utc::now().timestamp() + 600,
+                })
+                .collect(),
+            last_seq,
+            complete,
+            horizon,
+        }
+    }
+
+    fn user(session_id: &str, roles: &[&str]) -> Principal {
+        Principal::User {
+            user_id: "u".into(),
+            roles: roles.iter().map(|role| (*role).to_owned()).collect(),
+            session_id: Some(session_id.into()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_round_reads_every_page_and_keeps_the_first_pages_horizon() {
+        let feed = Feed::default();
+        if let Ok(mut pages) = feed.pages.lock() {
+            pages.extend([
+                page(&["s1", "s2"], 7, false, 40),
+                page(&["s3"], 9, true, 45),
+            ]);
+        }
+        let revocations = Revocations::new();
+
+        let next = revocations.read_round(&feed, 30).await.ok();
+
+        assert_eq!(
+            next,
+            Some(40),
+            "the horizon read before the round's first page"
+        );
+        assert_eq!(
+            feed.asked
+                .lock()
+                .map(|asked| asked.clone())
+                .unwrap_or_default(),
+            vec![(30, 0), (30, 7)]
+        );
+        for session in ["s1", "s2", "s3"] {
+            assert!(revocations.is_revoked(session), "{session}");
+        }
+        assert!(!revocations.is_revoked("s4"));
+    }
+
+    /// Revocations following `feed`.
+    fn following(feed: &Feed) -> Arc<Revocations> {
+        let revocations = Arc::new(Revocations::new());
+        Revocations::follow(&revocations, Arc::new(feed.clone()));
+        revocations
+    }
+
+    /// The code a user of `session` with `role` is refused with, if refused.
+    async fn refusal(revocations: &Revocations, session: &str, role: &str) -> Option<ErrorCode> {
+        let principal = user(session, &[role]);
+        revocations
+            .check(&principal)
+            .await
+            .err()
+            .map(|error| error.code)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn revoked_sessions_are_refused_and_others_pass() {
+        let feed = Feed::default();
+        if let Ok(mut pages) = feed.pages.lock() {
+            pages.push_back(page(&["ended"], 1, true, 2));
+        }
+        let revocations = following(&feed);
+
+        for role in [ROLE_OPERATOR, ROLE_CUSTOMER] {
+            let refused = refusal(&revocations, "ended", role).await;
+            assert_eq!(refused, Some(ErrorCode::Unauthenticated));
+        }
+        assert_eq!(refusal(&revocations, "live", ROLE_OPERATOR).await, None);
+        let service = Principal::Service {
+            name: "account".into(),
+        };
+        assert!(revocations.check(&service).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn operators_wait_for_the_first_round_then_are_refused_without_it() {
+        let feed = Feed::default();
+        feed.down.store(true, Ordering::SeqCst);
+        let revocations = following(&feed);
+
+        let operator = refusal(&revocations, "s", ROLE_OPERATOR).await;
+        assert_eq!(operator, Some(ErrorCode::Unavailable));
+        assert_eq!(refusal(&revocations, "s", ROLE_CUSTOMER).await, None);
+
+        feed.down.store(false, Ordering::SeqCst);
+        let waiting = tokio::spawn({
+            let revocations = revocations.clone();
+            async move { refusal(&revocations, "s", ROLE_OPERATOR).await }
+        });
+        let answered = waiting.await.ok();
+        assert_eq!(answered, Some(None), "served once the feed answered");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_feed_stops_operators_after_a_minute_but_not_customers() {
+        let feed = Feed::default();
+        let revocations = following(&feed);
+        assert_eq!(refusal(&revocations, "s", ROLE_OPERATOR).await, None);
+
+        feed.down.store(true, Ordering::SeqCst);
+        tokio::time::advance(MAX_REVOCATION_SILENCE - Duration::from_secs(1)).await;
+        assert_eq!(refusal(&revocations, "s", ROLE_OPERATOR).await, None);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let operator = refusal(&revocations, "s", ROLE_OPERATOR).await;
+        assert_eq!(operator, Some(ErrorCode::Unavailable));
+        assert_eq!(refusal(&revocations, "s", ROLE_CUSTOMER).await, None);
+
+        feed.down.store(false, Ordering::SeqCst);
+        tokio::time::advance(REVOCATION_POLL_INTERVAL).await;
+        tokio::task::yield_now().await;
+        assert_eq!(refusal(&revocations, "s", ROLE_OPERATOR).await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_feed_stops_being_followed_when_its_verifier_is_gone() {
+        let feed = Feed::default();
+        let revocations = following(&feed);
+        tokio::time::advance(REVOCATION_POLL_INTERVAL * 3).await;
+        tokio::task::yield_now().await;
+        drop(revocations);
+        tokio::time::advance(REVOCATION_POLL_INTERVAL * 2).await;
+        tokio::task::yield_now().await;
+        let asked = || {
+            feed.asked
+                .lock()
+                .map(|asked| asked.len())
+                .unwrap_or_default()
+        };
+        let before = asked();
+
+        tokio::time::advance(REVOCATION_POLL_INTERVAL * 10).await;
+        tokio::task::yield_now().await;
+
+        assert!(before > 0);
+        assert_eq!(asked(), before);
+    }
+
+    #[test]
+    fn access_tokens_without_a_session_are_refused() {
+        let claims = Claims {
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            sub: "u".into(),
+            exp: 0,
+            nbf: 0,
+            iat: 0,
+            jti: "j".into(),
+            roles: vec![ROLE_OPERATOR.into()],
+            typ: TYPE_ACCESS.into(),
+            sid: None,
+        };
+        assert!(Principal::from_claims(claims.clone()).is_err());
+        let empty = Claims {
+            sid: Some(String::new()),
+            ..claims.clone()
+        };
+        assert!(Principal::from_claims(empty).is_err());
+        let named = Claims {
+            sid: Some("s".into()),
+            ..claims
+        };
+        assert!(Principal::from_claims(named).is_ok());
     }
 
     #[tokio::test]

@@ -4,6 +4,7 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261128_000001_create_users_and_sessions;
 mod m20261128_000002_create_login_throttle;
+mod m20261202_000001_revoked_sessions;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_create_users_and_sessions::Migration),
             Box::new(m20261128_000002_create_login_throttle::Migration),
+            Box::new(m20261202_000001_revoked_sessions::Migration),
         ]
     }
 }

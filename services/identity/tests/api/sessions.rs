@@ -288,3 +288,89 @@ async fn logout_bogus_token(urls: Vec<String>) {
         .await
         .unwrap();
 }
+
+db_test!(
+    the_revocation_feed_never_misses_a_late_commit,
+    databases = 1,
+    revocation_feed_order
+);
+async fn revocation_feed_order(urls: Vec<String>) {
+    use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
+
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let alice = stack.customer().await;
+    stack.login(&alice.email, USER_PASSWORD).await;
+    let db = bank_kit::db::connect(&stack.database_urls["identity"])
+        .await
+        .unwrap();
+    let backend = db.get_database_backend();
+    let sessions: Vec<String> = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT session_id FROM sessions WHERE user_id = $1 ORDER BY created_at",
+            [alice.user_id.clone().into()],
+        ))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get("", "session_id").unwrap())
+        .collect();
+    let store = bank_identity::store::IdentityStore::new(db.clone());
+    let since = bank_kit::time::now() - chrono::Duration::hours(1);
+    let ended = |page: &bank_identity::store::RevocationPage| -> Vec<String> {
+        page.sessions.iter().map(|(id, _)| id.clone()).collect()
+    };
+    let start = store.revoked_sessions(0, 0, since, 100).await.unwrap();
+    assert!(start.complete && start.sessions.is_empty());
+
+    // The first session ends in a transaction that commits last.
+    let late = db.begin().await.unwrap();
+    late.execute_raw(Statement::from_sql_and_values(
+        backend,
+        "UPDATE sessions SET revoked_at = $1, revoked_reason = 'logout' WHERE session_id = $2",
+        [bank_kit::time::now().into(), sessions[0].clone().into()],
+    ))
+    .await
+    .unwrap();
+    let mut expected_early = Vec::new();
+    if backend == sea_orm::DbBackend::Postgres {
+        // PostgreSQL lets another one end and commit meanwhile; SQLite's
+        // writers take turns.
+        store
+            .revoke_session(&sessions[1], &alice.user_id)
+            .await
+            .unwrap();
+        expected_early.push(sessions[1].clone());
+    }
+    let early = store
+        .revoked_sessions(start.horizon, 0, since, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        ended(&early),
+        expected_early,
+        "the uncommitted end is unseen"
+    );
+    late.commit().await.unwrap();
+
+    let next = store
+        .revoked_sessions(early.horizon, 0, since, 100)
+        .await
+        .unwrap();
+    assert!(
+        ended(&next).contains(&sessions[0]),
+        "the late commit is in the next round: {:?}",
+        ended(&next)
+    );
+    let paged = store.revoked_sessions(0, 0, since, 1).await.unwrap();
+    assert!(!paged.complete && paged.sessions.len() == 1);
+    let rest = store
+        .revoked_sessions(0, paged.last_seq, since, 100)
+        .await
+        .unwrap();
+    assert!(rest.complete);
+    assert_eq!(
+        paged.sessions.len() + rest.sessions.len(),
+        expected_early.len() + 1
+    );
+}
