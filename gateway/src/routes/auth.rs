@@ -17,7 +17,8 @@ use crate::{
 pub struct RegisterBody {
     #[schema(max_length = 254, example = "alice@example.com")]
     pub email: String,
-    /// 12 to 256 characters; common passwords are refused.
+    /// 12 to 256 characters (after NFKC normalisation); passwords a strength
+    /// estimator finds easy to guess, or made of the user's own details, are refused.
     #[schema(min_length = 12, max_length = 256)]
     pub password: String,
     #[schema(min_length = 1, max_length = 200)]

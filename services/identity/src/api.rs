@@ -21,10 +21,11 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        Email, FullName, IdentityError, LoginThrottle, MAX_PASSWORD_BYTES, NewPassword, Role, User,
+        Email, FullName, IdentityError, LoginThrottle, MAX_PASSWORD_BYTES, NewPassword,
+        PasswordContext, Role, User, normalize_password,
     },
     keys::KeyRing,
-    passwords::PasswordHasherPool,
+    passwords::{PasswordHasherPool, Verified},
     store::{IdentityStore, Reservation, RevocationPage, RevokeReason, Rotation, SessionPolicy},
 };
 
@@ -109,6 +110,14 @@ pub fn client_secret_digest(secret: &SecretString) -> [u8; 32] {
 
 fn refresh_token_digest(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Checks a new password against the policy on the blocking pool: the strength
+/// estimate is CPU work an anonymous caller can ask for.
+async fn new_password(raw: String, context: PasswordContext) -> Result<NewPassword, IdentityError> {
+    tokio::task::spawn_blocking(move || NewPassword::parse(&raw, &context))
+        .await
+        .map_err(|_| IdentityError::Hashing("the password check stopped".into()))?
 }
 
 fn new_refresh_token() -> Result<String, IdentityError> {
@@ -204,7 +213,7 @@ impl IdentityApi {
         let user = User {
             user_id: uuid::Uuid::new_v4().to_string(),
             email: email.clone(),
-            full_name: "Operator".into(),
+            full_name: crate::BOOTSTRAP_OPERATOR_NAME.into(),
             roles: vec![Role::Customer, Role::Operator],
             enabled: true,
             created_at: bank_kit::time::now(),
@@ -253,6 +262,26 @@ impl IdentityApi {
         }
     }
 
+    /// Checks a presented password against a stored hash in its NFKC form, and,
+    /// for a hash made before passwords were normalised, in its raw form too: a
+    /// match that way calls for a rehash of the normalised form.
+    async fn check_password(
+        &self,
+        presented: &str,
+        stored: &str,
+    ) -> Result<Verified, IdentityError> {
+        let normalized = normalize_password(presented);
+        let verified = self.hasher.verify(&normalized, stored).await?;
+        if verified.matches || normalized == presented {
+            return Ok(verified);
+        }
+        let raw = self.hasher.verify(presented, stored).await?;
+        Ok(Verified {
+            matches: raw.matches,
+            needs_rehash: raw.matches,
+        })
+    }
+
     /// The user the credentials belong to, or why they do not (and whose they
     /// were meant to be, if known). Rehashes the password when its parameters are
     /// out of date.
@@ -271,9 +300,12 @@ impl IdentityApi {
             // Same work as a real check, so response time does not reveal whether
             // the email is registered.
             self.hasher.verify_dummy(&body.password).await?;
+            if normalize_password(&body.password) != body.password {
+                self.hasher.verify_dummy(&body.password).await?;
+            }
             return Ok(Err(("unknown email", None)));
         };
-        let verified = self.hasher.verify(&body.password, &stored_hash).await?;
+        let verified = self.check_password(&body.password, &stored_hash).await?;
         if !verified.matches {
             return Ok(Err(("wrong password", Some(user.user_id))));
         }
@@ -283,7 +315,10 @@ impl IdentityApi {
         // The user and the hash the password matched; the session is only
         // created while that hash is still theirs.
         if verified.needs_rehash {
-            let hash = self.hasher.hash(&body.password).await?;
+            let hash = self
+                .hasher
+                .hash(&normalize_password(&body.password))
+                .await?;
             if self
                 .store
                 .replace_password_hash(&user.user_id, &stored_hash, &hash)
@@ -295,7 +330,7 @@ impl IdentityApi {
             // or the password changed. Only the current hash can tell.
             let current = self.store.password_hash(&user.user_id).await?;
             return match current {
-                Some(current) if self.hasher.verify(&body.password, &current).await?.matches => {
+                Some(current) if self.check_password(&body.password, &current).await?.matches => {
                     Ok(Ok((user, current)))
                 }
                 _ => Ok(Err(("password changed during login", Some(user.user_id)))),
@@ -412,7 +447,8 @@ impl IdentityService for IdentityApi {
         let body = request.into_inner();
         let email = Email::parse(&body.email)?;
         let full_name = FullName::parse(&body.full_name)?;
-        let password = NewPassword::parse(&body.password)?;
+        let context = PasswordContext::new(email.as_str(), full_name.as_str());
+        let password = new_password(body.password, context).await?;
         let user = User {
             user_id: uuid::Uuid::new_v4().to_string(),
             email,
@@ -565,7 +601,8 @@ impl IdentityService for IdentityApi {
         let user = self.current_user(&principal).await?;
         let client = self.client_address(&request).await;
         let body = request.into_inner();
-        let new_password = NewPassword::parse(&body.new_password)?;
+        let context = PasswordContext::new(user.email.as_str(), &user.full_name);
+        let new_password = new_password(body.new_password, context).await?;
         // The current password is a secret check like a login, throttled alike.
         let throttle = ThrottleKeys::for_secret("password_change", &user.user_id, &client);
         self.reserve_attempt(&throttle).await?;
@@ -576,8 +613,7 @@ impl IdentityService for IdentityApi {
             .ok_or(IdentityError::UserNotFound)?;
         let current_ok = body.current_password.len() <= MAX_PASSWORD_BYTES
             && self
-                .hasher
-                .verify(&body.current_password, &stored)
+                .check_password(&body.current_password, &stored)
                 .await?
                 .matches;
         if !current_ok {

@@ -19,7 +19,10 @@ use bank_kit::{
 use bank_proto::identity::v1::identity_service_server::IdentityServiceServer;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::domain::{Email, NewPassword};
+use crate::domain::{Email, NewPassword, PasswordContext};
+
+/// The full name of an operator the bootstrap variables create.
+pub const BOOTSTRAP_OPERATOR_NAME: &str = "Operator";
 
 /// The operator ensured at start.
 #[derive(Clone)]
@@ -70,7 +73,8 @@ impl Config {
                 Email::parse(&email).map_err(|error| {
                     ConfigError::new("BANK_BOOTSTRAP_OPERATOR_EMAIL", error.to_string())
                 })?;
-                NewPassword::parse(password.expose_secret()).map_err(|error| {
+                let context = PasswordContext::new(&email, BOOTSTRAP_OPERATOR_NAME);
+                NewPassword::parse(password.expose_secret(), &context).map_err(|error| {
                     ConfigError::new("BANK_BOOTSTRAP_OPERATOR_PASSWORD", error.to_string())
                 })?;
                 Some(BootstrapOperator { email, password })
@@ -200,7 +204,8 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     };
     if let Some(operator) = &config.bootstrap_operator {
         let email = Email::parse(&operator.email)?;
-        let password = NewPassword::parse(operator.password.expose_secret())?;
+        let context = PasswordContext::new(email.as_str(), BOOTSTRAP_OPERATOR_NAME);
+        let password = NewPassword::parse(operator.password.expose_secret(), &context)?;
         api.ensure_operator(&email, &password).await?;
         tracing::info!(email = %email, "bootstrap operator ensured");
     }

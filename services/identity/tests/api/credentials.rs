@@ -117,7 +117,10 @@ async fn registration_policy(urls: Vec<String>) {
     for request in [
         register("carol@example.com", "short"),
         register("carol@example.com", "password1234"),
+        register("carol@example.com", "qwertyuiop123"),
+        register("carol@example.com", "carol@example.com"),
         register("carol@example.com", &too_long),
+        register("carol@example.com", &"\u{fb01}".repeat(200)),
         register("not-an-email", USER_PASSWORD),
         pb::RegisterRequest {
             full_name: String::new(),
@@ -647,4 +650,77 @@ async fn account_lockout(urls: Vec<String>) {
         "{}",
         retry_after(&fresh)
     );
+}
+
+db_test!(
+    passwords_are_compared_in_their_nfkc_form,
+    databases = 1,
+    nfkc_passwords
+);
+async fn nfkc_passwords(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let mut identity = stack.identity().await;
+    let decomposed = "cafe\u{301} au lait sans sucre";
+    let composed = "caf\u{e9} au lait sans sucre";
+    identity
+        .register(register("dora@example.com", decomposed))
+        .await
+        .unwrap();
+
+    for typed in [composed, decomposed] {
+        let login = identity
+            .login(pb::LoginRequest {
+                email: "dora@example.com".into(),
+                password: typed.into(),
+            })
+            .await;
+        assert!(login.is_ok(), "{typed:?}: {login:?}");
+    }
+}
+
+db_test!(
+    a_hash_made_before_normalisation_is_verified_once_and_rehashed,
+    databases = 1,
+    legacy_hash
+);
+async fn legacy_hash(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::IDENTITY).await;
+    let alice = stack.customer().await;
+    let raw = "\u{ff37}\u{ff49}\u{ff4e}\u{ff54}\u{ff45}\u{ff52} moorland cottage";
+    let db = bank_kit::db::connect(&stack.database_urls["identity"])
+        .await
+        .unwrap();
+    let store = bank_identity::store::IdentityStore::new(db);
+    let hasher = bank_identity::passwords::PasswordHasherPool::new().unwrap();
+    // As registration stored it before passwords were normalised.
+    let legacy = hasher.hash(raw).await.unwrap();
+    store
+        .set_password_hash(&alice.user_id, &legacy)
+        .await
+        .unwrap();
+    let mut identity = stack.identity().await;
+
+    identity
+        .login(pb::LoginRequest {
+            email: alice.email.clone(),
+            password: raw.into(),
+        })
+        .await
+        .unwrap();
+
+    let stored = store.password_hash(&alice.user_id).await.unwrap().unwrap();
+    assert_ne!(stored, legacy, "rehashed at the first login");
+    let normalized = bank_identity::domain::normalize_password(raw);
+    assert_eq!(normalized, "Winter moorland cottage");
+    assert!(hasher.verify(&normalized, &stored).await.unwrap().matches);
+    assert!(!hasher.verify(raw, &stored).await.unwrap().matches);
+    for typed in [raw, normalized.as_str()] {
+        let login = identity
+            .login(pb::LoginRequest {
+                email: alice.email.clone(),
+                password: typed.into(),
+            })
+            .await;
+        assert!(login.is_ok(), "{typed:?}: {login:?}");
+    }
 }
