@@ -76,6 +76,35 @@ for version in $KUBERNETES_VERSIONS; do
   kubernetes-validate --strict --kubernetes-version "$version" "${manifests[@]}"
 done
 
+step "k8s/components/tls rendered over k8s/ (kubectl kustomize, strict; cert-manager kinds only warn)"
+if command -v kubectl >/dev/null 2>&1; then
+  overlay=$(mktemp -d)
+  trap 'rm -rf "$overlay"' EXIT
+  mkdir -p "$overlay/with-tls"
+  # kustomize takes only relative paths.
+  base=$(realpath --relative-to="$overlay/with-tls" k8s)
+  cat >"$overlay/with-tls/kustomization.yaml" <<YAML
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $base
+components:
+  - $base/components/tls
+YAML
+  kubectl kustomize --load-restrictor LoadRestrictionsNone "$overlay/with-tls" >"$overlay/rendered.yaml"
+  for key in BANK_TLS_CERT_FILE BANK_TLS_CLIENT_CA_FILE identity-internal-tls "scheme: HTTPS"; do
+    grep -q "$key" "$overlay/rendered.yaml" || { echo "the TLS component does not set $key" >&2; exit 1; }
+  done
+  for version in $KUBERNETES_VERSIONS; do
+    kubernetes-validate --strict --kubernetes-version "$version" "$overlay/rendered.yaml" 2>&1 | grep -v " passed " || true
+    kubernetes-validate --strict --kubernetes-version "$version" "$overlay/rendered.yaml" >/dev/null 2>&1 \
+      || { echo "the rendered TLS overlay does not validate" >&2; exit 1; }
+  done
+  echo "ok"
+else
+  echo "kubectl is not installed: skipped"
+fi
+
 step "k8s/kustomization.yaml"
 "$PYTHON" - <<'PY'
 import pathlib, sys, yaml
@@ -142,6 +171,7 @@ if errors:
 print(f"ok: well-formed YAML, {len(services)} services")
 PY
 check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
+check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.tls.yml
 
 step "deploy/.env.example documents every variable"
 "$PYTHON" - <<'PY'

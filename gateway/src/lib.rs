@@ -8,8 +8,9 @@ pub mod metrics;
 pub mod problem;
 pub mod rate_limit;
 pub mod routes;
+pub mod serve;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use axum::{
@@ -24,6 +25,8 @@ use bank_kit::{
     ErrorCode,
     auth::TokenVerifier,
     config::{ConfigError, Env},
+    grpc::{self, Pool},
+    tls::{Connector, ServerTls, TlsSettings},
 };
 use bank_proto::{
     account::v1::account_service_client::AccountServiceClient,
@@ -31,7 +34,7 @@ use bank_proto::{
     ledger::v1::ledger_service_client::LedgerServiceClient,
 };
 use tokio::net::TcpListener;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
     set_header::SetResponseHeaderLayer,
@@ -71,6 +74,12 @@ pub struct Config {
     /// logins per client. Unset: identity counts every login under the
     /// gateway's own address.
     pub service_client_secret: Option<secrecy::SecretString>,
+    /// HTTPS (with client certificates when a client CA is set) instead of
+    /// plain HTTP, and the CA that verifies `https://` services.
+    pub tls: TlsSettings,
+    /// How long clients may take to send a request head, and to leave a
+    /// connection idle ([`HEADER_READ_TIMEOUT`], [`IDLE_TIMEOUT`]).
+    pub timeouts: serve::Timeouts,
 }
 
 impl Config {
@@ -138,6 +147,11 @@ impl Config {
             trusted_proxies: TrustedProxies::parse(&env.string("GATEWAY_TRUSTED_PROXIES", ""))
                 .map_err(|reason| ConfigError::new("GATEWAY_TRUSTED_PROXIES", reason))?,
             service_client_secret: env.secret("GATEWAY_SERVICE_CLIENT_SECRET"),
+            tls: TlsSettings::from_env(env)?,
+            timeouts: serve::Timeouts {
+                header_read: HEADER_READ_TIMEOUT,
+                idle: IDLE_TIMEOUT,
+            },
         })
     }
 }
@@ -182,53 +196,36 @@ impl HealthChannels {
 /// What every handler shares: a pool of HTTP/2 connections per service.
 #[derive(Clone)]
 pub struct AppState {
-    pub identity: IdentityServiceClient<Channel>,
-    pub account: AccountServiceClient<Channel>,
-    pub ledger: LedgerServiceClient<Channel>,
+    pub identity: IdentityServiceClient<Pool>,
+    pub account: AccountServiceClient<Pool>,
+    pub ledger: LedgerServiceClient<Pool>,
     pub verifier: TokenVerifier,
     pub health_channels: HealthChannels,
+    /// The JWKS document last fetched from identity, and when.
+    pub jwks: Arc<tokio::sync::Mutex<Option<(tokio::time::Instant, routes::auth::JwksView)>>>,
     /// The gateway's service token, to vouch for client addresses to identity.
     pub service_token: Option<bank_kit::auth::ServiceTokenSource>,
 }
 
-/// HTTP/2 connections the gateway keeps to each service. One connection carries
-/// at most the server's per-connection stream limit and funnels every request
-/// through one socket and one pair of tasks; a few, balanced by load, spread
-/// the work over both and keep one connection's trouble from stopping the rest.
+/// HTTP/2 connections the gateway keeps to each service (see [`Pool`]).
 const UPSTREAM_CONNECTIONS: usize = 4;
 
-fn endpoint(endpoint: &str, timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(endpoint.to_owned())?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30)))
-}
+/// A client that sends no complete request head in this long is disconnected:
+/// slow senders cannot hold connections open, and an HTTP/1.1 connection idle
+/// between requests is closed after as long.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One lazily connected channel, for health checks.
-fn channel(address: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(address, timeout)?.connect_lazy())
-}
+/// A connection with no request open for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// [`UPSTREAM_CONNECTIONS`] connections to one service behind a channel that
-/// sends each request to the less loaded of two.
-fn pooled_channel(address: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    let endpoint = endpoint(address, timeout)?;
-    let (channel, changes) = Channel::balance_channel(UPSTREAM_CONNECTIONS);
-    for index in 0..UPSTREAM_CONNECTIONS {
-        changes
-            .try_send(tonic::transport::channel::Change::Insert(
-                index,
-                endpoint.clone(),
-            ))
-            .map_err(|_| anyhow::anyhow!("cannot add a connection to {address}"))?;
-    }
-    Ok(channel)
-}
+/// Streams one client HTTP/2 connection may have open at once.
+const MAX_CLIENT_STREAMS: u32 = 128;
 
 /// The gateway, bound to its port.
 pub struct GatewayApp {
     listener: TcpListener,
+    tls: Option<ServerTls>,
+    timeouts: serve::Timeouts,
     router: Router,
 }
 
@@ -242,35 +239,35 @@ impl GatewayApp {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        // Responses go out as soon as they are written: with Nagle's algorithm a
-        // response written in two parts would wait for the client's delayed ACK.
-        let listener = self.listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::warn!(%error, "cannot set TCP_NODELAY on a client connection");
-            }
-        });
-        axum::serve(
-            listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+        serve::serve(
+            self.listener,
+            self.tls,
+            self.timeouts,
+            self.router,
+            shutdown,
         )
-        .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+        Ok(())
     }
 }
 
 /// Builds the router and binds the listener.
 pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
     let timeout = config.request_timeout;
+    let connector = Connector::new(&config.tls)?;
+    let pool = |variable: &str, url: &str| {
+        Pool::new(variable, url, &connector, timeout, UPSTREAM_CONNECTIONS)
+    };
+    let channel = |variable: &str, url: &str| grpc::channel(variable, url, &connector, timeout);
     let state = AppState {
-        identity: IdentityServiceClient::new(pooled_channel(&config.identity_endpoint, timeout)?),
-        account: AccountServiceClient::new(pooled_channel(&config.account_endpoint, timeout)?),
-        ledger: LedgerServiceClient::new(pooled_channel(&config.ledger_endpoint, timeout)?),
-        verifier: TokenVerifier::remote(&config.identity_endpoint)?,
+        identity: IdentityServiceClient::new(pool("IDENTITY_ENDPOINT", &config.identity_endpoint)?),
+        account: AccountServiceClient::new(pool("ACCOUNT_ENDPOINT", &config.account_endpoint)?),
+        ledger: LedgerServiceClient::new(pool("LEDGER_ENDPOINT", &config.ledger_endpoint)?),
+        verifier: TokenVerifier::remote(&config.identity_endpoint, &connector)?,
         service_token: match &config.service_client_secret {
             Some(secret) => Some(bank_kit::auth::ServiceTokenSource::new(
                 &config.identity_endpoint,
+                &connector,
                 bank_kit::auth::GATEWAY_CLIENT_ID.to_owned(),
                 secret.clone(),
             )?),
@@ -281,10 +278,11 @@ pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
                 None
             }
         },
+        jwks: Arc::default(),
         health_channels: HealthChannels::new(
-            channel(&config.identity_endpoint, timeout)?,
-            channel(&config.account_endpoint, timeout)?,
-            channel(&config.ledger_endpoint, timeout)?,
+            channel("IDENTITY_ENDPOINT", &config.identity_endpoint)?,
+            channel("ACCOUNT_ENDPOINT", &config.account_endpoint)?,
+            channel("LEDGER_ENDPOINT", &config.ledger_endpoint)?,
         ),
     };
     let limiter = match &config.redis_url {
@@ -303,7 +301,13 @@ pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
                 config.listen_addr
             )
         })?;
-    Ok(GatewayApp { listener, router })
+    let tls = ServerTls::new(&config.tls, &[b"h2", b"http/1.1"])?;
+    Ok(GatewayApp {
+        listener,
+        tls,
+        timeouts: config.timeouts,
+        router,
+    })
 }
 
 /// Every route, with the layers that guard them.

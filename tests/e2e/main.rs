@@ -215,6 +215,17 @@ async fn journey_over_grpc(urls: Vec<String>) {
     assert_eq!(listed.len(), 2);
 }
 
+/// A reflection v1 request that lists the services.
+fn list_services_v1() -> tonic_reflection::pb::v1::ServerReflectionRequest {
+    use tonic_reflection::pb::v1;
+    v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    }
+}
+
 /// The services reflection lists on `addr`, asked over reflection v1 and v1alpha.
 async fn reflected_services(addr: std::net::SocketAddr) -> (Vec<String>, Vec<String>) {
     use tonic_reflection::pb::{v1, v1alpha};
@@ -224,12 +235,7 @@ async fn reflected_services(addr: std::net::SocketAddr) -> (Vec<String>, Vec<Str
         .await
         .unwrap();
 
-    let request = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
+    let request = list_services_v1();
     let mut stream = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
         .server_reflection_info(tokio_stream::iter([request]))
         .await
@@ -322,4 +328,35 @@ async fn operators_view(urls: Vec<String>) {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn reflection_can_be_turned_off() {
+    use tonic_reflection::pb::v1;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/identity.db?mode=rwc", dir.path().display());
+    let mut config = bank_e2e::identity_config(url, None, &dir.path().join("keys"), None);
+    config.reflection = false;
+    let identity = bank_identity::build(&config).await.unwrap();
+    let addr = identity.local_addr().unwrap();
+    tokio::spawn(identity.run_until_stopped(std::future::pending()));
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+
+    let request = list_services_v1();
+    let reflection = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await;
+
+    assert_eq!(
+        reflection.err().map(|status| status.code()),
+        Some(tonic::Code::Unimplemented)
+    );
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await;
+    assert!(health.is_ok(), "health is still served");
 }

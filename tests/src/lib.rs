@@ -18,6 +18,8 @@ use tonic::transport::Channel;
 
 pub use bank_kit::db_test;
 
+pub mod pki;
+
 /// Password of the operator every stack bootstraps.
 pub const OPERATOR_PASSWORD: &str = "operator password for tests";
 /// Password every test user registers with.
@@ -60,6 +62,12 @@ impl Parts {
 
 /// Running components. Dropping it asks them all to stop.
 pub struct Stack {
+    /// `http`, or `https` for a stack spawned with TLS.
+    pub scheme: &'static str,
+    /// How the stack's own clients connect (with a client certificate under TLS).
+    pub connector: bank_kit::tls::Connector,
+    /// A REST client that trusts the stack's CA under TLS.
+    pub http: reqwest::Client,
     pub identity_addr: SocketAddr,
     pub ledger_addr: Option<SocketAddr>,
     pub account_addr: Option<SocketAddr>,
@@ -122,18 +130,37 @@ pub async fn spawn_with_owners(
     owner_urls: Option<&[String]>,
     parts: Parts,
 ) -> Stack {
+    spawn_stack(urls, owner_urls, parts, None).await
+}
+
+/// [`spawn`] with TLS everywhere: each service serves with `pki`'s certificate
+/// and requires client certificates from its CA, the gateway serves HTTPS and
+/// calls the services with mutual TLS, and the stack's clients do too.
+pub async fn spawn_with_tls(urls: &[String], parts: Parts, pki: &pki::TestPki) -> Stack {
+    spawn_stack(urls, None, parts, Some(pki)).await
+}
+
+async fn spawn_stack(
+    urls: &[String],
+    owner_urls: Option<&[String]>,
+    parts: Parts,
+    pki: Option<&pki::TestPki>,
+) -> Stack {
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let service_tls = pki.map(pki::TestPki::service_settings).unwrap_or_default();
     let owner_url = |index: usize| owner_urls.map(|owners| owners[index].clone());
     let (stop, stop_receiver) = watch::channel(false);
     let keys = tempfile::tempdir().expect("key directory");
     let any_port: SocketAddr = "127.0.0.1:0".parse().expect("address");
     let operator_email = format!("operator-{}@bank.test", uuid::Uuid::new_v4().simple());
 
-    let identity_config = identity_config(
+    let mut identity_config = identity_config(
         urls[0].clone(),
         owner_url(0),
         keys.path(),
         Some(operator_email.clone()),
     );
+    identity_config.tls = service_tls.clone();
     let identity = bank_identity::build(&identity_config)
         .await
         .expect("identity starts");
@@ -143,7 +170,7 @@ pub async fn spawn_with_owners(
         identity.admin_addr().expect("identity admin address"),
     )]);
     tokio::spawn(identity.run_until_stopped(stopper(&stop_receiver)));
-    let identity_endpoint = format!("http://{identity_addr}");
+    let identity_endpoint = format!("{scheme}://{identity_addr}");
     let mut database_urls = HashMap::from([("identity", urls[0].clone())]);
 
     let mut ledger_addr = None;
@@ -154,6 +181,8 @@ pub async fn spawn_with_owners(
             database_url: urls[1].clone(),
             migration_database_url: owner_url(1),
             identity_endpoint: identity_endpoint.clone(),
+            tls: service_tls.clone(),
+            reflection: true,
         };
         let ledger = bank_ledger::build(&config).await.expect("ledger starts");
         ledger_addr = Some(ledger.local_addr().expect("ledger address"));
@@ -170,10 +199,15 @@ pub async fn spawn_with_owners(
             database_url: urls[2].clone(),
             migration_database_url: owner_url(2),
             identity_endpoint: identity_endpoint.clone(),
-            ledger_endpoint: format!("http://{}", ledger_addr.expect("account needs the ledger")),
+            ledger_endpoint: format!(
+                "{scheme}://{}",
+                ledger_addr.expect("account needs the ledger")
+            ),
             service_client_id: "account".into(),
             service_client_secret: SecretString::from(SERVICE_SECRET),
             max_open_per_user: MAX_OPEN_ACCOUNTS,
+            tls: service_tls.clone(),
+            reflection: true,
         };
         let account = bank_account::build(&config).await.expect("account starts");
         account_addr = Some(account.local_addr().expect("account address"));
@@ -190,8 +224,14 @@ pub async fn spawn_with_owners(
         let config = bank_gateway::Config {
             listen_addr: any_port,
             identity_endpoint,
-            account_endpoint: format!("http://{}", account_addr.expect("gateway needs account")),
-            ledger_endpoint: format!("http://{}", ledger_addr.expect("gateway needs the ledger")),
+            account_endpoint: format!(
+                "{scheme}://{}",
+                account_addr.expect("gateway needs account")
+            ),
+            ledger_endpoint: format!(
+                "{scheme}://{}",
+                ledger_addr.expect("gateway needs the ledger")
+            ),
             cors_allowed_origins: vec!["https://app.bank.test".parse().expect("origin")],
             request_timeout: std::time::Duration::from_secs(10),
             redis_url: None,
@@ -200,13 +240,27 @@ pub async fn spawn_with_owners(
             auth_quota: bank_gateway::rate_limit::Quota::per_minute(1_000_000),
             trusted_proxies: Default::default(),
             service_client_secret: Some(SecretString::from(GATEWAY_SERVICE_SECRET)),
+            tls: pki.map(pki::TestPki::gateway_settings).unwrap_or_default(),
+            timeouts: bank_gateway::serve::Timeouts {
+                header_read: bank_gateway::HEADER_READ_TIMEOUT,
+                idle: bank_gateway::IDLE_TIMEOUT,
+            },
         };
         let gateway = bank_gateway::build(&config).await.expect("gateway starts");
         gateway_addr = Some(gateway.local_addr().expect("gateway address"));
         tokio::spawn(gateway.run_until_stopped(stopper(&stop_receiver)));
     }
 
+    let client_tls = pki.map(pki::TestPki::client_settings).unwrap_or_default();
+    let mut http = reqwest::Client::builder();
+    if let Some(pki) = pki {
+        let ca = std::fs::read(&pki.ca).expect("CA file");
+        http = http.add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA"));
+    }
     Stack {
+        scheme,
+        connector: bank_kit::tls::Connector::new(&client_tls).expect("client TLS"),
+        http: http.build().expect("HTTP client"),
         identity_addr,
         ledger_addr,
         account_addr,
@@ -221,7 +275,7 @@ pub async fn spawn_with_owners(
 
 /// Identity's configuration in a test stack; `operator_email` names the
 /// operator to bootstrap, if any.
-fn identity_config(
+pub fn identity_config(
     database_url: String,
     migration_database_url: Option<String>,
     signing_keys_dir: &std::path::Path,
@@ -248,6 +302,8 @@ fn identity_config(
         session_idle_timeout: chrono::Duration::minutes(30),
         session_absolute_lifetime: chrono::Duration::hours(12),
         login_throttle: LOGIN_THROTTLE,
+        tls: Default::default(),
+        reflection: true,
     }
 }
 
@@ -271,16 +327,19 @@ impl Stack {
 
     /// A client of the identity replica at `addr`.
     pub async fn identity_at(&self, addr: SocketAddr) -> IdentityServiceClient<Channel> {
-        IdentityServiceClient::new(channel(addr).await)
+        IdentityServiceClient::new(self.channel(addr).await)
     }
-}
 
-async fn channel(addr: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect()
-        .await
-        .expect("connects")
+    /// A channel to the service at `addr`, as the stack's clients connect.
+    pub async fn channel(&self, addr: SocketAddr) -> Channel {
+        bank_kit::grpc::channel(
+            "test",
+            &format!("{}://{addr}", self.scheme),
+            &self.connector,
+            Duration::from_secs(30),
+        )
+        .expect("channel")
+    }
 }
 
 /// A request carrying `token` as its bearer token.
@@ -304,20 +363,27 @@ pub struct TestUser {
 
 impl Stack {
     pub async fn identity(&self) -> IdentityServiceClient<Channel> {
-        IdentityServiceClient::new(channel(self.identity_addr).await)
+        IdentityServiceClient::new(self.channel(self.identity_addr).await)
     }
 
     pub async fn ledger(&self) -> LedgerServiceClient<Channel> {
-        LedgerServiceClient::new(channel(self.ledger_addr.expect("ledger running")).await)
+        LedgerServiceClient::new(
+            self.channel(self.ledger_addr.expect("ledger running"))
+                .await,
+        )
     }
 
     pub async fn account(&self) -> AccountServiceClient<Channel> {
-        AccountServiceClient::new(channel(self.account_addr.expect("account running")).await)
+        AccountServiceClient::new(
+            self.channel(self.account_addr.expect("account running"))
+                .await,
+        )
     }
 
     pub fn gateway_url(&self, path: &str) -> String {
         format!(
-            "http://{}{path}",
+            "{}://{}{path}",
+            self.scheme,
             self.gateway_addr.expect("gateway running")
         )
     }

@@ -85,12 +85,12 @@ pub struct ChangePasswordBody {
     pub new_password: String,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JwksView {
     pub keys: Vec<JwkView>,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JwkView {
     pub kty: String,
     pub crv: String,
@@ -216,13 +216,20 @@ pub async fn change_password(
 
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "auth", responses((status = 200, body = JwksView)))]
 pub async fn jwks(State(state): State<AppState>) -> Result<Json<JwksView>, ApiError> {
+    // One fetch at a time; the others wait for it and share its answer.
+    let mut cached = state.jwks.lock().await;
+    if let Some((fetched_at, document)) = cached.as_ref()
+        && fetched_at.elapsed() < JWKS_CACHE_TTL
+    {
+        return Ok(Json(document.clone()));
+    }
     let response = state
         .identity
         .clone()
         .get_jwks(anonymous(pb::GetJwksRequest {}))
         .await?
         .into_inner();
-    Ok(Json(JwksView {
+    let document = JwksView {
         keys: response
             .keys
             .into_iter()
@@ -235,5 +242,12 @@ pub async fn jwks(State(state): State<AppState>) -> Result<Json<JwksView>, ApiEr
                 key_use: key.r#use,
             })
             .collect(),
-    }))
+    };
+    *cached = Some((tokio::time::Instant::now(), document.clone()));
+    Ok(Json(document))
 }
+
+/// How long the gateway serves the JWKS document it fetched before asking
+/// identity again: an anonymous route must not turn into a call to identity per
+/// request, and a new signing key is published well before it signs.
+pub const JWKS_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);

@@ -585,3 +585,37 @@ async fn invented_methods_and_paths_never_grow_the_metrics() {
         assert!(allowed.contains(&value), "method label {value:?}");
     }
 }
+
+db_test!(
+    the_jwks_document_is_served_from_a_short_cache,
+    databases = 3,
+    jwks_cached
+);
+async fn jwks_cached(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::ALL).await;
+    let identity_admin = stack.admin_addrs["identity"];
+    let fetches = |text: String| {
+        bank_e2e::sample(
+            &text,
+            "grpc_server_handled_total",
+            &[("grpc_method", "GetJwks")],
+        )
+    };
+    let before = fetches(bank_e2e::scrape(identity_admin).await);
+
+    let http = reqwest::Client::new();
+    for _ in 0..20 {
+        let document: serde_json::Value = http
+            .get(stack.gateway_url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(!document["keys"].as_array().unwrap().is_empty());
+    }
+
+    let after = fetches(bank_e2e::scrape(identity_admin).await);
+    assert_eq!(after - before, 1.0, "20 requests, one fetch from identity");
+}

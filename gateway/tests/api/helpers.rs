@@ -212,6 +212,11 @@ pub async fn offline_config() -> bank_gateway::Config {
         auth_quota: bank_gateway::rate_limit::Quota::per_minute(1_000),
         trusted_proxies: Default::default(),
         service_client_secret: None,
+        tls: Default::default(),
+        timeouts: bank_gateway::serve::Timeouts {
+            header_read: bank_gateway::HEADER_READ_TIMEOUT,
+            idle: bank_gateway::IDLE_TIMEOUT,
+        },
     }
 }
 

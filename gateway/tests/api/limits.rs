@@ -6,6 +6,8 @@ use bank_gateway::{
     client::TrustedProxies,
     rate_limit::{Decision, Quota, RateLimiter},
 };
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -190,4 +192,74 @@ async fn an_unreachable_redis_stops_the_gateway_at_start() {
         .err()
         .expect("start must fail");
     assert!(error.to_string().starts_with("REDIS_URL:"), "{error}");
+}
+
+/// A gateway whose clients get `header_read` to send a request head and `idle`
+/// between requests.
+async fn impatient_gateway(header_read: Duration, idle: Duration) -> std::net::SocketAddr {
+    let mut config = offline_config().await;
+    config.timeouts = bank_gateway::serve::Timeouts { header_read, idle };
+    let url = start(&config).await;
+    url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// Reads until the gateway closes the connection; answers how long that took.
+async fn closed_within(stream: &mut tokio::net::TcpStream, bound: Duration) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(bound, stream.read(&mut buffer))
+            .await
+            .unwrap_or_else(|_| panic!("still open after {bound:?}"));
+        if matches!(read, Ok(0) | Err(_)) {
+            return started.elapsed();
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_silent_and_idle_clients_are_disconnected() {
+    use tokio::io::AsyncWriteExt;
+    let gateway = impatient_gateway(Duration::from_secs(1), Duration::from_secs(2)).await;
+    let bound = Duration::from_secs(8);
+
+    let mut slow = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: bank\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: bank\r\n\r\n")
+        .await
+        .unwrap();
+
+    assert!(closed_within(&mut slow, bound).await >= Duration::from_millis(900));
+    closed_within(&mut silent, bound).await;
+    closed_within(&mut idle, bound).await;
+
+    let healthz = reqwest::get(format!("http://{gateway}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(
+        healthz.status(),
+        StatusCode::OK,
+        "others are served meanwhile"
+    );
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed() {
+    let gateway = impatient_gateway(Duration::from_secs(1), Duration::from_secs(2)).await;
+    let tcp = tokio::net::TcpStream::connect(gateway).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{gateway}/healthz"))
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), StatusCode::OK);
+
+    let ended = tokio::time::timeout(Duration::from_secs(8), connection).await;
+    assert!(ended.is_ok(), "the idle connection is still open");
 }

@@ -12,3 +12,4 @@ mod readiness;
 mod revocation;
 mod roles;
 mod startup;
+mod tls;

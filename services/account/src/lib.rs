@@ -12,13 +12,13 @@ use bank_kit::{
     config::{ConfigError, Env},
     db,
     grpc::{self, GrpcApp},
+    tls::{Connector, TlsSettings},
 };
 use bank_proto::{
     account::v1::account_service_server::AccountServiceServer,
     ledger::v1::ledger_service_client::LedgerServiceClient,
 };
 use secrecy::SecretString;
-use tonic::transport::Endpoint;
 
 /// The account service's configuration, read once at start.
 #[derive(Debug, Clone)]
@@ -38,6 +38,9 @@ pub struct Config {
     pub service_client_secret: SecretString,
     /// Accounts a customer may hold open at once (closed ones do not count).
     pub max_open_per_user: u32,
+    pub tls: TlsSettings,
+    /// Whether server reflection is served (`BANK_GRPC_REFLECTION`).
+    pub reflection: bool,
 }
 
 impl Config {
@@ -69,6 +72,8 @@ impl Config {
                 }
                 limit => limit,
             },
+            tls: TlsSettings::from_env(env)?,
+            reflection: grpc::reflection_from_env(env)?,
         })
     }
 }
@@ -82,23 +87,27 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
         store::GRANTS,
     )
     .await?;
-    let ledger_channel = Endpoint::from_shared(config.ledger_endpoint.clone())?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .connect_lazy();
+    let connector = Connector::new(&config.tls)?;
+    let ledger_channel = grpc::channel(
+        "LEDGER_ENDPOINT",
+        &config.ledger_endpoint,
+        &connector,
+        Duration::from_secs(10),
+    )?;
     let api = api::AccountApi::new(
         Arc::new(store::AccountStore::new(connection.clone())),
-        TokenVerifier::remote(&config.identity_endpoint)?,
+        TokenVerifier::remote(&config.identity_endpoint, &connector)?,
         LedgerServiceClient::new(ledger_channel),
         ServiceTokenSource::new(
             &config.identity_endpoint,
+            &connector,
             config.service_client_id.clone(),
             config.service_client_secret.clone(),
         )?,
         config.max_open_per_user,
     );
     let service_name = grpc::service_name::<AccountServiceServer<api::AccountApi>>();
-    let service_routes = grpc::service_routes(service_name).await?;
+    let service_routes = grpc::service_routes(service_name, config.reflection).await?;
     let server = AccountServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let routes = service_routes.routes.add_service(server);
     let spec = grpc::ServiceSpec {
@@ -107,6 +116,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
         listen_addr: config.listen_addr,
         admin_listen_addr: config.admin_listen_addr,
         database: connection,
+        tls: config.tls.clone(),
     };
     GrpcApp::bind(spec, routes, service_routes.health).await
 }

@@ -58,6 +58,9 @@ pub struct Config {
     pub service_clients: HashMap<String, SecretString>,
     pub session_idle_timeout: chrono::Duration,
     pub session_absolute_lifetime: chrono::Duration,
+    pub tls: bank_kit::tls::TlsSettings,
+    /// Whether server reflection is served (`BANK_GRPC_REFLECTION`).
+    pub reflection: bool,
     /// The backoff after failed logins; fixed in code, set here by tests.
     pub login_throttle: domain::LoginThrottle,
 }
@@ -120,6 +123,8 @@ impl Config {
                 1..=24 * 90,
             )?),
             login_throttle: domain::LoginThrottle::default(),
+            tls: bank_kit::tls::TlsSettings::from_env(env)?,
+            reflection: grpc::reflection_from_env(env)?,
         })
     }
 }
@@ -210,7 +215,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
         tracing::info!(email = %email, "bootstrap operator ensured");
     }
     let service_name = grpc::service_name::<IdentityServiceServer<api::IdentityApi>>();
-    let service_routes = grpc::service_routes(service_name).await?;
+    let service_routes = grpc::service_routes(service_name, config.reflection).await?;
     let server = IdentityServiceServer::new(api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let routes = service_routes.routes.add_service(server);
     let spec = grpc::ServiceSpec {
@@ -219,6 +224,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
         listen_addr: config.listen_addr,
         admin_listen_addr: config.admin_listen_addr,
         database: connection,
+        tls: config.tls.clone(),
     };
     GrpcApp::bind(spec, routes, service_routes.health).await
 }

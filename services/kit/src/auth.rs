@@ -18,7 +18,7 @@ use bank_proto::identity::v1::{
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::{ErrorCode, ServiceError};
 
@@ -36,6 +36,12 @@ pub const ROLE_OPERATOR: &str = "operator";
 pub const ROLE_CUSTOMER: &str = "customer";
 /// Prefix of a service principal's `sub`.
 pub const SERVICE_SUBJECT_PREFIX: &str = "service:";
+
+/// The variable that names identity's endpoint, for errors.
+const IDENTITY_ENDPOINT: &str = "IDENTITY_ENDPOINT";
+
+/// Deadline of a call to identity for keys, revocations or a service token.
+const IDENTITY_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Shortest time between two JWKS fetches triggered by unknown key ids, so that a
 /// flood of forged `kid`s cannot turn into a flood of requests to identity.
@@ -444,11 +450,16 @@ impl TokenVerifier {
     /// A verifier that fetches keys from the identity service at `endpoint` and
     /// follows its feed of ended sessions. The channel connects lazily, so the
     /// service can start before identity does. Call it inside a Tokio runtime.
-    pub fn remote(endpoint: &str) -> Result<TokenVerifier, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
+    pub fn remote(
+        endpoint: &str,
+        connector: &crate::tls::Connector,
+    ) -> anyhow::Result<TokenVerifier> {
+        let channel = crate::grpc::channel(
+            IDENTITY_ENDPOINT,
+            endpoint,
+            connector,
+            IDENTITY_CALL_TIMEOUT,
+        )?;
         let client = IdentityServiceClient::new(channel);
         Ok(Self::build(
             Some(Arc::new(IdentityKeys(client.clone()))),
@@ -1148,13 +1159,16 @@ impl ServiceTokenSource {
 
     pub fn new(
         identity_endpoint: &str,
+        connector: &crate::tls::Connector,
         client_id: String,
         client_secret: secrecy::SecretString,
-    ) -> Result<ServiceTokenSource, tonic::transport::Error> {
-        let channel = Endpoint::from_shared(identity_endpoint.to_owned())?
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
+    ) -> anyhow::Result<ServiceTokenSource> {
+        let channel = crate::grpc::channel(
+            IDENTITY_ENDPOINT,
+            identity_endpoint,
+            connector,
+            IDENTITY_CALL_TIMEOUT,
+        )?;
         Ok(ServiceTokenSource {
             client: IdentityServiceClient::new(channel),
             client_id,

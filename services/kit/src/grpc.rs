@@ -9,11 +9,7 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tonic::{
-    server::NamedService,
-    service::Routes,
-    transport::{Server, server::TcpIncoming},
-};
+use tonic::{server::NamedService, service::Routes, transport::Server};
 use tonic_health::server::HealthReporter;
 
 /// Largest request message a service decodes.
@@ -48,6 +44,14 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The variable that turns server reflection off (`false`); it is on by default.
+pub const REFLECTION_VARIABLE: &str = "BANK_GRPC_REFLECTION";
+
+/// Whether the services serve reflection, as [`REFLECTION_VARIABLE`] says.
+pub fn reflection_from_env(env: &crate::config::Env) -> Result<bool, crate::config::ConfigError> {
+    env.parse(REFLECTION_VARIABLE, true)
+}
+
 /// Routes with health and reflection in place, ready for the service's own API.
 pub struct ServiceRoutes {
     pub routes: Routes,
@@ -62,10 +66,13 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Builds health and reflection for the service named `service_name` (its full
-/// protobuf name). The service's own health status starts NOT_SERVING; binding the
+/// Builds health, and reflection unless `reflection` is off, for the service
+/// named `service_name` (its full protobuf name). The service's own health status starts NOT_SERVING; binding the
 /// [`GrpcApp`] reports it SERVING, and its database watch keeps it current.
-pub async fn service_routes(service_name: &str) -> Result<ServiceRoutes, ServeError> {
+pub async fn service_routes(
+    service_name: &str,
+    reflection: bool,
+) -> Result<ServiceRoutes, ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status(service_name, tonic_health::ServingStatus::NotServing)
@@ -73,11 +80,12 @@ pub async fn service_routes(service_name: &str) -> Result<ServiceRoutes, ServeEr
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
-    let reflection_v1 = reflection_builder(service_name).build_v1()?;
-    let reflection_v1alpha = reflection_builder(service_name).build_v1alpha()?;
-    let routes = Routes::new(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let mut routes = Routes::new(health_service);
+    if reflection {
+        routes = routes
+            .add_service(reflection_builder(service_name).build_v1()?)
+            .add_service(reflection_builder(service_name).build_v1alpha()?);
+    }
     Ok(ServiceRoutes { routes, health })
 }
 
@@ -100,6 +108,7 @@ pub fn service_name<S: NamedService>() -> &'static str {
 /// requests.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<crate::tls::ServerTls>,
     routes: Routes,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -116,14 +125,95 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .trace_fn(crate::telemetry::grpc_request_span)
         .add_routes(crate::metrics::instrument(routes))
-        // `serve_with_incoming` ignores the builder's TCP settings: without
-        // TCP_NODELAY a response's trailers could wait for the caller's delayed ACK.
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        // Every accepted socket sets TCP_NODELAY (`serve_with_incoming` ignores
+        // the builder's TCP settings): without it a response's trailers could
+        // wait for the caller's delayed ACK.
+        .serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), shutdown)
         .await?;
     Ok(())
+}
+
+/// How long a call may take to connect to another service.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A lazily connected channel to the service at `url` (named by `variable`, for
+/// errors), through `connector`: TLS for `https://`, with each request's deadline
+/// at most `timeout`.
+pub fn channel(
+    variable: &str,
+    url: &str,
+    connector: &crate::tls::Connector,
+    timeout: Duration,
+) -> anyhow::Result<tonic::transport::Channel> {
+    if url.starts_with("https://") && !connector.has_tls() {
+        anyhow::bail!("{variable}: an https:// endpoint needs BANK_TLS_CA_FILE to verify it");
+    }
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|error| anyhow::anyhow!("{variable}: {error}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(timeout)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+    Ok(endpoint.connect_with_connector_lazy(connector.clone()))
+}
+
+/// Several connections to one service, used in turn. One HTTP/2 connection
+/// carries at most the server's stream limit and funnels every request through
+/// one socket and one pair of tasks; a few spread the work and keep one
+/// connection's trouble from stopping the rest.
+#[derive(Clone)]
+pub struct Pool {
+    channels: std::sync::Arc<[tonic::transport::Channel]>,
+    next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The channel `poll_ready` chose for the next `call`.
+    chosen: Option<tonic::transport::Channel>,
+}
+
+impl Pool {
+    /// `size` lazily connected channels to `url` (see [`channel`]).
+    pub fn new(
+        variable: &str,
+        url: &str,
+        connector: &crate::tls::Connector,
+        timeout: Duration,
+        size: usize,
+    ) -> anyhow::Result<Pool> {
+        let channels = (0..size.max(1))
+            .map(|_| channel(variable, url, connector, timeout))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Pool {
+            channels: channels.into(),
+            next: std::sync::Arc::default(),
+            chosen: None,
+        })
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Pool {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = tonic::transport::channel::ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        let channels = &self.channels;
+        let next = &self.next;
+        let chosen = self.chosen.get_or_insert_with(|| {
+            let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % channels.len();
+            channels[index].clone()
+        });
+        tower::Service::poll_ready(chosen, cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let mut channel = self
+            .chosen
+            .take()
+            .unwrap_or_else(|| self.channels[0].clone());
+        tower::Service::call(&mut channel, request)
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -166,11 +256,14 @@ pub struct ServiceSpec {
     pub listen_addr: std::net::SocketAddr,
     pub admin_listen_addr: std::net::SocketAddr,
     pub database: sea_orm::DatabaseConnection,
+    /// TLS for the API port (never for the admin port).
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// A gRPC service bound to its API and admin ports and ready to serve.
 pub struct GrpcApp {
     listener: TcpListener,
+    tls: Option<crate::tls::ServerTls>,
     admin_listener: TcpListener,
     routes: Routes,
     readiness: crate::admin::Readiness,
@@ -201,9 +294,11 @@ impl GrpcApp {
                     spec.admin_listen_addr
                 )
             })?;
+        let tls = crate::tls::ServerTls::new(&spec.tls, &[b"h2"])?;
         let readiness = crate::admin::Readiness::new(health, spec.service_name).await;
         Ok(GrpcApp {
             listener,
+            tls,
             admin_listener,
             routes,
             readiness,
@@ -240,7 +335,7 @@ impl GrpcApp {
             .into_future(),
         );
         let readiness = self.readiness;
-        let served = serve(self.listener, self.routes, async move {
+        let served = serve(self.listener, self.tls, self.routes, async move {
             shutdown.await;
             readiness.start_draining().await;
         })
@@ -267,7 +362,7 @@ mod tests {
     /// A health service on a port of its own; returns its address.
     async fn health_server() -> std::net::SocketAddr {
         let name = "bank.test.v1.TestService";
-        let ServiceRoutes { routes, health } = service_routes(name)
+        let ServiceRoutes { routes, health } = service_routes(name, true)
             .await
             .unwrap_or_else(|error| panic!("routes: {error}"));
         let database = crate::db::connect("sqlite::memory:")
@@ -280,6 +375,7 @@ mod tests {
             listen_addr: any_port,
             admin_listen_addr: any_port,
             database,
+            tls: crate::tls::TlsSettings::default(),
         };
         let app = GrpcApp::bind(spec, routes, health)
             .await

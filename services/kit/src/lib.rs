@@ -16,6 +16,7 @@ pub mod net;
 pub mod telemetry;
 pub mod testing;
 pub mod time;
+pub mod tls;
 
 pub use bank_domain::{DomainError, ErrorCode, money};
 pub use error::ServiceError;

@@ -15,6 +15,7 @@ use bank_kit::{
     config::{ConfigError, Env},
     db,
     grpc::{self, GrpcApp},
+    tls::{Connector, TlsSettings},
 };
 use bank_proto::ledger::v1::ledger_service_server::LedgerServiceServer;
 
@@ -29,6 +30,9 @@ pub struct Config {
     /// service runs as a restricted role (see `bank_kit::db::TableGrant`).
     pub migration_database_url: Option<String>,
     pub identity_endpoint: String,
+    pub tls: TlsSettings,
+    /// Whether server reflection is served (`BANK_GRPC_REFLECTION`).
+    pub reflection: bool,
 }
 
 impl Config {
@@ -44,6 +48,8 @@ impl Config {
                 .migration_database_url("LEDGER_MIGRATION_DATABASE_URL", &database_url)?,
             database_url,
             identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
+            tls: TlsSettings::from_env(env)?,
+            reflection: grpc::reflection_from_env(env)?,
         })
     }
 }
@@ -59,9 +65,10 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     .await?;
     let store = Arc::new(store::LedgerStore::new(connection.clone()));
     let engine = engine::PostingEngine::start(Arc::clone(&store), engine::GroupConfig::default());
-    let verifier = TokenVerifier::remote(&config.identity_endpoint)?;
+    let connector = Connector::new(&config.tls)?;
+    let verifier = TokenVerifier::remote(&config.identity_endpoint, &connector)?;
     let service_name = grpc::service_name::<LedgerServiceServer<api::LedgerApi>>();
-    let service_routes = grpc::service_routes(service_name).await?;
+    let service_routes = grpc::service_routes(service_name, config.reflection).await?;
     let server = LedgerServiceServer::new(api::LedgerApi::new(store, engine, verifier))
         .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES);
     let routes = service_routes.routes.add_service(server);
@@ -71,6 +78,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
         listen_addr: config.listen_addr,
         admin_listen_addr: config.admin_listen_addr,
         database: connection,
+        tls: config.tls.clone(),
     };
     GrpcApp::bind(spec, routes, service_routes.health).await
 }

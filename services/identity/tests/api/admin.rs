@@ -154,6 +154,8 @@ async fn bootstrap_existing_user(urls: Vec<String>) {
         session_idle_timeout: chrono::Duration::minutes(30),
         session_absolute_lifetime: chrono::Duration::hours(12),
         login_throttle: LOGIN_THROTTLE,
+        tls: Default::default(),
+        reflection: true,
     };
     bank_identity::build(&config).await.unwrap();
 
