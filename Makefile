@@ -35,10 +35,22 @@ test-faults:
 	fi
 
 ## Formatting, clippy with warnings as errors, protobuf lint.
+# cargo deny's advisories check needs the RustSec database; it runs only where
+# the database is already on disk (cargo deny fetches it into ~/.cargo/advisory-dbs).
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 	cd proto && $(BUF) lint
+	@if $(CARGO) deny --version >/dev/null 2>&1; then \
+		$(CARGO) deny --log-level error check bans licenses sources && \
+		if ls -d $${CARGO_HOME:-$$HOME/.cargo}/advisory-dbs/*/ >/dev/null 2>&1; then \
+			$(CARGO) deny --log-level error check --disable-fetch advisories; \
+		else \
+			echo "cargo deny advisories: skipped, no RustSec database on this machine"; \
+		fi; \
+	else \
+		echo "cargo deny: skipped, not installed (cargo install --locked cargo-deny)"; \
+	fi
 
 bench:
 	@./bench/run.sh
