@@ -123,6 +123,15 @@ impl Config {
                 "must start with redis:// or rediss:// (value not shown)",
             ));
         }
+        if redis_url
+            .as_ref()
+            .is_some_and(|url| url.contains("#insecure"))
+        {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                "#insecure would skip verifying Redis' certificate: use BANK_TLS_CA_FILE for a private CA",
+            ));
+        }
         let api_per_minute: u32 = env.parse("GATEWAY_RATE_LIMIT_PER_MINUTE", 1200)?;
         let auth_per_minute: u32 = env.parse("GATEWAY_AUTH_RATE_LIMIT_PER_MINUTE", 30)?;
         for (variable, value) in [
@@ -286,7 +295,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
         ),
     };
     let limiter = match &config.redis_url {
-        Some(url) => RateLimiter::redis(url, &config.rate_limit_namespace)
+        Some(url) => RateLimiter::redis(url, &config.rate_limit_namespace, &config.tls)
             .await
             .map_err(|error| anyhow::anyhow!("REDIS_URL: {error}"))?,
         None => RateLimiter::in_process(),

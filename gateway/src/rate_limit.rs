@@ -122,9 +122,38 @@ impl RateLimiter {
 
     /// Connects to Redis at `url`, failing fast when it cannot. Keys are prefixed
     /// with `namespace`.
-    pub async fn redis(url: &str, namespace: &str) -> Result<RateLimiter, RedisUnavailable> {
-        let client =
-            redis::Client::open(url).map_err(|error| RedisUnavailable(error.to_string()))?;
+    /// A `rediss://` URL connects with TLS, verified against `tls.ca` when set
+    /// (else the system's roots), presenting the process's certificate if it has
+    /// one.
+    pub async fn redis(
+        url: &str,
+        namespace: &str,
+        tls: &bank_kit::tls::TlsSettings,
+    ) -> Result<RateLimiter, RedisUnavailable> {
+        let unavailable = |error: &dyn std::fmt::Display| RedisUnavailable(error.to_string());
+        let client = match &tls.ca {
+            Some(ca) if url.starts_with("rediss://") => {
+                let read = |path: &std::path::Path| {
+                    std::fs::read(path).map_err(|error| {
+                        RedisUnavailable(format!("cannot read {}: {error}", path.display()))
+                    })
+                };
+                let client_tls = match &tls.identity {
+                    Some((cert, key)) => Some(redis::ClientTlsConfig {
+                        client_cert: read(cert)?,
+                        client_key: read(key)?,
+                    }),
+                    None => None,
+                };
+                let certificates = redis::TlsCertificates {
+                    client_tls,
+                    root_cert: Some(read(ca)?),
+                };
+                redis::Client::build_with_tls(url, certificates)
+                    .map_err(|error| unavailable(&error))?
+            }
+            _ => redis::Client::open(url).map_err(|error| unavailable(&error))?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(2)
             .set_connection_timeout(Some(Duration::from_secs(2)))

@@ -567,6 +567,36 @@ impl PrivateCluster {
         );
     }
 
+    /// Restarts the cluster serving TLS with `cert` and `key` (copied into its
+    /// data directory, owned by the server's user, as PostgreSQL requires).
+    pub fn enable_tls(&self, cert: &Path, key: &Path) {
+        self.stop();
+        for (source, name) in [(cert, "server.crt"), (key, "server.key")] {
+            let target = self.data.join(name);
+            std::fs::copy(source, &target).expect("copy a TLS file");
+            std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("TLS file permissions");
+            if self.as_root {
+                let owned = Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(&target)
+                    .status()
+                    .is_ok_and(|status| status.success());
+                assert!(owned, "cannot hand {name} to the postgres user");
+            }
+        }
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .expect("postgresql.conf");
+        std::io::Write::write_all(
+            &mut conf,
+            b"\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+        )
+        .expect("write postgresql.conf");
+        self.start();
+    }
+
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }

@@ -454,3 +454,145 @@ async fn with_redis_gone_the_gateway_limits_in_process_and_keeps_serving() {
         assert_eq!(status, 200, "{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bank_runs_on_postgresql_over_verified_tls() {
+    use sea_orm::ConnectionTrait;
+    let Some(cluster) = PrivateCluster::create() else {
+        return;
+    };
+    let pki = bank_e2e::pki::TestPki::new("postgres");
+    cluster.enable_tls(&pki.cert, &pki.key);
+    let verified = |url: String, ca: &std::path::Path| {
+        format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display())
+    };
+
+    let db = bank_kit::db::connect(&verified(cluster.url("postgres"), &pki.ca))
+        .await
+        .unwrap();
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        row.try_get::<bool>("", "ssl").unwrap(),
+        "the session is encrypted"
+    );
+    let stranger = bank_e2e::pki::TestPki::new("stranger");
+    let refused = bank_kit::db::connect(&verified(cluster.url("postgres"), &stranger.ca)).await;
+    assert!(
+        refused.is_err(),
+        "a server certificate from another CA was accepted"
+    );
+
+    let plain = cluster.databases().await;
+    let databases = Databases {
+        identity: verified(plain.identity, &pki.ca),
+        ledger: verified(plain.ledger, &pki.ca),
+        account: verified(plain.account, &pki.ca),
+    };
+    let bank = Bank::start(move |_| databases, &[]).await;
+    let operator = bank.operator().await;
+    let token = bank.customer().await;
+    let account = bank.open_account(&token).await;
+    bank.deposit(&operator, &account, 700).await;
+    assert_eq!(bank.balance(&token, &account).await, 700);
+    assert_eq!(bank.verify(&operator).await["ok"], true);
+}
+
+/// A Redis server of the test's own serving TLS only with `pki`'s
+/// certificate, or `None` when this machine has no `redis-server`.
+fn private_tls_redis(pki: &bank_e2e::pki::TestPki) -> Option<(std::process::Child, u16)> {
+    let port = harness::free_port();
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .arg("--tls-cert-file")
+        .arg(&pki.cert)
+        .arg("--tls-key-file")
+        .arg(&pki.key)
+        .arg("--tls-ca-cert-file")
+        .arg(&pki.ca)
+        .args([
+            "--tls-auth-clients",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--bind", "127.0.0.1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    match child {
+        Ok(child) => Some((child, port)),
+        Err(_) => {
+            eprintln!("skipped: no redis-server on this machine");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_reaches_redis_over_mutual_tls() {
+    use bank_gateway::rate_limit::{Decision, Quota, RateLimiter};
+    let pki = bank_e2e::pki::TestPki::new("redis");
+    let Some((mut redis, port)) = private_tls_redis(&pki) else {
+        return;
+    };
+    assert!(
+        eventually(OUTAGE_LIMIT, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    let url = format!("rediss://127.0.0.1:{port}");
+
+    let limiter = RateLimiter::redis(&url, "bank-tls", &pki.client_settings())
+        .await
+        .unwrap();
+    let quota = Quota::per_minute(1);
+    assert!(matches!(
+        limiter.check("client", quota).await,
+        Decision::Allowed
+    ));
+    let second = RateLimiter::redis(&url, "bank-tls", &pki.client_settings())
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            second.check("client", quota).await,
+            Decision::Limited { .. }
+        ),
+        "the bucket lives in Redis, shared over TLS"
+    );
+
+    let stranger = bank_e2e::pki::TestPki::new("stranger");
+    let untrusting = bank_kit::tls::TlsSettings {
+        ca: Some(stranger.ca.clone()),
+        ..pki.client_settings()
+    };
+    assert!(
+        RateLimiter::redis(&url, "bank-tls", &untrusting)
+            .await
+            .is_err()
+    );
+    let anonymous = bank_kit::tls::TlsSettings {
+        identity: None,
+        ..pki.client_settings()
+    };
+    assert!(
+        RateLimiter::redis(&url, "bank-tls", &anonymous)
+            .await
+            .is_err(),
+        "Redis asks for a client certificate"
+    );
+    redis.kill().ok();
+    redis.wait().ok();
+}

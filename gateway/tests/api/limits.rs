@@ -154,8 +154,12 @@ async fn redis_limiters_decide_together_without_falling_back() {
         return;
     };
     let namespace = format!("bank-test-{}", uuid::Uuid::new_v4().simple());
-    let replica_a = RateLimiter::redis(&redis_url, &namespace).await.unwrap();
-    let replica_b = RateLimiter::redis(&redis_url, &namespace).await.unwrap();
+    let replica_a = RateLimiter::redis(&redis_url, &namespace, &Default::default())
+        .await
+        .unwrap();
+    let replica_b = RateLimiter::redis(&redis_url, &namespace, &Default::default())
+        .await
+        .unwrap();
     let quota = Quota {
         per_minute: 2,
         burst: 2,
