@@ -25,6 +25,13 @@ use bank_proto::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::{Request, Response, Status, transport::Channel};
 
+/// The account domain's errors answer callers with the status of their code.
+impl From<AccountError> for Status {
+    fn from(error: AccountError) -> Status {
+        ServiceError::from(error).into()
+    }
+}
+
 use bank_domain::idempotency::IdempotencyKey;
 
 use crate::{

@@ -1,7 +1,8 @@
 //! The account service's domain: accounts, their numbers, owners and lifecycle.
-//! No IO, no tonic, no SQL.
+//! No IO: the store maps database errors into [`AccountError`], the api maps it
+//! to a status through its [`DomainError`] code.
 
-use bank_kit::money::Currency;
+use bank_domain::{DomainError, ErrorCode, money::Currency};
 use chrono::{DateTime, Utc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,35 +167,24 @@ pub enum AccountError {
     #[error("a customer may hold at most {0} open accounts; close one to open another")]
     LimitExceeded(u32),
     #[error("database error: {0}")]
-    Storage(#[from] sea_orm::DbErr),
+    Storage(String),
+    #[error("database unavailable: {0}")]
+    StorageUnavailable(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
 }
 
-impl From<AccountError> for bank_kit::ServiceError {
-    fn from(error: AccountError) -> Self {
-        use bank_kit::{ErrorCode, ServiceError};
-        match error {
-            AccountError::Invalid(message) => ServiceError::invalid(message),
-            AccountError::NotFound => ServiceError::not_found(error.to_string()),
-            AccountError::Closed => ServiceError::new(ErrorCode::AccountClosed, error.to_string()),
-            AccountError::IdempotencyKeyReused => {
-                ServiceError::new(ErrorCode::IdempotencyKeyReused, error.to_string())
-            }
-            AccountError::LimitExceeded(_) => {
-                ServiceError::new(ErrorCode::LimitExceeded, error.to_string())
-            }
-            AccountError::Storage(ref cause) if bank_kit::db::is_unavailable(cause) => {
-                ServiceError::unavailable(&error)
-            }
-            AccountError::Storage(_) | AccountError::Corrupt(_) => ServiceError::internal(&error),
+impl DomainError for AccountError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            AccountError::Invalid(_) => ErrorCode::InvalidArgument,
+            AccountError::NotFound => ErrorCode::NotFound,
+            AccountError::Closed => ErrorCode::AccountClosed,
+            AccountError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
+            AccountError::LimitExceeded(_) => ErrorCode::LimitExceeded,
+            AccountError::StorageUnavailable(_) => ErrorCode::Unavailable,
+            AccountError::Storage(_) | AccountError::Corrupt(_) => ErrorCode::Internal,
         }
-    }
-}
-
-impl From<AccountError> for tonic::Status {
-    fn from(error: AccountError) -> tonic::Status {
-        bank_kit::ServiceError::from(error).into()
     }
 }
 

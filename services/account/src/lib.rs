@@ -120,3 +120,16 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     };
     GrpcApp::bind(spec, routes, service_routes.health).await
 }
+
+#[cfg(test)]
+mod tests {
+    /// The domain module stays free of IO: storage and RPC types are mapped in
+    /// the store and api modules.
+    #[test]
+    fn the_domain_names_no_storage_or_rpc_crate() {
+        let source = include_str!("domain.rs");
+        for forbidden in ["sea_orm", "sqlx", "tonic", "tokio", "bank_kit"] {
+            assert!(!source.contains(forbidden), "domain.rs names {forbidden}");
+        }
+    }
+}

@@ -23,6 +23,18 @@ use sea_orm::{
 
 use crate::domain::{Account, AccountError, AccountStatus};
 
+/// A database error, as the account domain sees it: the database could not be
+/// reached (the caller may retry), or it failed otherwise.
+impl From<sea_orm::DbErr> for AccountError {
+    fn from(error: sea_orm::DbErr) -> AccountError {
+        if bank_kit::db::is_unavailable(&error) {
+            AccountError::StorageUnavailable(error.to_string())
+        } else {
+            AccountError::Storage(error.to_string())
+        }
+    }
+}
+
 const COLUMNS: &str =
     "account_id, number, owner_id, currency, nickname, status, status_version, created_at";
 

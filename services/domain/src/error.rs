@@ -48,6 +48,11 @@ pub enum GrpcCode {
 /// ever shown, and the message goes to the log.
 pub trait DomainError: std::error::Error {
     fn code(&self) -> ErrorCode;
+
+    /// For [`ErrorCode::RateLimited`]: whole seconds until a retry may succeed.
+    fn retry_after_seconds(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl ErrorCode {

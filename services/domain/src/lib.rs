@@ -8,6 +8,7 @@ pub mod error;
 pub mod idempotency;
 pub mod ledger;
 pub mod money;
+pub mod principal;
 
 pub use error::{DomainError, ErrorCode};
 

@@ -29,6 +29,13 @@ use crate::{
     store::{IdentityStore, Reservation, RevocationPage, RevokeReason, Rotation, SessionPolicy},
 };
 
+/// Identity's errors answer callers with the status of their code.
+impl From<IdentityError> for Status {
+    fn from(error: IdentityError) -> Status {
+        ServiceError::from(error).into()
+    }
+}
+
 /// Lifetime of access and service tokens.
 pub const ACCESS_TOKEN_TTL_SECONDS: i64 = 15 * 60;
 

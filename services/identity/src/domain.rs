@@ -1,9 +1,13 @@
 //! Identity's domain: users, roles, and the rules for emails, names and passwords.
-//! No IO, no tonic, no SQL.
+//! No IO: the store maps database errors into [`IdentityError`], the api maps it
+//! to a status through its [`DomainError`] code.
 
 use std::fmt;
 
-use bank_kit::auth::{ROLE_CUSTOMER, ROLE_OPERATOR};
+use bank_domain::{
+    DomainError, ErrorCode,
+    principal::{ROLE_CUSTOMER, ROLE_OPERATOR},
+};
 use chrono::{DateTime, Utc};
 
 /// A normalised email address: trimmed and lower-cased, so that one mailbox maps
@@ -316,7 +320,9 @@ pub enum IdentityError {
     #[error("too many failed logins, retry in {0} seconds")]
     LoginThrottled(u64),
     #[error("database error: {0}")]
-    Storage(#[from] sea_orm::DbErr),
+    Storage(String),
+    #[error("database unavailable: {0}")]
+    StorageUnavailable(String),
     #[error("password hashing failed: {0}")]
     Hashing(String),
     #[error("token signing failed: {0}")]
@@ -325,33 +331,29 @@ pub enum IdentityError {
     Corrupt(String),
 }
 
-impl From<IdentityError> for bank_kit::ServiceError {
-    fn from(error: IdentityError) -> Self {
-        use bank_kit::ServiceError;
-        match error {
-            IdentityError::Invalid(message) => ServiceError::invalid(message),
+impl DomainError for IdentityError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            IdentityError::Invalid(_) => ErrorCode::InvalidArgument,
             IdentityError::InvalidCredentials
             | IdentityError::InvalidRefreshToken
-            | IdentityError::InvalidClient => ServiceError::unauthenticated(error.to_string()),
-            IdentityError::EmailTaken => ServiceError::conflict(error.to_string()),
-            IdentityError::UserNotFound => ServiceError::not_found(error.to_string()),
-            IdentityError::LoginThrottled(seconds) => {
-                ServiceError::rate_limited(error.to_string(), seconds)
-            }
-            IdentityError::Storage(ref cause) if bank_kit::db::is_unavailable(cause) => {
-                ServiceError::unavailable(&error)
-            }
+            | IdentityError::InvalidClient => ErrorCode::Unauthenticated,
+            IdentityError::EmailTaken => ErrorCode::Conflict,
+            IdentityError::UserNotFound => ErrorCode::NotFound,
+            IdentityError::LoginThrottled(_) => ErrorCode::RateLimited,
+            IdentityError::StorageUnavailable(_) => ErrorCode::Unavailable,
             IdentityError::Storage(_)
             | IdentityError::Hashing(_)
             | IdentityError::Signing(_)
-            | IdentityError::Corrupt(_) => ServiceError::internal(&error),
+            | IdentityError::Corrupt(_) => ErrorCode::Internal,
         }
     }
-}
 
-impl From<IdentityError> for tonic::Status {
-    fn from(error: IdentityError) -> tonic::Status {
-        bank_kit::ServiceError::from(error).into()
+    fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            IdentityError::LoginThrottled(seconds) => Some(*seconds),
+            _ => None,
+        }
     }
 }
 

@@ -245,6 +245,16 @@ mod tests {
         }
     }
 
+    /// The domain module stays free of IO: storage and RPC types are mapped in
+    /// the store and api modules.
+    #[test]
+    fn the_domain_names_no_storage_or_rpc_crate() {
+        let source = include_str!("domain.rs");
+        for forbidden in ["sea_orm", "sqlx", "tonic", "tokio", "bank_kit"] {
+            assert!(!source.contains(forbidden), "domain.rs names {forbidden}");
+        }
+    }
+
     #[test]
     fn service_clients_need_long_secrets() {
         let short = Env::from_pairs([("IDENTITY_SERVICE_CLIENTS", "account=short")]);

@@ -40,6 +40,18 @@ use sea_orm::{
 
 use crate::domain::{Backoff, Email, IdentityError, Role, User};
 
+/// A database error, as identity's domain sees it: the database could not be
+/// reached (the caller may retry), or it failed otherwise.
+impl From<sea_orm::DbErr> for IdentityError {
+    fn from(error: sea_orm::DbErr) -> IdentityError {
+        if bank_kit::db::is_unavailable(&error) {
+            IdentityError::StorageUnavailable(error.to_string())
+        } else {
+            IdentityError::Storage(error.to_string())
+        }
+    }
+}
+
 const USER_COLUMNS: &str = "user_id, email, full_name, roles, enabled, created_at";
 
 /// Every write transaction here starts with a write, so on SQLite it takes the

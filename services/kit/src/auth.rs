@@ -30,10 +30,7 @@ pub const AUDIENCE: &str = "bank";
 pub const TYPE_ACCESS: &str = "access";
 /// `typ` of a service principal's token.
 pub const TYPE_SERVICE: &str = "service";
-/// Role that grants operator methods.
-pub const ROLE_OPERATOR: &str = "operator";
-/// Role every registered user has.
-pub const ROLE_CUSTOMER: &str = "customer";
+pub use bank_domain::principal::{ROLE_CUSTOMER, ROLE_OPERATOR};
 /// Prefix of a service principal's `sub`.
 pub const SERVICE_SUBJECT_PREFIX: &str = "service:";
 

@@ -122,7 +122,10 @@ impl<E: DomainError> From<E> for ServiceError {
             tracing::error!(error = %error, code = code.as_str(), "internal error");
             ServiceError::new(code, code.title())
         } else {
-            ServiceError::new(code, error.to_string())
+            let mut service_error = ServiceError::new(code, error.to_string());
+            service_error.retry_after_seconds =
+                error.retry_after_seconds().map(|seconds| seconds.max(1));
+            service_error
         }
     }
 }
