@@ -619,3 +619,36 @@ async fn jwks_cached(urls: Vec<String>) {
     let after = fetches(bank_e2e::scrape(identity_admin).await);
     assert_eq!(after - before, 1.0, "20 requests, one fetch from identity");
 }
+
+db_test!(
+    weak_passwords_are_refused_over_rest,
+    databases = 3,
+    weak_passwords
+);
+async fn weak_passwords(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::ALL).await;
+    let rest = Rest::new(&stack);
+    let email = "dana.weak@bank.test";
+    for weak in ["password1234", "qwertyuiop123", email, "ﬁﬁﬁﬁﬁﬁ"] {
+        let reply = rest
+            .post(
+                "/v1/auth/register",
+                None,
+                None,
+                json!({"email": email, "password": weak, "full_name": "Dana Weak"}),
+            )
+            .await;
+        assert_problem(&reply, StatusCode::BAD_REQUEST, "invalid_argument");
+    }
+    let (_, token) = rest.customer().await;
+    let change = rest
+        .post(
+            "/v1/me/password",
+            Some(&token),
+            None,
+            json!({"current_password": bank_e2e::USER_PASSWORD, "new_password": "iloveyou2024!"}),
+        )
+        .await;
+    assert_problem(&change, StatusCode::BAD_REQUEST, "invalid_argument");
+    assert!(change.body["detail"].as_str().unwrap().contains("too easy to guess"));
+}
