@@ -13,11 +13,22 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## The whole suite. PostgreSQL variants run when BANK_TEST_POSTGRES_URL is set.
+# The PostgreSQL variants (`::postgres`, `_on_postgresql`) and the Redis ones
+# (`_with_redis`) are #[ignore]d, so a run without their variable reports them
+# as skipped; with a variable set, its variants run (and fail if the server
+# cannot be reached).
+NEXTEST_UNSET = $(strip $(if $(BANK_TEST_POSTGRES_URL),,test(/::postgres$$/) | test(/_on_postgresql$$/)) \
+	$(if $(BANK_TEST_REDIS_URL),,$(if $(BANK_TEST_POSTGRES_URL),,|) test(/_with_redis$$/)))
+NEXTEST_SELECTION = $(if $(BANK_TEST_POSTGRES_URL)$(BANK_TEST_REDIS_URL),--run-ignored all $(if $(NEXTEST_UNSET),-E 'not ($(NEXTEST_UNSET))'),)
+CARGO_TEST_SELECTION = $(if $(BANK_TEST_POSTGRES_URL)$(BANK_TEST_REDIS_URL),--include-ignored \
+	$(if $(BANK_TEST_POSTGRES_URL),,--skip ::postgres --skip _on_postgresql) \
+	$(if $(BANK_TEST_REDIS_URL),,--skip _with_redis),)
+
 test:
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --no-fail-fast --failure-output final; \
+		$(CARGO) nextest run --workspace --no-fail-fast --failure-output final $(NEXTEST_SELECTION); \
 	else \
-		$(CARGO) test --workspace --no-fail-fast; \
+		$(CARGO) test --workspace --no-fail-fast -- $(CARGO_TEST_SELECTION); \
 	fi
 
 ## The fault suite: the built binaries killed, restarted and cut off from
@@ -28,10 +39,10 @@ test-faults:
 	$(CARGO) build --workspace --bins
 	@if command -v cargo-nextest >/dev/null 2>&1; then \
 		$(CARGO) nextest run -p bank-e2e --features faults --test faults --no-fail-fast --failure-output final --test-threads 1 && \
-		$(CARGO) nextest run -p bank-gateway --no-fail-fast --failure-output final -E 'test(/aborts::|deadline_travels/)'; \
+		$(CARGO) nextest run -p bank-gateway --no-fail-fast --failure-output final $(if $(BANK_TEST_POSTGRES_URL),--run-ignored all) -E 'test(/aborts::|deadline_travels/)'; \
 	else \
 		$(CARGO) test -p bank-e2e --features faults --test faults --no-fail-fast -- --test-threads 1 && \
-		$(CARGO) test -p bank-gateway --test api --no-fail-fast -- aborts:: deadline_travels; \
+		$(CARGO) test -p bank-gateway --test api --no-fail-fast -- $(if $(BANK_TEST_POSTGRES_URL),--include-ignored) aborts:: deadline_travels; \
 	fi
 
 ## Formatting, clippy with warnings as errors, protobuf lint.

@@ -155,6 +155,7 @@ macro_rules! db_test {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs BANK_TEST_POSTGRES_URL; make test runs it when that is set"]
             async fn postgres() {
                 $crate::testing::run_with_databases(
                     $crate::testing::Backend::Postgres,
