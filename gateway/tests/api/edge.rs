@@ -650,5 +650,10 @@ async fn weak_passwords(urls: Vec<String>) {
         )
         .await;
     assert_problem(&change, StatusCode::BAD_REQUEST, "invalid_argument");
-    assert!(change.body["detail"].as_str().unwrap().contains("too easy to guess"));
+    assert!(
+        change.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("too easy to guess")
+    );
 }
