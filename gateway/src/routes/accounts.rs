@@ -73,6 +73,7 @@ pub struct BalanceView {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1 to 100, default 50.
     #[param(minimum = 1, maximum = 100)]

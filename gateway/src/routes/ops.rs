@@ -104,6 +104,7 @@ struct BearerSecurity;
 impl Modify for BearerSecurity {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         document_common_problems(openapi);
+        describe_every_response(openapi);
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
@@ -115,6 +116,21 @@ impl Modify for BearerSecurity {
             ),
         );
     }
+}
+
+/// The operations of a path, whatever their method.
+fn operations(
+    item: &mut utoipa::openapi::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        item.get.as_mut(),
+        item.post.as_mut(),
+        item.put.as_mut(),
+        item.delete.as_mut(),
+        item.patch.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Documents the problem responses any route can give, beside the ones each
@@ -153,20 +169,46 @@ fn document_common_problems(openapi: &mut utoipa::openapi::OpenApi) {
                 ("503", "A service is unavailable"),
             ]
         };
-        let operations = [
-            item.get.as_mut(),
-            item.post.as_mut(),
-            item.put.as_mut(),
-            item.delete.as_mut(),
-            item.patch.as_mut(),
-        ];
-        for operation in operations.into_iter().flatten() {
+        for operation in operations(item) {
             for (code, description) in codes {
                 if !operation.responses.responses.contains_key(*code) {
                     operation
                         .responses
                         .responses
                         .insert((*code).to_owned(), problem(description).into());
+                }
+            }
+        }
+    }
+}
+
+/// OpenAPI requires a description on every response (one a handler did not
+/// describe gets its status's reason phrase) and unique operation ids (each is
+/// prefixed with its tag).
+fn describe_every_response(openapi: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::RefOr;
+    for item in openapi.paths.paths.values_mut() {
+        for operation in operations(item) {
+            // Handler names repeat across tags (`accounts::get`, `transfers::get`);
+            // operation ids must not.
+            if let (Some(tag), Some(id)) = (
+                operation.tags.as_ref().and_then(|tags| tags.first()),
+                operation.operation_id.as_ref(),
+            ) && !id.starts_with(&format!("{tag}_"))
+            {
+                operation.operation_id = Some(format!("{tag}_{id}"));
+            }
+            for (code, response) in operation.responses.responses.iter_mut() {
+                if let RefOr::T(response) = response
+                    && response.description.trim().is_empty()
+                {
+                    let reason = code
+                        .parse::<u16>()
+                        .ok()
+                        .and_then(|code| StatusCode::from_u16(code).ok())
+                        .and_then(|status| status.canonical_reason())
+                        .unwrap_or("Response");
+                    response.description = reason.to_owned();
                 }
             }
         }

@@ -657,3 +657,69 @@ async fn weak_passwords(urls: Vec<String>) {
             .contains("too easy to guess")
     );
 }
+
+db_test!(
+    the_openapi_document_is_valid_openapi,
+    databases = 3,
+    openapi_valid
+);
+async fn openapi_valid(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::ALL).await;
+    let text = reqwest::get(stack.gateway_url("/openapi.json"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (code, response) in operation["responses"].as_object().unwrap() {
+                let described = response["description"]
+                    .as_str()
+                    .is_some_and(|text| !text.is_empty());
+                assert!(
+                    described || response.get("$ref").is_some(),
+                    "{method} {path} {code}: no description"
+                );
+            }
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                let name = parameter["name"].as_str().unwrap();
+                if parameter["in"] == "path" {
+                    assert!(
+                        path.contains(&format!("{{{name}}}")),
+                        "{method} {path}: {name} is not in the path"
+                    );
+                    assert_eq!(parameter["required"], true, "{method} {path}: {name}");
+                }
+            }
+        }
+    }
+    let page_size = &document["paths"]["/v1/accounts/{id}/transactions"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|parameter| parameter["name"] == "page_size")
+        .cloned()
+        .unwrap();
+    assert_eq!(page_size["in"], "query");
+
+    // The ecosystem's validator, where it is installed (CI installs it).
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    match std::process::Command::new("openapi-spec-validator")
+        .arg(file.path())
+        .output()
+    {
+        Ok(output) => assert!(
+            output.status.success(),
+            "openapi-spec-validator: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(_) => eprintln!(
+            "openapi-spec-validator is not installed (pip install openapi-spec-validator): skipped"
+        ),
+    }
+}

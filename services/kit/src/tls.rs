@@ -553,3 +553,46 @@ pub fn incoming(
     });
     tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variable_of(pairs: &[(&str, &str)]) -> Option<String> {
+        TlsSettings::from_env(&Env::from_pairs(pairs.iter().copied()))
+            .err()
+            .map(|error| error.variable)
+    }
+
+    #[test]
+    fn no_variables_mean_plaintext() {
+        let settings = TlsSettings::from_env(&Env::from_pairs([]));
+        assert_eq!(settings.ok(), Some(TlsSettings::default()));
+    }
+
+    #[test]
+    fn bad_tls_settings_name_their_variable() {
+        let dir = tempfile::tempdir().unwrap_or_else(|error| panic!("{error}"));
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap_or_else(|error| panic!("{error}"));
+        let garbage = garbage.to_str().unwrap_or_default();
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.to_str().unwrap_or_default();
+
+        assert_eq!(variable_of(&[(CERT_FILE, garbage)]), Some(KEY_FILE.into()));
+        assert_eq!(variable_of(&[(KEY_FILE, garbage)]), Some(CERT_FILE.into()));
+        assert_eq!(
+            variable_of(&[(CERT_FILE, missing), (KEY_FILE, missing)]),
+            Some(CERT_FILE.into())
+        );
+        assert_eq!(
+            variable_of(&[(CERT_FILE, garbage), (KEY_FILE, garbage)]),
+            Some(CERT_FILE.into())
+        );
+        assert_eq!(
+            variable_of(&[(CLIENT_CA_FILE, garbage)]),
+            Some(CLIENT_CA_FILE.into())
+        );
+        assert_eq!(variable_of(&[(CA_FILE, missing)]), Some(CA_FILE.into()));
+    }
+}
