@@ -65,6 +65,14 @@ if ! configured BANK_BOOTSTRAP_OPERATOR_EMAIL && ! configured BANK_BOOTSTRAP_OPE
     operator_note=" (password in var/operator-password)"
 fi
 
+# Each component's output goes through a pipe that prefixes its name, which
+# would make the binaries log JSON lines: on a terminal, keep them readable.
+if [ -t 1 ] && ! configured BANK_LOG_FORMAT; then
+    export BANK_LOG_FORMAT=text
+fi
+
+# Each component's output, every line prefixed with its name.
+names=()
 pids=()
 stop() {
     trap - INT TERM EXIT
@@ -72,16 +80,78 @@ stop() {
     wait 2>/dev/null || true
     echo "stopped"
 }
-trap stop INT TERM EXIT
+trap stop EXIT
+# Ctrl-C (or a TERM) is the way to stop: not a failure.
+trap 'stop; exit 0' INT TERM
 
-"$bin/bank-identity" & pids+=($!)
-"$bin/bank-ledger" & pids+=($!)
-"$bin/bank-account" & pids+=($!)
-"$bin/bank-gateway" & pids+=($!)
+start() { # name binary
+    "$bin/$2" > >(sed -u "s/^/$(printf '%-8s' "$1")| /") 2>&1 &
+    pids+=($!)
+    names+=("$1")
+}
+start identity bank-identity
+start ledger bank-ledger
+start account bank-account
+start gateway bank-gateway
+
+# The name of the component whose process is `pid`.
+name_of() {
+    local index
+    for index in "${!pids[@]}"; do
+        [ "${pids[$index]}" = "$1" ] && { echo "${names[$index]}"; return; }
+    done
+    echo "a component"
+}
+
+# Says which component stopped and how, then stops the others. A component
+# exits 0 only when it was told to stop (Ctrl-C reaches all of them at once).
+exited() { # pid status
+    if [ "$2" = 0 ]; then
+        exit 0
+    fi
+    echo "$(name_of "$1") exited with status $2; stopping the others" >&2
+    exit 1
+}
+
+# The first component that is no longer running, if any.
+first_exited() {
+    local pid
+    for pid in "${pids[@]}"; do
+        kill -0 "$pid" 2>/dev/null || { echo "$pid"; return; }
+    done
+    return 1
+}
+
+# Ready: the gateway answers and sees every service serving. Its address may
+# come from .env, which is not parsed here: then readiness is not awaited.
+gateway_url=$(shown GATEWAY_LISTEN_ADDR 127.0.0.1:8080 http://)
+ready=unknown
+if [[ $gateway_url == http://* ]] && command -v curl >/dev/null 2>&1; then
+    ready=no
+    for _ in $(seq 1 600); do
+        if pid=$(first_exited); then
+            wait "$pid" && status=0 || status=$?
+            exited "$pid" "$status"
+        fi
+        if curl -sf "$gateway_url/readyz" 2>/dev/null \
+            | grep -q '"identity":"serving","account":"serving","ledger":"serving"'; then
+            ready=yes
+            break
+        fi
+        sleep 0.2
+    done
+fi
+case $ready in
+    yes) heading="Ready." ;;
+    no) heading="Started, but the gateway does not see every service serving yet ($gateway_url/readyz)." ;;
+    *) heading="Started (readiness not checked: the gateway's address is set in .env)." ;;
+esac
 
 cat <<INFO
 
-  gateway   $(shown GATEWAY_LISTEN_ADDR 127.0.0.1:8080 http://)
+  $heading
+
+  gateway   $gateway_url
   identity  $(shown IDENTITY_LISTEN_ADDR 127.0.0.1:50051)  (gRPC; probes and metrics on $(shown IDENTITY_ADMIN_LISTEN_ADDR 127.0.0.1:9051 http://))
   account   $(shown ACCOUNT_LISTEN_ADDR 127.0.0.1:50052)  (gRPC; probes and metrics on $(shown ACCOUNT_ADMIN_LISTEN_ADDR 127.0.0.1:9052 http://))
   ledger    $(shown LEDGER_LISTEN_ADDR 127.0.0.1:50053)  (gRPC; probes and metrics on $(shown LEDGER_ADMIN_LISTEN_ADDR 127.0.0.1:9053 http://))
@@ -91,10 +161,14 @@ cat <<INFO
 
 INFO
 
-# Stop everything as soon as any component exits (bash 4.3 and later; older
-# shells, e.g. macOS's bash 3.2, wait until Ctrl-C).
-if (( BASH_VERSINFO[0] > 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] >= 3) )); then
-    wait -n
+# Stop everything as soon as any component exits, saying which (wait -p needs
+# bash 5.1; older shells find it by polling).
+if (( BASH_VERSINFO[0] > 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] >= 1) )); then
+    status=0
+    wait -n -p pid "${pids[@]}" || status=$?
+    exited "$pid" "$status"
 else
-    wait
+    while ! pid=$(first_exited); do sleep 1; done
+    wait "$pid" && status=0 || status=$?
+    exited "$pid" "$status"
 fi

@@ -345,6 +345,7 @@ impl Revocations {
         tokio::spawn(async move {
             let mut horizon = 0;
             let mut failing = false;
+            let mut ever_read = false;
             loop {
                 let Some(held) = revocations.upgrade() else {
                     return;
@@ -352,13 +353,19 @@ impl Revocations {
                 match held.read_round(source.as_ref(), horizon).await {
                     Ok(next) => {
                         horizon = next;
+                        ever_read = true;
                         if std::mem::take(&mut failing) {
-                            tracing::info!("the revocation feed is reachable again");
+                            tracing::info!("the revocation feed is reachable");
                         }
                     }
                     Err(error) => {
                         if !std::mem::replace(&mut failing, true) {
-                            tracing::warn!(%error, "the revocation feed cannot be read");
+                            if ever_read {
+                                tracing::warn!(%error, "the revocation feed cannot be read");
+                            } else {
+                                // Identity is usually still starting.
+                                tracing::info!(%error, "waiting for identity's revocation feed");
+                            }
                         }
                     }
                 }

@@ -30,7 +30,13 @@ impl Drop for TelemetryGuard {
 pub fn init(env: &Env, default_service_name: &str) -> Result<TelemetryGuard, ConfigError> {
     let filter = EnvFilter::try_new(env.string("RUST_LOG", "info"))
         .map_err(|error| ConfigError::new("RUST_LOG", error.to_string()))?;
-    let json = !std::io::stdout().is_terminal();
+    // JSON lines for collectors, unless told otherwise; text on a terminal.
+    let json = match env.optional("BANK_LOG_FORMAT").as_deref() {
+        None => !std::io::stdout().is_terminal(),
+        Some("json") => true,
+        Some("text") => false,
+        Some(_) => return Err(ConfigError::new("BANK_LOG_FORMAT", "must be json or text")),
+    };
     let fmt_layer = if json {
         tracing_subscriber::fmt::layer()
             .json()
