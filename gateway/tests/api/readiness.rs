@@ -94,6 +94,34 @@ async fn admin_ports(urls: Vec<String>) {
             metrics.contains("grpc_server_handled_total"),
             "{service}: {metrics}"
         );
+        for help in [
+            "# HELP grpc_server_handled_total ",
+            "# HELP grpc_server_handling_seconds ",
+            "# HELP db_pool_connections ",
+            "# HELP db_pool_max_connections ",
+        ] {
+            assert!(metrics.contains(help), "{service}: no {help:?}");
+        }
+        // Every series has its help line.
+        for line in metrics.lines().filter(|line| line.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                metrics.contains(&format!("# HELP {name} ")),
+                "{service}: {name} has no help"
+            );
+        }
+        // The pool gauges appear with the first database check, at start.
+        let pool_name = match *service {
+            "identity" => "bank.identity.v1.IdentityService",
+            "account" => "bank.account.v1.AccountService",
+            _ => "bank.ledger.v1.LedgerService",
+        };
+        let max = bank_e2e::sample(
+            &metrics,
+            "db_pool_max_connections",
+            &[("service", pool_name)],
+        );
+        assert!(max >= 1.0, "{service}: pool of {max} connections");
         // Only probes and metrics: the API is not there.
         let (status, _) = probe(&http, *admin, "/bank.ledger.v1.LedgerService/GetBalance").await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{service}");

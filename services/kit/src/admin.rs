@@ -113,6 +113,8 @@ pub fn watch_database(
     database: DatabaseConnection,
     readiness: Readiness,
 ) -> tokio::task::JoinHandle<()> {
+    // The pool's gauges exist from the start, before the first check.
+    record_pool(&database, readiness.inner.service_name);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(PROBE_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -123,8 +125,37 @@ pub fn watch_database(
                 Ok(Ok(()))
             );
             readiness.set_database_reachable(reachable).await;
+            record_pool(&database, readiness.inner.service_name);
         }
     })
+}
+
+/// The database pool's connections, open and idle, as gauges.
+fn record_pool(database: &DatabaseConnection, service: &'static str) {
+    let (open, idle, max) = match database.get_database_backend() {
+        sea_orm::DbBackend::Postgres => {
+            let pool = database.get_postgres_connection_pool();
+            (
+                pool.size(),
+                pool.num_idle(),
+                pool.options().get_max_connections(),
+            )
+        }
+        _ => {
+            let pool = database.get_sqlite_connection_pool();
+            (
+                pool.size(),
+                pool.num_idle(),
+                pool.options().get_max_connections(),
+            )
+        }
+    };
+    let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(open);
+    metrics::gauge!("db_pool_connections", "service" => service, "state" => "idle")
+        .set(f64::from(idle));
+    metrics::gauge!("db_pool_connections", "service" => service, "state" => "in_use")
+        .set(f64::from(open - idle));
+    metrics::gauge!("db_pool_max_connections", "service" => service).set(f64::from(max));
 }
 
 #[derive(Debug, Serialize)]

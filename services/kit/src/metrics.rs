@@ -31,9 +31,66 @@ fn handle() -> Option<&'static PrometheusHandle> {
                 .build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
+            describe();
             Some(handle)
         })
         .as_ref()
+}
+
+/// The `# HELP` line of every series any component exports.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "grpc_server_handled_total",
+        "gRPC calls completed, by service, method and status code"
+    );
+    describe_histogram!(
+        "grpc_server_handling_seconds",
+        Unit::Seconds,
+        "Time from a gRPC call's arrival to its answer"
+    );
+    describe_counter!(
+        "http_requests_total",
+        "REST requests answered by the gateway, by method, route template and status"
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from a REST request's arrival to its answer"
+    );
+    describe_gauge!(
+        "db_pool_connections",
+        "Database pool connections, idle or in use"
+    );
+    describe_gauge!(
+        "db_pool_max_connections",
+        "The most connections the database pool opens"
+    );
+    describe_counter!(
+        "ledger_postings_total",
+        "Postings committed, by kind and currency (replays not counted)"
+    );
+    describe_counter!(
+        "ledger_postings_refused_total",
+        "Postings refused, by kind and error code"
+    );
+    describe_counter!(
+        "ledger_posted_minor_units_total",
+        "Money moved by committed postings, in minor units, by kind and currency"
+    );
+    describe_counter!(
+        "ledger_posting_replays_total",
+        "Keyed requests answered from their request record, by kind"
+    );
+    describe_histogram!(
+        "ledger_commit_group_size",
+        "Posting requests per commit group"
+    );
+    describe_histogram!(
+        "ledger_commit_group_seconds",
+        Unit::Seconds,
+        "Time to write and commit one commit group, retries included"
+    );
 }
 
 /// Makes sure the recorder exists before the first request.
