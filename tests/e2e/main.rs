@@ -215,6 +215,15 @@ async fn journey_over_grpc(urls: Vec<String>) {
     assert_eq!(listed.len(), 2);
 }
 
+/// A connected plaintext channel to `addr`.
+async fn plaintext_channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
 /// A reflection v1 request that lists the services.
 fn list_services_v1() -> tonic_reflection::pb::v1::ServerReflectionRequest {
     use tonic_reflection::pb::v1;
@@ -229,11 +238,7 @@ fn list_services_v1() -> tonic_reflection::pb::v1::ServerReflectionRequest {
 /// The services reflection lists on `addr`, asked over reflection v1 and v1alpha.
 async fn reflected_services(addr: std::net::SocketAddr) -> (Vec<String>, Vec<String>) {
     use tonic_reflection::pb::{v1, v1alpha};
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = plaintext_channel(addr).await;
 
     let request = list_services_v1();
     let mut stream = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())
@@ -340,11 +345,7 @@ async fn reflection_can_be_turned_off() {
     let identity = bank_identity::build(&config).await.unwrap();
     let addr = identity.local_addr().unwrap();
     tokio::spawn(identity.run_until_stopped(std::future::pending()));
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = plaintext_channel(addr).await;
 
     let request = list_services_v1();
     let reflection = v1::server_reflection_client::ServerReflectionClient::new(channel.clone())

@@ -404,18 +404,18 @@ async fn with_identity_or_the_ledger_down_the_rest_answers_as_documented() {
 /// A Redis server of the test's own, on a free port, or `None` (said on
 /// stderr) when this machine has no `redis-server`.
 fn private_redis() -> Option<(std::process::Child, u16)> {
+    spawn_redis(|port| vec!["--port".into(), port.to_string().into()])
+}
+
+/// `redis-server` on a free port with the arguments `listen` gives for it, no
+/// persistence and only 127.0.0.1, or `None` when the machine has none.
+fn spawn_redis(
+    listen: impl FnOnce(u16) -> Vec<std::ffi::OsString>,
+) -> Option<(std::process::Child, u16)> {
     let port = harness::free_port();
     let child = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--bind",
-            "127.0.0.1",
-        ])
+        .args(listen(port))
+        .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn();
@@ -507,34 +507,22 @@ async fn the_bank_runs_on_postgresql_over_verified_tls() {
 /// A Redis server of the test's own serving TLS only with `pki`'s
 /// certificate, or `None` when this machine has no `redis-server`.
 fn private_tls_redis(pki: &bank_e2e::pki::TestPki) -> Option<(std::process::Child, u16)> {
-    let port = harness::free_port();
-    let child = std::process::Command::new("redis-server")
-        .args(["--port", "0", "--tls-port", &port.to_string()])
-        .arg("--tls-cert-file")
-        .arg(&pki.cert)
-        .arg("--tls-key-file")
-        .arg(&pki.key)
-        .arg("--tls-ca-cert-file")
-        .arg(&pki.ca)
-        .args([
-            "--tls-auth-clients",
-            "yes",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--bind", "127.0.0.1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    match child {
-        Ok(child) => Some((child, port)),
-        Err(_) => {
-            eprintln!("skipped: no redis-server on this machine");
-            None
-        }
-    }
+    spawn_redis(|port| {
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string().into(),
+            "--tls-cert-file".into(),
+            pki.cert.clone().into(),
+            "--tls-key-file".into(),
+            pki.key.clone().into(),
+            "--tls-ca-cert-file".into(),
+            pki.ca.clone().into(),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ]
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,6 @@
 
 use std::{
     io,
-    net::SocketAddr,
     path::{Path, PathBuf},
     pin::Pin,
     sync::{Arc, RwLock},
@@ -348,11 +347,6 @@ impl Connector {
         })
     }
 
-    /// A plaintext-only connector.
-    pub fn plaintext() -> Connector {
-        Connector::default()
-    }
-
     /// Whether `https://` endpoints can be called.
     pub fn has_tls(&self) -> bool {
         self.tls.is_some()
@@ -422,10 +416,6 @@ impl Stream {
             Stream::ServerTls(tls) => tls.get_ref().0,
             Stream::ClientTls(tls) => tls.get_ref().0,
         }
-    }
-
-    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().peer_addr()
     }
 }
 
