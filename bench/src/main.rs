@@ -466,6 +466,7 @@ impl Driver {
                     currency: options.currency.clone(),
                     description: "bench".to_owned(),
                     idempotency_key: key.to_owned(),
+                    ..Default::default()
                 });
                 request
                     .metadata_mut()

@@ -3,7 +3,10 @@
 //! that are not JSON, 401 for a missing or invalid token.
 
 use axum::{
-    extract::{FromRequest, FromRequestParts, Query, Request, rejection::JsonRejection},
+    extract::{
+        FromRequest, FromRequestParts, OptionalFromRequest, Query, Request,
+        rejection::JsonRejection,
+    },
     http::{HeaderMap, header, request::Parts},
 };
 use bank_kit::{ErrorCode, auth::Principal};
@@ -18,9 +21,34 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(request, state).await {
+        match <axum::Json<T> as FromRequest<S>>::from_request(request, state).await {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(json_rejection(&rejection)),
+        }
+    }
+}
+
+/// A JSON body a route may also go without: no body at all (and no
+/// `Content-Type`) is `None`; anything else must be the JSON the route takes.
+impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        if request.headers().contains_key(header::CONTENT_TYPE) {
+            return <ApiJson<T> as FromRequest<S>>::from_request(request, state)
+                .await
+                .map(Some);
+        }
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|_| ApiError::invalid("the body could not be read"))?;
+        if body.is_empty() {
+            Ok(None)
+        } else {
+            Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "the body must be JSON with Content-Type: application/json",
+            ))
         }
     }
 }
@@ -38,7 +66,10 @@ fn json_rejection(rejection: &JsonRejection) -> ApiError {
         JsonRejection::BytesRejection(error)
             if error.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
         {
-            ApiError::new(ErrorCode::PayloadTooLarge, "the body is larger than 64 KiB")
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "the body is larger than this route accepts (64 KiB; 256 KiB for a transfer batch)",
+            )
         }
         _ => ApiError::invalid("the body could not be read"),
     }

@@ -50,6 +50,9 @@ use crate::{
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
+/// The largest transfer batch body accepted.
+pub const MAX_BATCH_BODY_BYTES: usize = 256 * 1024;
+
 /// The gateway's configuration, read once at start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -337,8 +340,15 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
             get(accounts::transactions),
         )
         .route("/v1/accounts/{id}/close", post(accounts::close))
+        .route("/v1/accounts/{id}/holds", get(accounts::holds))
         .route("/v1/transfers", post(transfers::create))
         .route("/v1/transfers/{id}", get(transfers::get))
+        .route("/v1/transfers/{id}/post", post(transfers::post_hold))
+        .route("/v1/transfers/{id}/void", post(transfers::void_hold))
+        .route(
+            "/v1/transfer-batches",
+            post(transfers::create_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY_BYTES)),
+        )
         .route("/v1/admin/deposits", post(admin::deposit))
         .route("/v1/admin/withdrawals", post(admin::withdraw))
         .route("/v1/admin/accounts/{id}/freeze", post(admin::freeze))

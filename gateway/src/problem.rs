@@ -45,6 +45,21 @@ pub struct Problem {
     pub code: String,
     /// Id of the request, also found in the logs.
     pub trace_id: String,
+    /// For a refused transfer batch: every item that failed, in the batch's
+    /// order. The problem's own `code` is the first one's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(nullable = false)]
+    pub errors: Vec<ProblemItem>,
+}
+
+/// Why one item of a request was refused.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProblemItem {
+    /// The item's position, from 0.
+    pub index: u32,
+    /// Stable snake_case error code of the item.
+    pub code: String,
+    pub detail: String,
 }
 
 /// An error the gateway answers with.
@@ -53,6 +68,7 @@ pub struct ApiError {
     code: ErrorCode,
     detail: String,
     retry_after_seconds: Option<u64>,
+    items: Vec<ProblemItem>,
 }
 
 impl ApiError {
@@ -61,6 +77,7 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after_seconds: None,
+            items: Vec::new(),
         }
     }
 
@@ -73,6 +90,7 @@ impl ApiError {
             code: ErrorCode::RateLimited,
             detail: "too many requests, retry later".into(),
             retry_after_seconds: Some(retry_after_seconds.max(1)),
+            items: Vec::new(),
         }
     }
 
@@ -87,6 +105,7 @@ impl From<ServiceError> for ApiError {
             code: error.code,
             detail: error.message,
             retry_after_seconds: error.retry_after_seconds,
+            items: Vec::new(),
         }
     }
 }
@@ -104,9 +123,30 @@ impl From<tonic::Status> for ApiError {
                 code,
                 detail: bank_kit::error::client_detail_of(&status, code),
                 retry_after_seconds: bank_kit::error::retry_after_of(&status),
+                items: batch_items(&status),
             }
         }
     }
+}
+
+/// The refused items a refused batch's status carries, with only codes of the
+/// bank's table passed on.
+fn batch_items(status: &tonic::Status) -> Vec<ProblemItem> {
+    let Some(errors) = bank_proto::ledger::v1::batch_errors_of(status) else {
+        return Vec::new();
+    };
+    errors
+        .errors
+        .into_iter()
+        .filter_map(|error| {
+            let code = ErrorCode::parse(&error.code).filter(|code| !code.is_server_error())?;
+            Some(ProblemItem {
+                index: u32::try_from(error.index).ok()?,
+                code: code.as_str().to_owned(),
+                detail: error.detail,
+            })
+        })
+        .collect()
 }
 
 impl IntoResponse for ApiError {
@@ -125,6 +165,11 @@ impl IntoResponse for ApiError {
             detail,
             code: self.code.as_str().to_owned(),
             trace_id: current_trace_id(),
+            errors: if self.code.is_server_error() {
+                Vec::new()
+            } else {
+                self.items
+            },
         };
         let mut response = (status, Json(problem)).into_response();
         response.headers_mut().insert(

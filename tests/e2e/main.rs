@@ -187,6 +187,7 @@ async fn journey_over_grpc(urls: Vec<String>) {
                 currency: "EUR".into(),
                 description: "savings".into(),
                 idempotency_key: "save-1".into(),
+                ..Default::default()
             },
         ))
         .await

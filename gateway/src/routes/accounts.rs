@@ -198,6 +198,42 @@ pub async fn balance(
     }))
 }
 
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HoldsView {
+    /// The account's pending outgoing holds, newest first.
+    pub holds: Vec<super::TransferView>,
+    /// Empty when there are no older holds.
+    pub next_page_token: String,
+}
+
+#[utoipa::path(get, path = "/v1/accounts/{id}/holds", tag = "accounts", params(("id" = uuid::Uuid, Path), PageQuery),
+    responses((status = 200, body = HoldsView), (status = 400, body = crate::problem::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub async fn holds(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<HoldsView>, ApiError> {
+    let response = state
+        .ledger
+        .clone()
+        .list_holds(forward(
+            &auth,
+            ledger::ListHoldsRequest {
+                account_id: id,
+                page_size: query.page_size.unwrap_or(0),
+                page_token: query.page_token.unwrap_or_default(),
+            },
+        ))
+        .await?
+        .into_inner();
+    Ok(Json(HoldsView {
+        holds: response.holds.into_iter().map(Into::into).collect(),
+        next_page_token: response.next_page_token,
+    }))
+}
+
 #[utoipa::path(get, path = "/v1/accounts/{id}/transactions", tag = "accounts", params(("id" = uuid::Uuid, Path), PageQuery),
     responses((status = 200, body = TransactionsView), (status = 404, body = crate::problem::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub async fn transactions(

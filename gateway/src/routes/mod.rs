@@ -42,21 +42,35 @@ pub struct TransferView {
     pub id: String,
     pub from_account_id: String,
     pub to_account_id: String,
-    /// Positive amount in minor units.
+    /// Amount in minor units: for a hold, the held amount while pending, the
+    /// posted amount once posted, 0 once voided or expired.
     pub amount: i64,
     pub currency: String,
-    /// `posted` once the money has moved.
+    /// `posted` once the money has moved; a hold is `pending` until it is
+    /// `posted`, `voided` or `expired`.
+    #[schema(pattern = "^(posted|pending|voided|expired)$")]
     pub status: String,
     pub description: String,
     pub created_at: String,
+    /// For a hold: what was reserved. Null for transfers that never were holds.
+    pub held_amount: Option<i64>,
+    /// For a hold: when it expires unless posted or voided.
+    pub expires_at: Option<String>,
+    /// For a hold: when it was posted, voided or expired.
+    pub resolved_at: Option<String>,
 }
 
 impl From<ledger::Transfer> for TransferView {
     fn from(transfer: ledger::Transfer) -> TransferView {
         let status = match ledger::TransferStatus::try_from(transfer.status) {
             Ok(ledger::TransferStatus::Posted) => "posted",
+            Ok(ledger::TransferStatus::Pending) => "pending",
+            Ok(ledger::TransferStatus::Voided) => "voided",
+            Ok(ledger::TransferStatus::Expired) => "expired",
             Ok(ledger::TransferStatus::Unspecified) | Err(_) => "unknown",
         };
+        let is_hold = transfer.held_amount_minor.is_some();
+        let present = |value: String| (is_hold && !value.is_empty()).then_some(value);
         TransferView {
             id: transfer.transfer_id,
             from_account_id: transfer.from_account_id,
@@ -66,6 +80,9 @@ impl From<ledger::Transfer> for TransferView {
             status: status.to_owned(),
             description: transfer.description,
             created_at: transfer.created_at,
+            held_amount: transfer.held_amount_minor,
+            expires_at: present(transfer.expires_at),
+            resolved_at: present(transfer.resolved_at),
         }
     }
 }

@@ -11,6 +11,7 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     Conflict,
+    HoldNotPending,
     InsufficientFunds,
     AccountFrozen,
     AccountClosed,
@@ -56,12 +57,13 @@ pub trait DomainError: std::error::Error {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidArgument,
         ErrorCode::Unauthenticated,
         ErrorCode::Forbidden,
         ErrorCode::NotFound,
         ErrorCode::Conflict,
+        ErrorCode::HoldNotPending,
         ErrorCode::InsufficientFunds,
         ErrorCode::AccountFrozen,
         ErrorCode::AccountClosed,
@@ -125,6 +127,12 @@ impl ErrorCode {
             ErrorCode::Forbidden => ("forbidden", 403, GrpcCode::PermissionDenied, "Forbidden"),
             ErrorCode::NotFound => ("not_found", 404, GrpcCode::NotFound, "Not found"),
             ErrorCode::Conflict => ("conflict", 409, GrpcCode::AlreadyExists, "Conflict"),
+            ErrorCode::HoldNotPending => (
+                "hold_not_pending",
+                409,
+                GrpcCode::FailedPrecondition,
+                "Hold not pending",
+            ),
             ErrorCode::InsufficientFunds => (
                 "insufficient_funds",
                 422,
@@ -221,6 +229,7 @@ mod tests {
             ("forbidden", 403),
             ("not_found", 404),
             ("conflict", 409),
+            ("hold_not_pending", 409),
             ("insufficient_funds", 422),
             ("account_frozen", 422),
             ("account_closed", 422),

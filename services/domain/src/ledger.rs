@@ -186,6 +186,9 @@ pub struct LedgerAccount {
     pub kind: AccountKind,
     pub status: AccountStatus,
     pub balance_minor: i64,
+    /// What the account's pending holds reserve: `balance_minor` minus this is
+    /// what can be spent.
+    pub pending_debits_minor: i64,
     pub entry_count: i64,
     pub last_entry_hash: String,
     /// How many status decisions the book has had. A customer's book is opened
@@ -239,6 +242,11 @@ impl LedgerAccount {
                     "the account can only be closed at a zero balance".into(),
                 ));
             }
+            (_, AccountStatus::Closed) if self.pending_debits_minor != 0 => {
+                return Err(LedgerError::Conflict(
+                    "the account has pending holds: post or void them first".into(),
+                ));
+            }
             _ => {}
         }
         Ok(StatusDecision::Change {
@@ -260,17 +268,35 @@ impl LedgerAccount {
         }
     }
 
+    /// What can be spent now: the balance less what pending holds reserve.
+    pub fn available_minor(&self) -> i64 {
+        self.balance_minor.saturating_sub(self.pending_debits_minor)
+    }
+
     /// The balance after applying `delta`, enforcing no overdraft on customer
-    /// accounts and refusing any overflow.
+    /// accounts (what pending holds reserve cannot be spent) and refusing any
+    /// overflow.
     pub fn balance_after(&self, delta: i64) -> Result<i64, LedgerError> {
         let after = self
             .balance_minor
             .checked_add(delta)
             .ok_or(LedgerError::AmountOverflow)?;
-        if after < 0 && self.kind == AccountKind::Customer {
+        if delta < 0 && self.kind == AccountKind::Customer && after < self.pending_debits_minor {
             return Err(LedgerError::InsufficientFunds);
         }
         Ok(after)
+    }
+
+    /// What pending holds reserve after reserving `amount` more.
+    pub fn pending_after_hold(&self, amount: i64) -> Result<i64, LedgerError> {
+        let pending = self
+            .pending_debits_minor
+            .checked_add(amount)
+            .ok_or(LedgerError::AmountOverflow)?;
+        if self.kind == AccountKind::Customer && pending > self.balance_minor {
+            return Err(LedgerError::InsufficientFunds);
+        }
+        Ok(pending)
     }
 }
 
@@ -303,7 +329,7 @@ impl TransferKind {
     }
 }
 
-/// A posted transfer.
+/// A transfer: one that was posted, or a hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transfer {
     pub transfer_id: TransferId,
@@ -315,6 +341,125 @@ pub struct Transfer {
     pub description: String,
     pub reverses_transfer_id: Option<TransferId>,
     pub created_at: DateTime<Utc>,
+    /// For a transfer that began as a hold: where the hold stands. Its
+    /// `amount_minor` is then the held amount while pending, the posted amount
+    /// once posted, and 0 once voided or expired.
+    pub hold: Option<HoldView>,
+}
+
+impl Transfer {
+    pub fn status(&self) -> HoldState {
+        self.hold
+            .as_ref()
+            .map_or(HoldState::Posted, |hold| hold.state)
+    }
+}
+
+/// Where a hold stands, as a transfer shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldView {
+    pub state: HoldState,
+    pub held_minor: i64,
+    pub expires_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+}
+
+/// The life of a hold. A transfer that never was one is simply `Posted`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldState {
+    Pending,
+    Posted,
+    Voided,
+    Expired,
+}
+
+impl HoldState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldState::Pending => "pending",
+            HoldState::Posted => "posted",
+            HoldState::Voided => "voided",
+            HoldState::Expired => "expired",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<HoldState> {
+        match raw {
+            "pending" => Some(HoldState::Pending),
+            "posted" => Some(HoldState::Posted),
+            "voided" => Some(HoldState::Voided),
+            "expired" => Some(HoldState::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// A hold: money of `from_account_id` reserved for `to_account_id`, as placed,
+/// and how it ended once it did. Both are appended events; neither is ever
+/// changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub hold_id: TransferId,
+    pub from_account_id: AccountId,
+    pub to_account_id: AccountId,
+    pub held_minor: i64,
+    pub currency: Currency,
+    pub description: String,
+    pub initiated_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub resolution: Option<HoldResolution>,
+}
+
+/// How a hold ended: posted (with the amount that moved), voided or expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldResolution {
+    pub state: HoldState,
+    pub amount_minor: i64,
+    pub resolved_at: DateTime<Utc>,
+}
+
+impl Hold {
+    /// The longest a hold may stay pending, and how long it does by default.
+    pub const MAX_TIMEOUT_SECONDS: i64 = 2_592_000;
+    pub const DEFAULT_TIMEOUT_SECONDS: i64 = 604_800;
+
+    pub fn state(&self) -> HoldState {
+        self.resolution
+            .as_ref()
+            .map_or(HoldState::Pending, |resolution| resolution.state)
+    }
+
+    /// Whether the hold is pending but its time is up at `now`: it is to be
+    /// released as expired before anything else reads its account.
+    pub fn is_due(&self, now: DateTime<Utc>) -> bool {
+        self.resolution.is_none() && now >= self.expires_at
+    }
+
+    /// The hold as a transfer.
+    pub fn to_transfer(&self) -> Transfer {
+        let amount_minor = match &self.resolution {
+            None => self.held_minor,
+            Some(resolution) => resolution.amount_minor,
+        };
+        Transfer {
+            transfer_id: self.hold_id,
+            kind: TransferKind::Transfer,
+            from_account_id: self.from_account_id,
+            to_account_id: self.to_account_id,
+            amount_minor,
+            currency: self.currency,
+            description: self.description.clone(),
+            reverses_transfer_id: None,
+            created_at: self.created_at,
+            hold: Some(HoldView {
+                state: self.state(),
+                held_minor: self.held_minor,
+                expires_at: self.expires_at,
+                resolved_at: self.resolution.as_ref().map(|r| r.resolved_at),
+            }),
+        }
+    }
 }
 
 /// One side of a posting, from its account's point of view.
@@ -396,6 +541,10 @@ pub enum LedgerError {
     AmountOverflow,
     #[error("{0}")]
     Conflict(String),
+    #[error("the hold is {}, not pending", .0.as_str())]
+    HoldNotPending(HoldState),
+    #[error("{0}")]
+    Forbidden(String),
     /// A book that is not the settlement book sits at a currency's settlement id
     /// (opened there before ids were reserved): the currency cannot settle until
     /// an operator moves it.
@@ -414,6 +563,8 @@ impl DomainError for LedgerError {
             LedgerError::CurrencyMismatch => ErrorCode::CurrencyMismatch,
             LedgerError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             LedgerError::Conflict(_) => ErrorCode::Conflict,
+            LedgerError::HoldNotPending(_) => ErrorCode::HoldNotPending,
+            LedgerError::Forbidden(_) => ErrorCode::Forbidden,
             LedgerError::SettlementIdTaken(_) => ErrorCode::Internal,
         }
     }
@@ -431,6 +582,7 @@ mod tests {
             kind: AccountKind::Customer,
             status: AccountStatus::Active,
             balance_minor,
+            pending_debits_minor: 0,
             entry_count: 0,
             last_entry_hash: GENESIS_HASH.into(),
             status_version: 1,

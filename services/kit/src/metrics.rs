@@ -82,6 +82,10 @@ fn describe() {
         "ledger_posting_replays_total",
         "Keyed requests answered from their request record, by kind"
     );
+    describe_counter!(
+        "ledger_holds_expired_total",
+        "Holds whose expiry the sweep wrote"
+    );
     describe_histogram!(
         "ledger_commit_group_size",
         "Posting requests per commit group"

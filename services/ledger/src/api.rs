@@ -16,8 +16,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{
-        AccountId, AccountKind, AccountStatus, Description, Entry, IdempotencyKey, LedgerAccount,
-        LedgerError, Transfer, TransferId, TransferKind, plan::PostingRequest,
+        AccountId, AccountKind, AccountStatus, Description, Entry, Hold, HoldState, IdempotencyKey,
+        LedgerAccount, LedgerError, Transfer, TransferId, TransferKind,
+        plan::{Action, Movement, PostingRequest, Refusal},
     },
     engine::PostingEngine,
     store::LedgerStore,
@@ -52,7 +53,18 @@ impl LedgerApi {
     /// committed, a refusal as the error of its code.
     async fn post(&self, request: PostingRequest) -> Result<Transfer, ServiceError> {
         let outcome = self.engine.submit(request).await?;
-        outcome.result.map_err(ServiceError::from)
+        outcome.transfer().map_err(ServiceError::from)
+    }
+
+    /// A batch through the engine: its transfers, or its refusal with every
+    /// refused item in the status details.
+    async fn post_batch(&self, request: PostingRequest) -> Result<Vec<Transfer>, Status> {
+        let outcome = self
+            .engine
+            .submit(request)
+            .await
+            .map_err(ServiceError::from)?;
+        outcome.result.map_err(batch_status)
     }
 
     async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, ServiceError> {
@@ -113,7 +125,7 @@ impl LedgerApi {
             TransferKind::Withdrawal => (account_id, settlement),
             _ => (settlement, account_id),
         };
-        let request = PostingRequest {
+        let movement = Movement {
             kind,
             from_account_id,
             to_account_id,
@@ -121,12 +133,105 @@ impl LedgerApi {
             currency,
             description: Description::parse(reference)?,
             reverses_transfer_id: None,
-            required_owner: None,
-            scope: principal.scope(),
-            idempotency_key: IdempotencyKey::parse(fields.idempotency_key)?,
         };
+        let request = PostingRequest::movement(
+            movement,
+            None,
+            principal.scope(),
+            IdempotencyKey::parse(fields.idempotency_key)?,
+        );
         self.post(request).await
     }
+}
+
+impl LedgerApi {
+    /// A hold's post or void, as `principal` asks it: customers act as
+    /// themselves (the plan checks they are the hold's payer or creator);
+    /// operators and services on any hold.
+    fn resolution(
+        &self,
+        principal: &Principal,
+        action: Action,
+        idempotency_key: &str,
+    ) -> Result<PostingRequest, ServiceError> {
+        let required_owner = match principal.user_id() {
+            Some(_) if principal.is_operator() => None,
+            Some(user_id) => Some(user_id.to_owned()),
+            None => None,
+        };
+        Ok(PostingRequest {
+            action,
+            required_owner,
+            scope: principal.scope(),
+            idempotency_key: IdempotencyKey::parse(idempotency_key)?,
+        })
+    }
+}
+
+/// The most transfers one batch may hold.
+const MAX_BATCH: usize = 100;
+
+/// A customer transfer's fields, parsed.
+fn parse_movement(
+    from_account_id: &str,
+    to_account_id: &str,
+    amount_minor: i64,
+    currency: &str,
+    description: &str,
+) -> Result<Movement, ServiceError> {
+    let from_account_id = AccountId::parse(from_account_id)?;
+    let to_account_id = AccountId::parse(to_account_id)?;
+    if from_account_id == to_account_id {
+        return Err(ServiceError::invalid("cannot transfer to the same account"));
+    }
+    let amount = PositiveAmount::parse(amount_minor)
+        .map_err(|error| ServiceError::invalid(error.to_string()))?;
+    Ok(Movement {
+        kind: TransferKind::Transfer,
+        from_account_id,
+        to_account_id,
+        amount,
+        currency: parse_currency(currency)?,
+        description: Description::parse(description)?,
+        reverses_transfer_id: None,
+    })
+}
+
+/// A refused batch: the first refused item's code, and every refused item in
+/// the status details.
+fn batch_status(refusal: Refusal) -> Status {
+    let items = refusal
+        .items
+        .iter()
+        .map(|item| pb::TransferBatchError {
+            index: i32::try_from(item.index).unwrap_or(i32::MAX),
+            code: item.code.as_str().to_owned(),
+            detail: item.detail.clone(),
+        })
+        .collect();
+    batch_error_status(refusal.code, &refusal.detail, items)
+}
+
+fn batch_error_status(
+    code: bank_kit::ErrorCode,
+    message: &str,
+    errors: Vec<pb::TransferBatchError>,
+) -> Status {
+    let plain = Status::from(ServiceError::new(code, message));
+    if errors.is_empty() || code.is_server_error() {
+        return plain;
+    }
+    let details = pb::batch_error_details(
+        plain.code(),
+        plain.message(),
+        pb::TransferBatchErrors { errors },
+    );
+    Status::with_details_and_metadata(
+        plain.code(),
+        plain.message().to_owned(),
+        details.into(),
+        plain.metadata().clone(),
+    )
 }
 
 struct OperatorPosting<'a> {
@@ -145,34 +250,60 @@ impl LedgerService for LedgerApi {
         request: Request<pb::CreateTransferRequest>,
     ) -> Result<Response<pb::CreateTransferResponse>, Status> {
         let principal = self.caller(&request).await?;
-        let user_id = principal.require_user()?.to_owned();
         let body = request.into_inner();
-        let from_account_id =
-            AccountId::parse(&body.from_account_id).map_err(ServiceError::from)?;
-        let to_account_id = AccountId::parse(&body.to_account_id).map_err(ServiceError::from)?;
-        if from_account_id == to_account_id {
-            return Err(ServiceError::invalid("cannot transfer to the same account").into());
-        }
-        let amount = PositiveAmount::parse(body.amount_minor)
-            .map_err(|error| ServiceError::invalid(error.to_string()))?;
-        let currency = parse_currency(&body.currency)?;
-        let description = Description::parse(&body.description).map_err(ServiceError::from)?;
+        // Customers transfer and hold from their own accounts; operators and
+        // services may also place holds on any account (a card authorisation).
+        let required_owner = match (body.pending, principal.user_id()) {
+            (true, _) if principal.is_operator() => None,
+            (true, None) => None,
+            (_, Some(user_id)) => Some(user_id.to_owned()),
+            (false, None) => {
+                return Err(principal
+                    .require_user()
+                    .map(|_| ())
+                    .err()
+                    .unwrap_or_else(|| ServiceError::forbidden("this method is for users"))
+                    .into());
+            }
+        };
+        let movement = parse_movement(
+            &body.from_account_id,
+            &body.to_account_id,
+            body.amount_minor,
+            &body.currency,
+            &body.description,
+        )?;
         let idempotency_key =
             IdempotencyKey::parse(&body.idempotency_key).map_err(ServiceError::from)?;
+        let action = if body.pending {
+            let timeout_seconds = match body.timeout_seconds {
+                0 => Hold::DEFAULT_TIMEOUT_SECONDS,
+                seconds if (1..=Hold::MAX_TIMEOUT_SECONDS).contains(&seconds) => seconds,
+                _ => {
+                    return Err(ServiceError::invalid(
+                        "timeout_seconds must be between 1 and 2592000",
+                    )
+                    .into());
+                }
+            };
+            Action::Hold {
+                movement,
+                timeout_seconds,
+            }
+        } else {
+            if body.timeout_seconds != 0 {
+                return Err(ServiceError::invalid("timeout_seconds is only for holds").into());
+            }
+            Action::Move(movement)
+        };
         let posting = PostingRequest {
-            kind: TransferKind::Transfer,
-            from_account_id,
-            to_account_id,
-            amount,
-            currency,
-            description,
-            reverses_transfer_id: None,
-            required_owner: Some(user_id),
+            action,
+            required_owner,
             scope: principal.scope(),
             idempotency_key,
         };
         let transfer = self.post(posting).await?;
-        tracing::info!(transfer_id = %transfer.transfer_id, "transfer posted");
+        tracing::info!(transfer_id = %transfer.transfer_id, status = transfer.status().as_str(), "transfer accepted");
         Ok(Response::new(pb::CreateTransferResponse {
             transfer: Some(transfer_to_proto(&transfer)),
         }))
@@ -218,11 +349,17 @@ impl LedgerService for LedgerApi {
         let account_id =
             AccountId::parse(&request.get_ref().account_id).map_err(ServiceError::from)?;
         let account = self.visible_account(&principal, account_id).await?;
+        // Holds whose time is up count for nothing, written as expired or not.
+        let held = self
+            .store
+            .held(account_id, bank_kit::time::now())
+            .await
+            .map_err(ServiceError::from)?;
         Ok(Response::new(pb::GetBalanceResponse {
             account_id: account.account_id.to_string(),
             currency: account.currency.to_string(),
             balance_minor: account.balance_minor,
-            available_minor: account.balance_minor,
+            available_minor: account.balance_minor.saturating_sub(held),
         }))
     }
 
@@ -326,13 +463,18 @@ impl LedgerService for LedgerApi {
         if original.kind == TransferKind::Reversal {
             return Err(ServiceError::invalid("a reversal cannot itself be reversed").into());
         }
+        // Only money that moved can move back.
+        match original.status() {
+            HoldState::Posted => {}
+            state => return Err(ServiceError::from(LedgerError::HoldNotPending(state)).into()),
+        }
         let reason = body.reason.trim();
         let description = if reason.is_empty() {
             format!("reversal of {original_id}")
         } else {
             reason.to_owned()
         };
-        let posting = PostingRequest {
+        let movement = Movement {
             kind: TransferKind::Reversal,
             from_account_id: original.to_account_id,
             to_account_id: original.from_account_id,
@@ -342,14 +484,142 @@ impl LedgerService for LedgerApi {
             currency: original.currency,
             description: Description::parse(&description).map_err(ServiceError::from)?,
             reverses_transfer_id: Some(original_id),
-            required_owner: None,
-            scope: principal.scope(),
-            idempotency_key,
         };
+        let posting = PostingRequest::movement(movement, None, principal.scope(), idempotency_key);
         let transfer = self.post(posting).await?;
         tracing::info!(transfer_id = %transfer.transfer_id, reverses = %original_id, "reversal posted");
         Ok(Response::new(pb::ReverseTransferResponse {
             transfer: Some(transfer_to_proto(&transfer)),
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.post_pending_transfer", skip_all)]
+    async fn post_pending_transfer(
+        &self,
+        request: Request<pb::PostPendingTransferRequest>,
+    ) -> Result<Response<pb::PostPendingTransferResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let body = request.into_inner();
+        let hold_id = TransferId::parse(&body.transfer_id).map_err(ServiceError::from)?;
+        let amount = match body.amount_minor {
+            0 => None,
+            minor => Some(
+                PositiveAmount::parse(minor)
+                    .map_err(|error| ServiceError::invalid(error.to_string()))?,
+            ),
+        };
+        let posting = self.resolution(
+            &principal,
+            Action::PostHold { hold_id, amount },
+            &body.idempotency_key,
+        )?;
+        let transfer = self.post(posting).await?;
+        tracing::info!(transfer_id = %transfer.transfer_id, "hold posted");
+        Ok(Response::new(pb::PostPendingTransferResponse {
+            transfer: Some(transfer_to_proto(&transfer)),
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.void_pending_transfer", skip_all)]
+    async fn void_pending_transfer(
+        &self,
+        request: Request<pb::VoidPendingTransferRequest>,
+    ) -> Result<Response<pb::VoidPendingTransferResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let body = request.into_inner();
+        let hold_id = TransferId::parse(&body.transfer_id).map_err(ServiceError::from)?;
+        let posting = self.resolution(
+            &principal,
+            Action::VoidHold { hold_id },
+            &body.idempotency_key,
+        )?;
+        let transfer = self.post(posting).await?;
+        tracing::info!(transfer_id = %transfer.transfer_id, "hold voided");
+        Ok(Response::new(pb::VoidPendingTransferResponse {
+            transfer: Some(transfer_to_proto(&transfer)),
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.list_holds", skip_all)]
+    async fn list_holds(
+        &self,
+        request: Request<pb::ListHoldsRequest>,
+    ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let body = request.into_inner();
+        let account_id = AccountId::parse(&body.account_id).map_err(ServiceError::from)?;
+        let page_size = parse_page_size(body.page_size)?;
+        let before = parse_holds_token(&body.page_token)?;
+        self.visible_account(&principal, account_id).await?;
+        let mut holds = self
+            .store
+            .pending_holds(account_id, bank_kit::time::now(), before, page_size + 1)
+            .await
+            .map_err(ServiceError::from)?;
+        let has_more = holds.len() as u64 > page_size;
+        holds.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+        let next_page_token = match holds.last() {
+            Some(last) if has_more => encode_holds_token(last),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListHoldsResponse {
+            holds: holds
+                .iter()
+                .map(|hold| transfer_to_proto(&hold.to_transfer()))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "ledger.create_transfer_batch", skip_all)]
+    async fn create_transfer_batch(
+        &self,
+        request: Request<pb::CreateTransferBatchRequest>,
+    ) -> Result<Response<pb::CreateTransferBatchResponse>, Status> {
+        let principal = self.caller(&request).await?;
+        let user_id = principal.require_user()?.to_owned();
+        let body = request.into_inner();
+        if body.transfers.is_empty() || body.transfers.len() > MAX_BATCH {
+            return Err(ServiceError::invalid("a batch holds 1 to 100 transfers").into());
+        }
+        let idempotency_key =
+            IdempotencyKey::parse(&body.idempotency_key).map_err(ServiceError::from)?;
+        let mut items = Vec::with_capacity(body.transfers.len());
+        let mut malformed = Vec::new();
+        for (index, item) in body.transfers.iter().enumerate() {
+            match parse_movement(
+                &item.from_account_id,
+                &item.to_account_id,
+                item.amount_minor,
+                &item.currency,
+                &item.description,
+            ) {
+                Ok(movement) => items.push(movement),
+                Err(error) => malformed.push(pb::TransferBatchError {
+                    index: i32::try_from(index).unwrap_or(i32::MAX),
+                    code: error.code.as_str().to_owned(),
+                    detail: error.message,
+                }),
+            }
+        }
+        if let Some(first) = malformed.first() {
+            let message = format!("transfer {} of the batch: {}", first.index, first.detail);
+            return Err(batch_error_status(
+                bank_kit::ErrorCode::InvalidArgument,
+                &message,
+                malformed,
+            ));
+        }
+        let posting = PostingRequest {
+            action: Action::Batch(items),
+            required_owner: Some(user_id),
+            scope: principal.scope(),
+            idempotency_key,
+        };
+        let transfers = self.post_batch(posting).await?;
+        tracing::info!(transfers = transfers.len(), "batch posted");
+        Ok(Response::new(pb::CreateTransferBatchResponse {
+            transfers: transfers.iter().map(transfer_to_proto).collect(),
         }))
     }
 
@@ -478,6 +748,38 @@ fn parse_page_token(raw: &str) -> Result<Option<i64>, ServiceError> {
     Ok(Some(seq))
 }
 
+const HOLDS_TOKEN_PREFIX: &str = "holds-before:";
+
+fn encode_holds_token(hold: &Hold) -> String {
+    URL_SAFE_NO_PAD.encode(format!(
+        "{HOLDS_TOKEN_PREFIX}{}:{}",
+        hold.created_at.timestamp_micros(),
+        hold.hold_id
+    ))
+}
+
+fn parse_holds_token(
+    raw: &str,
+) -> Result<Option<(chrono::DateTime<chrono::Utc>, TransferId)>, ServiceError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let invalid = || ServiceError::invalid("page_token is not valid");
+    let decoded = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
+    let text = String::from_utf8(decoded).map_err(|_| invalid())?;
+    let (micros, id) = text
+        .strip_prefix(HOLDS_TOKEN_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .ok_or_else(invalid)?;
+    let created_at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(chrono::DateTime::from_timestamp_micros)
+        .ok_or_else(invalid)?;
+    let hold_id = TransferId::parse(id).map_err(|_| invalid())?;
+    Ok(Some((created_at, hold_id)))
+}
+
 fn status_to_proto(status: AccountStatus) -> pb::LedgerAccountStatus {
     match status {
         AccountStatus::Active => pb::LedgerAccountStatus::Active,
@@ -499,7 +801,12 @@ fn transfer_to_proto(transfer: &Transfer) -> pb::Transfer {
         to_account_id: transfer.to_account_id.to_string(),
         amount_minor: transfer.amount_minor,
         currency: transfer.currency.to_string(),
-        status: pb::TransferStatus::Posted as i32,
+        status: match transfer.status() {
+            HoldState::Pending => pb::TransferStatus::Pending,
+            HoldState::Posted => pb::TransferStatus::Posted,
+            HoldState::Voided => pb::TransferStatus::Voided,
+            HoldState::Expired => pb::TransferStatus::Expired,
+        } as i32,
         kind: kind as i32,
         description: transfer.description.clone(),
         reverses_transfer_id: transfer
@@ -507,6 +814,18 @@ fn transfer_to_proto(transfer: &Transfer) -> pb::Transfer {
             .map(|id| id.to_string())
             .unwrap_or_default(),
         created_at: to_rfc3339(transfer.created_at),
+        held_amount_minor: transfer.hold.as_ref().map(|hold| hold.held_minor),
+        expires_at: transfer
+            .hold
+            .as_ref()
+            .map(|hold| to_rfc3339(hold.expires_at))
+            .unwrap_or_default(),
+        resolved_at: transfer
+            .hold
+            .as_ref()
+            .and_then(|hold| hold.resolved_at)
+            .map(to_rfc3339)
+            .unwrap_or_default(),
     }
 }
 

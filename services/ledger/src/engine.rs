@@ -166,7 +166,7 @@ async fn commit(store: &Arc<LedgerStore>, group: Vec<Job>) {
             for job in group {
                 metrics::counter!(
                     "ledger_postings_refused_total",
-                    "kind" => job.proposal.request.kind.as_str(),
+                    "kind" => job.proposal.request.kind_name(),
                     "code" => code.as_str(),
                 )
                 .increment(1);
@@ -174,6 +174,30 @@ async fn commit(store: &Arc<LedgerStore>, group: Vec<Job>) {
             }
         }
     }
+}
+
+/// How often the hold sweep writes the expiry of holds whose time is up.
+pub const HOLD_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Starts the task that writes the expiry of holds whose time is up on books no
+/// posting touches (a posting releases its own books' due holds itself). The
+/// first pass after a start looks at every hold.
+pub fn start_hold_sweep(store: Arc<LedgerStore>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match store.expire_due_holds().await {
+                Ok(0) => {}
+                Ok(released) => {
+                    metrics::counter!("ledger_holds_expired_total").increment(released as u64);
+                    tracing::info!(released, "expired holds released");
+                }
+                Err(error) => tracing::warn!(error = %error, "hold sweep failed; trying again"),
+            }
+        }
+    });
 }
 
 /// Runs a group's transaction in a task of its own, so that nothing the writer
@@ -205,20 +229,22 @@ fn clone_error(error: &StoreError) -> StoreError {
 /// idempotency key is not a new one) with the minor units they moved, and
 /// postings refused, by kind and the refusal's error code.
 fn record(request: &PostingRequest, outcome: &Outcome) {
-    let kind = request.kind.as_str();
+    let kind = request.kind_name();
     match (&outcome.result, outcome.replayed) {
         (_, true) => {
             metrics::counter!("ledger_posting_replays_total", "kind" => kind).increment(1);
         }
-        (Ok(transfer), false) => {
-            let labels = [
-                ("kind", kind.to_owned()),
-                ("currency", transfer.currency.as_str().to_owned()),
-            ];
-            metrics::counter!("ledger_postings_total", &labels).increment(1);
-            // Positive by construction, so the cast cannot wrap.
-            metrics::counter!("ledger_posted_minor_units_total", &labels)
-                .increment(transfer.amount_minor.unsigned_abs());
+        (Ok(transfers), false) => {
+            for transfer in transfers {
+                let labels = [
+                    ("kind", kind.to_owned()),
+                    ("currency", transfer.currency.as_str().to_owned()),
+                ];
+                metrics::counter!("ledger_postings_total", &labels).increment(1);
+                // Never negative, so the cast cannot wrap.
+                metrics::counter!("ledger_posted_minor_units_total", &labels)
+                    .increment(transfer.amount_minor.unsigned_abs());
+            }
         }
         (Err(refusal), false) => {
             metrics::counter!(

@@ -65,6 +65,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     .await?;
     let store = Arc::new(store::LedgerStore::new(connection.clone()));
     let engine = engine::PostingEngine::start(Arc::clone(&store), engine::GroupConfig::default());
+    engine::start_hold_sweep(Arc::clone(&store), engine::HOLD_SWEEP_INTERVAL);
     let connector = Connector::new(&config.tls)?;
     let verifier = TokenVerifier::remote(&config.identity_endpoint, &connector)?;
     let service_name = grpc::service_name::<LedgerServiceServer<api::LedgerApi>>();

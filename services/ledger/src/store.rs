@@ -30,7 +30,16 @@ pub const GRANTS: &[bank_kit::db::TableGrant] = &[
         table: "ledger_requests",
         privileges: "SELECT, INSERT",
     },
+    bank_kit::db::TableGrant {
+        table: "ledger_holds",
+        privileges: "SELECT, INSERT",
+    },
+    bank_kit::db::TableGrant {
+        table: "ledger_hold_resolutions",
+        privileges: "SELECT, INSERT",
+    },
 ];
+pub mod holds;
 pub mod posting;
 
 use bank_kit::{db, money::Currency};
@@ -56,7 +65,7 @@ const MAX_ATTEMPTS: usize = 8;
 /// Column lists, as macros so that every statement is one constant string.
 macro_rules! account_columns {
     () => {
-        "account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash, status_version"
+        "account_id, owner_id, currency, kind, status, balance_minor, pending_debits_minor, entry_count, last_entry_hash, status_version"
     };
 }
 macro_rules! transfer_columns {
@@ -114,6 +123,10 @@ pub struct LedgerStore {
     /// Currencies whose settlement book is known to exist. Books are never
     /// removed, so a commit group creates each at most once per process.
     settled: std::sync::Mutex<std::collections::HashSet<Currency>>,
+    /// When the hold sweep last finished: the next one looks only at holds
+    /// that expired since (with an overlap). Unset until the first, which looks
+    /// at every hold.
+    swept_until: std::sync::Mutex<Option<DateTime<Utc>>>,
 }
 
 impl LedgerStore {
@@ -124,6 +137,7 @@ impl LedgerStore {
             db,
             sqlite_writer,
             settled: std::sync::Mutex::default(),
+            swept_until: std::sync::Mutex::default(),
         }
     }
 
@@ -247,8 +261,10 @@ impl LedgerStore {
         load_account(&self.db, account_id).await
     }
 
+    /// A transfer as it stands: a hold (pending, or how it ended) or a transfer
+    /// posted outright.
     pub async fn transfer(&self, transfer_id: TransferId) -> Result<Option<Transfer>, StoreError> {
-        load_transfer(&self.db, transfer_id).await
+        load_transfer_view(&self.db, transfer_id).await
     }
 
     /// The transfer that reverses `transfer_id`, if any.
@@ -377,6 +393,7 @@ async fn verify_in(txn: &DatabaseTransaction) -> Result<VerifyReport, StoreError
             detail: format!("transfer {transfer_id} has no request record"),
         });
     }
+    verify_holds(txn, &mut report).await?;
     let dangling = txn
         .query_all_raw(statement(backend, SELECT_DANGLING_REQUESTS, []))
         .await?;
@@ -389,6 +406,51 @@ async fn verify_in(txn: &DatabaseTransaction) -> Result<VerifyReport, StoreError
         });
     }
     Ok(report)
+}
+
+/// Holds: each book reserves exactly what its pending holds hold, no customer's
+/// reservation exceeds its balance, and every posted hold has its transfer.
+async fn verify_holds(
+    txn: &DatabaseTransaction,
+    report: &mut VerifyReport,
+) -> Result<(), StoreError> {
+    let backend = txn.get_database_backend();
+    for row in &txn
+        .query_all_raw(statement(backend, SELECT_UNMATCHED_RESERVATIONS, []))
+        .await?
+    {
+        let account_id: String = row.try_get("", "account_id")?;
+        let pending: i64 = row.try_get("", "pending_debits_minor")?;
+        let open: i64 = row.try_get("", "open_minor")?;
+        report.mismatches.push(Mismatch {
+            account_id,
+            kind: "holds",
+            detail: format!("the book reserves {pending} but its pending holds hold {open}"),
+        });
+    }
+    for row in &txn
+        .query_all_raw(statement(backend, SELECT_OVERDRAWN, []))
+        .await?
+    {
+        let account_id: String = row.try_get("", "account_id")?;
+        report.mismatches.push(Mismatch {
+            account_id,
+            kind: "available",
+            detail: "the pending holds reserve more than the balance".into(),
+        });
+    }
+    for row in &txn
+        .query_all_raw(statement(backend, SELECT_UNMATCHED_POSTED_HOLDS, []))
+        .await?
+    {
+        let hold_id: String = row.try_get("", "hold_id")?;
+        report.mismatches.push(Mismatch {
+            account_id: String::new(),
+            kind: "holds",
+            detail: format!("posted hold {hold_id} has no transfer of its posted amount"),
+        });
+    }
+    Ok(())
 }
 
 /// Replays one account's entries in order, page by page.
@@ -507,6 +569,14 @@ async fn set_status_in(
     if account.kind != AccountKind::Customer {
         return Err(LedgerError::AccountNotFound.into());
     }
+    // Holds whose time is up do not keep an account open.
+    if status == AccountStatus::Closed && account.pending_debits_minor > 0 {
+        let mut books = std::collections::BTreeMap::from([(account_id, account)]);
+        holds::release_due(txn, &mut books, bank_kit::time::now()).await?;
+        account = books
+            .remove(&account_id)
+            .ok_or(StoreError::Refused(LedgerError::AccountNotFound))?;
+    }
     let StatusDecision::Change {
         status,
         status_version,
@@ -576,8 +646,29 @@ const SELECT_TRANSFER: &str = concat!(
     transfer_columns!(),
     " FROM ledger_transfers WHERE transfer_id = $1"
 );
+const SELECT_BATCH: &str = concat!(
+    "SELECT ",
+    transfer_columns!(),
+    " FROM ledger_transfers WHERE batch_id = $1 ORDER BY batch_index"
+);
 const SELECT_UNRECORDED_TRANSFERS: &str = "SELECT t.transfer_id FROM ledger_transfers t
-     WHERE NOT EXISTS (SELECT 1 FROM ledger_requests r WHERE r.transfer_id = t.transfer_id)";
+     WHERE NOT EXISTS (SELECT 1 FROM ledger_requests r WHERE r.transfer_id = t.transfer_id)
+       AND NOT EXISTS (SELECT 1 FROM ledger_requests r WHERE r.batch_id = t.batch_id)";
+/// Each book's reservation against the holds that are pending (written as
+/// expired or not yet).
+const SELECT_UNMATCHED_RESERVATIONS: &str = "SELECT a.account_id, a.pending_debits_minor,
+            CAST(COALESCE(SUM(h.amount_minor), 0) AS BIGINT) AS open_minor
+     FROM ledger_accounts a
+     LEFT JOIN ledger_holds h ON h.from_account_id = a.account_id
+          AND NOT EXISTS (SELECT 1 FROM ledger_hold_resolutions r WHERE r.hold_id = h.hold_id)
+     GROUP BY a.account_id, a.pending_debits_minor
+     HAVING a.pending_debits_minor <> CAST(COALESCE(SUM(h.amount_minor), 0) AS BIGINT)";
+const SELECT_OVERDRAWN: &str = "SELECT account_id FROM ledger_accounts
+     WHERE kind = 'customer' AND balance_minor < pending_debits_minor";
+/// Posted holds whose journal transfer is missing or moved another amount.
+const SELECT_UNMATCHED_POSTED_HOLDS: &str = "SELECT r.hold_id FROM ledger_hold_resolutions r
+     LEFT JOIN ledger_transfers t ON t.transfer_id = r.hold_id
+     WHERE r.state = 'posted' AND (t.transfer_id IS NULL OR t.amount_minor <> r.amount_minor)";
 const SELECT_DANGLING_REQUESTS: &str = "SELECT r.idempotency_key FROM ledger_requests r
      WHERE r.transfer_id IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM ledger_transfers t WHERE t.transfer_id = r.transfer_id)";
@@ -625,6 +716,40 @@ async fn lock_account(
     row.as_ref().map(account_from_row).transpose()
 }
 
+/// A transfer as it stands: if `transfer_id` names a hold, the hold (whose
+/// journal transfer, once posted, carries the same id); otherwise the journal's
+/// transfer.
+pub(crate) async fn load_transfer_view(
+    db: &impl ConnectionTrait,
+    transfer_id: TransferId,
+) -> Result<Option<Transfer>, StoreError> {
+    if let Some(hold) = holds::read_holds(db, &[transfer_id])
+        .await?
+        .remove(&transfer_id)
+    {
+        return Ok(Some(hold.to_transfer()));
+    }
+    load_transfer(db, transfer_id).await
+}
+
+/// The transfers of the batch named `batch_id`, in the batch's order.
+pub(crate) async fn batch_transfers(
+    db: &impl ConnectionTrait,
+    batch_id: TransferId,
+) -> Result<Vec<Transfer>, StoreError> {
+    let rows = db
+        .query_all_raw(statement(
+            db.get_database_backend(),
+            SELECT_BATCH,
+            [batch_id.to_string().into()],
+        ))
+        .await?;
+    if rows.is_empty() {
+        return Err(corrupt("a batch without its transfers"));
+    }
+    rows.iter().map(transfer_from_row).collect()
+}
+
 async fn load_transfer(
     db: &impl ConnectionTrait,
     transfer_id: TransferId,
@@ -657,6 +782,7 @@ fn account_from_row(row: &QueryResult) -> Result<LedgerAccount, StoreError> {
         kind: AccountKind::parse(&get_string("kind")?).ok_or_else(|| corrupt("account kind"))?,
         status: AccountStatus::parse(&get_string("status")?).ok_or_else(|| corrupt("status"))?,
         balance_minor: row.try_get("", "balance_minor")?,
+        pending_debits_minor: row.try_get("", "pending_debits_minor")?,
         entry_count: row.try_get("", "entry_count")?,
         last_entry_hash: get_string("last_entry_hash")?,
         status_version: row.try_get("", "status_version")?,
@@ -682,6 +808,7 @@ fn transfer_from_row(row: &QueryResult) -> Result<Transfer, StoreError> {
             .transpose()
             .map_err(|_| corrupt("transfer id"))?,
         created_at: row.try_get::<DateTime<Utc>>("", "created_at")?,
+        hold: None,
     })
 }
 

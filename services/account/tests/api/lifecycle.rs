@@ -215,6 +215,7 @@ async fn freeze(urls: Vec<String>) {
                 currency: "EUR".into(),
                 description: String::new(),
                 idempotency_key: "t-1".into(),
+                ..Default::default()
             },
         ))
         .await

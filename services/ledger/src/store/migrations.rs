@@ -7,6 +7,7 @@ mod m20261128_000001_create_journal;
 mod m20261201_000001_request_records;
 mod m20261202_000001_refuse_replace;
 mod m20261202_000002_book_status_version;
+mod m20261203_000001_holds_and_batches;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_request_records::Migration),
             Box::new(m20261202_000001_refuse_replace::Migration),
             Box::new(m20261202_000002_book_status_version::Migration),
+            Box::new(m20261203_000001_holds_and_batches::Migration),
         ]
     }
 }

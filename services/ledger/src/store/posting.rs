@@ -6,10 +6,16 @@
 //!    (`SELECT … WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE` on
 //!    PostgreSQL; SQLite's `BEGIN IMMEDIATE` has locked the whole file already, and
 //!    it reads them with `json_each` over the ids);
-//! 3. read the request records of the group's keys, with their transfers, and
-//!    which of the transfers the group reverses have a reversal already;
-//! 4. plan (`bank_domain::ledger::plan`), in memory;
-//! 5. insert the transfers, entries and request records and update the books: on
+//! 3. read the request records of the group's keys, with their transfers, which
+//!    of the transfers the group reverses have a reversal already, and the holds
+//!    it posts or voids (their terms are read once before the locks, to know
+//!    which books to lock, and again under them);
+//! 4. plan (`bank_domain::ledger::plan`), in memory. If a request was refused
+//!    for want of funds on a book whose holds reserve some, the book's holds
+//!    whose time is up are read and the group planned again, so an expired hold
+//!    never counts (the common case pays nothing for holds);
+//! 5. insert the transfers, entries, holds, hold resolutions and request
+//!    records and update the books: on
 //!    PostgreSQL in one statement of data-modifying CTEs, each table from arrays
 //!    (`UNNEST`, so the statement text never depends on the group's size); on
 //!    SQLite one statement per table, its rows read from a JSON array with
@@ -23,7 +29,8 @@
 use std::{collections::HashSet, sync::Arc};
 
 use bank_domain::ledger::plan::{
-    self, Facts, KnownRequest, Outcome, Proposal, RecordKey, RecordedOutcome, Refusal, Writes,
+    self, Facts, ItemRefusal, KnownRequest, Outcome, Proposal, RecordKey, RecordedOutcome, Refusal,
+    Writes,
 };
 use bank_kit::{ErrorCode, money::Currency};
 use chrono::{DateTime, Utc};
@@ -31,10 +38,11 @@ use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Valu
 use serde_json::json;
 
 use super::{
-    LedgerStore, StoreError, account_columns, account_from_row, corrupt, statement,
-    transfer_from_row,
+    LedgerStore, StoreError, account_columns, account_from_row, batch_transfers, corrupt,
+    holds::{read_due, read_holds},
+    load_transfer_view, statement,
 };
-use crate::domain::{AccountId, GENESIS_HASH, IdempotencyKey, TransferId};
+use crate::domain::{AccountId, GENESIS_HASH, IdempotencyKey, LedgerAccount, TransferId};
 
 const ENSURE_SETTLEMENT: &str = "INSERT INTO ledger_accounts (account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash, created_at, updated_at)
      VALUES ($1, NULL, $2, 'settlement', 'active', 0, 0, $3, $4, $4)
@@ -46,12 +54,11 @@ const LOCK_BOOKS_POSTGRES: &str = concat!(
     " FROM ledger_accounts WHERE account_id = ANY($1::text[]) ORDER BY account_id FOR UPDATE"
 );
 
-/// The request records' columns, with the transfer a posted one made.
+/// The request records' columns.
 macro_rules! request_columns {
     () => {
-        "r.scope, r.idempotency_key, r.request_hash, r.refusal_code, r.refusal_detail,
-         t.transfer_id, t.kind, t.from_account_id, t.to_account_id, t.amount_minor,
-         t.currency, t.description, t.reverses_transfer_id, t.created_at"
+        "r.scope, r.idempotency_key, r.request_hash, r.transfer_id, r.hold_id, r.batch_id,
+         r.refusal_code, r.refusal_detail, r.refusal_items"
     };
 }
 
@@ -64,16 +71,14 @@ const SELECT_REQUESTS_POSTGRES: &str = concat!(
     " FROM UNNEST($1::text[], $2::text[]) AS k (scope, idempotency_key)
        JOIN LATERAL (SELECT * FROM ledger_requests
                      WHERE scope = k.scope AND idempotency_key = k.idempotency_key
-                     LIMIT 1) AS r ON true
-       LEFT JOIN ledger_transfers t ON t.transfer_id = r.transfer_id"
+                     LIMIT 1) AS r ON true"
 );
 
 const SELECT_REQUESTS_SQLITE: &str = concat!(
     "SELECT ",
     request_columns!(),
     " FROM json_each($1) AS k
-       JOIN ledger_requests r ON r.scope = k.value ->> 0 AND r.idempotency_key = k.value ->> 1
-       LEFT JOIN ledger_transfers t ON t.transfer_id = r.transfer_id"
+       JOIN ledger_requests r ON r.scope = k.value ->> 0 AND r.idempotency_key = k.value ->> 1"
 );
 
 const LOCK_BOOKS_SQLITE: &str = concat!(
@@ -88,35 +93,44 @@ const SELECT_REVERSED_SQLITE: &str = "SELECT reverses_transfer_id FROM ledger_tr
      WHERE reverses_transfer_id IN (SELECT value FROM json_each($1))";
 
 /// Every row of a group in one statement, so the writes cost one round trip:
-/// transfers, entries, book updates and request records, each from arrays. The
-/// foreign keys of entries and records on the group's own transfers are checked
-/// at the end of the statement, when those transfers are in place.
+/// transfers, entries, book updates, holds, hold resolutions and request
+/// records, each from arrays. The foreign keys on the group's own transfers and
+/// holds are checked at the end of the statement, when those rows are in place.
 const WRITE_GROUP_POSTGRES: &str = "WITH new_transfers AS (
-       INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
-       SELECT t.id, t.kind, t.from_id, t.to_id, t.amount, t.currency, t.description, NULLIF(t.reverses, ''), 'posted', t.initiated_by, $30
-       FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[])
-            AS t (id, kind, from_id, to_id, amount, currency, description, reverses, initiated_by)
+       INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, batch_id, batch_index, created_at)
+       SELECT t.id, t.kind, t.from_id, t.to_id, t.amount, t.currency, t.description, NULLIF(t.reverses, ''), 'posted', t.initiated_by, NULLIF(t.batch_id, ''), NULLIF(t.batch_index, -1), $47
+       FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[])
+            AS t (id, kind, from_id, to_id, amount, currency, description, reverses, initiated_by, batch_id, batch_index)
      ), new_entries AS (
        INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
-       SELECT e.account_id, e.seq, e.transfer_id, e.amount, e.balance_after, e.currency, e.counterparty, e.description, e.prev_hash, e.entry_hash, $30
-       FROM UNNEST($10::text[], $11::bigint[], $12::text[], $13::bigint[], $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[])
+       SELECT e.account_id, e.seq, e.transfer_id, e.amount, e.balance_after, e.currency, e.counterparty, e.description, e.prev_hash, e.entry_hash, $47
+       FROM UNNEST($12::text[], $13::bigint[], $14::text[], $15::bigint[], $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
             AS e (account_id, seq, transfer_id, amount, balance_after, currency, counterparty, description, prev_hash, entry_hash)
      ), updated_books AS (
        UPDATE ledger_accounts AS a
-       SET balance_minor = b.balance, entry_count = b.entry_count, last_entry_hash = b.last_hash, updated_at = $30
-       FROM UNNEST($20::text[], $21::bigint[], $22::bigint[], $23::text[]) AS b (account_id, balance, entry_count, last_hash)
-       WHERE a.account_id = ANY($20::text[]) AND a.account_id = b.account_id
+       SET balance_minor = b.balance, pending_debits_minor = b.pending, entry_count = b.entry_count, last_entry_hash = b.last_hash, updated_at = $47
+       FROM UNNEST($22::text[], $23::bigint[], $24::bigint[], $25::bigint[], $26::text[]) AS b (account_id, balance, pending, entry_count, last_hash)
+       WHERE a.account_id = ANY($22::text[]) AND a.account_id = b.account_id
+     ), new_holds AS (
+       INSERT INTO ledger_holds (hold_id, from_account_id, to_account_id, amount_minor, currency, description, initiated_by, created_at, expires_at)
+       SELECT h.id, h.from_id, h.to_id, h.amount, h.currency, h.description, h.initiated_by, $47, h.expires_at::timestamptz
+       FROM UNNEST($36::text[], $37::text[], $38::text[], $39::bigint[], $40::text[], $41::text[], $42::text[], $43::text[])
+            AS h (id, from_id, to_id, amount, currency, description, initiated_by, expires_at)
+     ), new_resolutions AS (
+       INSERT INTO ledger_hold_resolutions (hold_id, state, amount_minor, resolved_at)
+       SELECT r.hold_id, r.state, r.amount, $47
+       FROM UNNEST($44::text[], $45::text[], $46::bigint[]) AS r (hold_id, state, amount)
      )
-     INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at)
-     SELECT r.scope, r.idempotency_key, r.request_hash, NULLIF(r.transfer_id, ''), NULLIF(r.code, ''), NULLIF(r.detail, ''), $30
-     FROM UNNEST($24::text[], $25::text[], $26::text[], $27::text[], $28::text[], $29::text[])
-          AS r (scope, idempotency_key, request_hash, transfer_id, code, detail)";
+     INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, hold_id, batch_id, refusal_code, refusal_detail, refusal_items, created_at)
+     SELECT r.scope, r.idempotency_key, r.request_hash, NULLIF(r.transfer_id, ''), NULLIF(r.hold_id, ''), NULLIF(r.batch_id, ''), NULLIF(r.code, ''), NULLIF(r.detail, ''), NULLIF(r.items, ''), $47
+     FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::text[], $32::text[], $33::text[], $34::text[], $35::text[])
+          AS r (scope, idempotency_key, request_hash, transfer_id, hold_id, batch_id, code, detail, items)";
 
 /// SQLite's forms of the group's writes: one statement per table, each reading
-/// its rows from a JSON array of arrays with `json_each`, so a group costs four
-/// statements, not one per row.
-const INSERT_TRANSFERS_SQLITE: &str = "INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
-     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, 'posted', value ->> 8, $2
+/// its rows from a JSON array of arrays with `json_each`, so a group costs one
+/// statement per kind of row, not one per row.
+const INSERT_TRANSFERS_SQLITE: &str = "INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, batch_id, batch_index, created_at)
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, 'posted', value ->> 8, value ->> 9, value ->> 10, $2
      FROM json_each($1)";
 
 const INSERT_ENTRIES_SQLITE: &str = "INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
@@ -124,11 +138,20 @@ const INSERT_ENTRIES_SQLITE: &str = "INSERT INTO ledger_entries (account_id, acc
      FROM json_each($1)";
 
 const UPDATE_BOOKS_SQLITE: &str = "UPDATE ledger_accounts
-     SET balance_minor = b.value ->> 1, entry_count = b.value ->> 2, last_entry_hash = b.value ->> 3, updated_at = $2
+     SET balance_minor = b.value ->> 1, pending_debits_minor = b.value ->> 2, entry_count = b.value ->> 3, last_entry_hash = b.value ->> 4, updated_at = $2
      FROM json_each($1) AS b WHERE ledger_accounts.account_id = b.value ->> 0";
 
-const INSERT_REQUESTS_SQLITE: &str = "INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, refusal_code, refusal_detail, created_at)
-     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, $2
+const INSERT_HOLDS_SQLITE: &str = "INSERT INTO ledger_holds (hold_id, from_account_id, to_account_id, amount_minor, currency, description, initiated_by, created_at, expires_at)
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, $2, value ->> 7
+     FROM json_each($1)";
+
+const INSERT_RESOLUTIONS_SQLITE: &str =
+    "INSERT INTO ledger_hold_resolutions (hold_id, state, amount_minor, resolved_at)
+     SELECT value ->> 0, value ->> 1, value ->> 2, $2
+     FROM json_each($1)";
+
+const INSERT_REQUESTS_SQLITE: &str = "INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, hold_id, batch_id, refusal_code, refusal_detail, refusal_items, created_at)
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8, $2
      FROM json_each($1)";
 
 impl LedgerStore {
@@ -188,48 +211,77 @@ async fn group_in(
         ))
         .await?;
     }
-    let facts = Facts {
-        books: lock_books(txn, &plan::books_to_lock(proposals)).await?,
+    let resolved = plan::holds_to_read(proposals);
+    let terms = read_holds(txn, &resolved).await?;
+    let books = lock_books(txn, &plan::books_to_lock(proposals, &terms)).await?;
+    let mut facts = Facts {
+        books,
         requests: read_requests(txn, &plan::keys_to_read(proposals)).await?,
         reversed: read_reversed(txn, &plan::reversals_to_read(proposals)).await?,
+        // Again, now that their books are locked: how each ended is settled.
+        holds: read_holds(txn, &resolved).await?,
     };
-    let planned = plan::plan(proposals, facts, now);
+    let mut planned = plan::plan(proposals, facts.clone(), now);
+    let short = short_of_funds(&planned.outcomes, &facts.books);
+    if !short.is_empty() {
+        facts.holds.extend(read_due(txn, &short, now).await?);
+        planned = plan::plan(proposals, facts, now);
+    }
     write(txn, &planned.writes, now).await?;
     Ok(planned.outcomes)
 }
 
-async fn lock_books(
+/// The books whose pending holds might have expired, when some request of the
+/// group was refused for want of funds: releasing them could change its answer.
+fn short_of_funds(
+    outcomes: &[Outcome],
+    books: &std::collections::BTreeMap<AccountId, LedgerAccount>,
+) -> Vec<AccountId> {
+    let refused_for_funds = outcomes.iter().any(|outcome| {
+        outcome.result.as_ref().err().is_some_and(|refusal| {
+            refusal.code == ErrorCode::InsufficientFunds
+                || refusal
+                    .items
+                    .iter()
+                    .any(|item| item.code == ErrorCode::InsufficientFunds)
+        })
+    });
+    if !refused_for_funds {
+        return Vec::new();
+    }
+    books
+        .values()
+        .filter(|book| book.pending_debits_minor > 0)
+        .map(|book| book.account_id)
+        .collect()
+}
+
+pub(crate) async fn lock_books(
     txn: &DatabaseTransaction,
     ids: &[AccountId],
-) -> Result<std::collections::BTreeMap<AccountId, crate::domain::LedgerAccount>, StoreError> {
+) -> Result<std::collections::BTreeMap<AccountId, LedgerAccount>, StoreError> {
     let mut books = std::collections::BTreeMap::new();
-    match txn.get_database_backend() {
+    let rows = match txn.get_database_backend() {
         DbBackend::Postgres => {
-            let rows = txn
-                .query_all_raw(statement(
-                    DbBackend::Postgres,
-                    LOCK_BOOKS_POSTGRES,
-                    [strings(ids.iter().map(ToString::to_string))],
-                ))
-                .await?;
-            for row in &rows {
-                let book = account_from_row(row)?;
-                books.insert(book.account_id, book);
-            }
+            txn.query_all_raw(statement(
+                DbBackend::Postgres,
+                LOCK_BOOKS_POSTGRES,
+                [strings(ids.iter().map(ToString::to_string))],
+            ))
+            .await?
         }
         backend => {
-            let rows = txn
-                .query_all_raw(statement(
-                    backend,
-                    LOCK_BOOKS_SQLITE,
-                    [json_rows(ids.iter().map(|id| json!(id.to_string())))],
-                ))
-                .await?;
-            for row in &rows {
-                let book = account_from_row(row)?;
-                books.insert(book.account_id, book);
-            }
+            txn.query_all_raw(statement(
+                backend,
+                LOCK_BOOKS_SQLITE,
+                [json_rows(ids.iter().map(|id| json!(id.to_string())))],
+            ))
+            .await?
         }
+    };
+    for row in &rows {
+        let book = account_from_row(row)?;
+        books.insert(book.account_id, book);
     }
     Ok(books)
 }
@@ -265,28 +317,45 @@ async fn read_requests(
             .await?
         }
     };
-    rows.iter().map(known_request_from_row).collect()
+    let mut known = std::collections::HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let (key, request) = known_request_from_row(txn, row).await?;
+        known.insert(key, request);
+    }
+    Ok(known)
 }
 
-fn known_request_from_row(row: &QueryResult) -> Result<(RecordKey, KnownRequest), StoreError> {
+/// A request record, its outcome read as it stands now: the transfer it made
+/// (a hold's, with the hold), the hold it placed or voided, the batch it
+/// posted, or its refusal.
+async fn known_request_from_row(
+    txn: &DatabaseTransaction,
+    row: &QueryResult,
+) -> Result<(RecordKey, KnownRequest), StoreError> {
     let scope: String = row.try_get("", "scope")?;
     let key: String = row.try_get("", "idempotency_key")?;
     let fingerprint: String = row.try_get("", "request_hash")?;
-    let refusal_code: Option<String> = row.try_get("", "refusal_code")?;
-    let outcome = match refusal_code {
-        Some(code) => Err(Refusal {
+    let column = |name: &str| -> Result<Option<String>, StoreError> { Ok(row.try_get("", name)?) };
+    let id = |raw: String| TransferId::parse(&raw).map_err(|_| corrupt("transfer id"));
+    let outcome = if let Some(code) = column("refusal_code")? {
+        Err(Refusal {
             code: ErrorCode::parse(&code).ok_or_else(|| corrupt("refusal code"))?,
-            detail: row
-                .try_get::<Option<String>>("", "refusal_detail")?
+            detail: column("refusal_detail")?.unwrap_or_default(),
+            items: column("refusal_items")?
+                .map(|items| items_from_json(&items))
+                .transpose()?
                 .unwrap_or_default(),
-        }),
-        None => {
-            let present: Option<String> = row.try_get("", "transfer_id")?;
-            if present.is_none() {
-                return Err(corrupt("request record without its transfer"));
-            }
-            Ok(transfer_from_row(row)?)
-        }
+        })
+    } else if let Some(batch_id) = column("batch_id")? {
+        Ok(batch_transfers(txn, id(batch_id)?).await?)
+    } else {
+        let subject = column("transfer_id")?
+            .or(column("hold_id")?)
+            .ok_or_else(|| corrupt("request record without its outcome"))?;
+        let transfer = load_transfer_view(txn, id(subject)?)
+            .await?
+            .ok_or_else(|| corrupt("request record without its transfer"))?;
+        Ok(vec![transfer])
     };
     let record_key = RecordKey {
         scope,
@@ -299,6 +368,31 @@ fn known_request_from_row(row: &QueryResult) -> Result<(RecordKey, KnownRequest)
             outcome,
         },
     ))
+}
+
+fn items_to_json(items: &[ItemRefusal]) -> String {
+    serde_json::Value::Array(
+        items
+            .iter()
+            .map(|item| json!([item.index, item.code.as_str(), item.detail]))
+            .collect(),
+    )
+    .to_string()
+}
+
+fn items_from_json(raw: &str) -> Result<Vec<ItemRefusal>, StoreError> {
+    let parsed: Vec<(usize, String, String)> =
+        serde_json::from_str(raw).map_err(|_| corrupt("refused batch items"))?;
+    parsed
+        .into_iter()
+        .map(|(index, code, detail)| {
+            Ok(ItemRefusal {
+                index,
+                code: ErrorCode::parse(&code).ok_or_else(|| corrupt("refusal code"))?,
+                detail,
+            })
+        })
+        .collect()
 }
 
 async fn read_reversed(
@@ -335,9 +429,9 @@ async fn read_reversed(
         .collect()
 }
 
-/// Writes a plan's rows: transfers first, since entries and request records
-/// refer to them.
-async fn write(
+/// Writes a plan's rows: transfers and holds first, since entries, resolutions
+/// and request records refer to them.
+pub(crate) async fn write(
     txn: &DatabaseTransaction,
     writes: &Writes,
     now: DateTime<Utc>,
@@ -351,6 +445,25 @@ async fn write(
     }
 }
 
+/// A request record's outcome as its columns: transfer, hold, batch, and the
+/// refusal's code, detail and items; empty strings for none.
+fn outcome_columns(outcome: &RecordedOutcome) -> [String; 6] {
+    let mut columns: [String; 6] = Default::default();
+    match outcome {
+        RecordedOutcome::Posted(id) => columns[0] = id.to_string(),
+        RecordedOutcome::Hold(id) => columns[1] = id.to_string(),
+        RecordedOutcome::Batch(id) => columns[2] = id.to_string(),
+        RecordedOutcome::Refused(refusal) => {
+            columns[3] = refusal.code.as_str().to_owned();
+            columns[4] = refusal.detail.clone();
+            if !refusal.items.is_empty() {
+                columns[5] = items_to_json(&refusal.items);
+            }
+        }
+    }
+    columns
+}
+
 async fn write_postgres(
     txn: &DatabaseTransaction,
     writes: &Writes,
@@ -359,63 +472,77 @@ async fn write_postgres(
     let transfers = || writes.transfers.iter().map(|new| &new.transfer);
     let entries = || writes.entries.iter();
     let books = || writes.books.iter();
+    let holds = || writes.holds.iter();
+    let resolutions = || writes.resolutions.iter();
+    let outcomes: Vec<[String; 6]> = writes
+        .requests
+        .iter()
+        .map(|r| outcome_columns(&r.outcome))
+        .collect();
+    let outcome = |n: usize| strings(outcomes.iter().map(|columns| columns[n].clone()));
     let requests = || writes.requests.iter();
-    let refusal = |outcome: &RecordedOutcome| match outcome {
-        RecordedOutcome::Posted(_) => None,
-        RecordedOutcome::Refused(refusal) => Some(refusal.clone()),
-    };
-    txn.execute_raw(statement(
-        DbBackend::Postgres,
-        WRITE_GROUP_POSTGRES,
-        [
-            strings(transfers().map(|t| t.transfer_id.to_string())),
-            strings(transfers().map(|t| t.kind.as_str().to_owned())),
-            strings(transfers().map(|t| t.from_account_id.to_string())),
-            strings(transfers().map(|t| t.to_account_id.to_string())),
-            integers(transfers().map(|t| t.amount_minor)),
-            strings(transfers().map(|t| t.currency.as_str().to_owned())),
-            strings(transfers().map(|t| t.description.clone())),
-            strings(transfers().map(|t| {
-                t.reverses_transfer_id
-                    .map(|id| id.to_string())
-                    .unwrap_or_default()
-            })),
-            strings(writes.transfers.iter().map(|new| new.initiated_by.clone())),
-            strings(entries().map(|e| e.account_id.to_string())),
-            integers(entries().map(|e| e.account_seq)),
-            strings(entries().map(|e| e.transfer_id.to_string())),
-            integers(entries().map(|e| e.amount_minor)),
-            integers(entries().map(|e| e.balance_after_minor)),
-            strings(entries().map(|e| e.currency.as_str().to_owned())),
-            strings(entries().map(|e| e.counterparty_account_id.to_string())),
-            strings(entries().map(|e| e.description.clone())),
-            strings(entries().map(|e| e.prev_hash.clone())),
-            strings(entries().map(|e| e.entry_hash.clone())),
-            strings(books().map(|b| b.account_id.to_string())),
-            integers(books().map(|b| b.balance_minor)),
-            integers(books().map(|b| b.entry_count)),
-            strings(books().map(|b| b.last_entry_hash.clone())),
-            strings(requests().map(|r| r.key.scope.clone())),
-            strings(requests().map(|r| r.key.idempotency_key.as_str().to_owned())),
-            strings(requests().map(|r| r.fingerprint.clone())),
-            strings(requests().map(|r| match &r.outcome {
-                RecordedOutcome::Posted(id) => id.to_string(),
-                RecordedOutcome::Refused(_) => String::new(),
-            })),
-            strings(requests().map(|r| {
-                refusal(&r.outcome)
-                    .map(|refusal| refusal.code.as_str().to_owned())
-                    .unwrap_or_default()
-            })),
-            strings(requests().map(|r| {
-                refusal(&r.outcome)
-                    .map(|refusal| refusal.detail)
-                    .unwrap_or_default()
-            })),
-            now.into(),
-        ],
-    ))
-    .await?;
+    let params: [Value; 47] = [
+        strings(transfers().map(|t| t.transfer_id.to_string())),
+        strings(transfers().map(|t| t.kind.as_str().to_owned())),
+        strings(transfers().map(|t| t.from_account_id.to_string())),
+        strings(transfers().map(|t| t.to_account_id.to_string())),
+        integers(transfers().map(|t| t.amount_minor)),
+        strings(transfers().map(|t| t.currency.as_str().to_owned())),
+        strings(transfers().map(|t| t.description.clone())),
+        strings(transfers().map(|t| {
+            t.reverses_transfer_id
+                .map(|id| id.to_string())
+                .unwrap_or_default()
+        })),
+        strings(writes.transfers.iter().map(|new| new.initiated_by.clone())),
+        strings(writes.transfers.iter().map(|new| {
+            new.batch
+                .map(|slot| slot.batch_id.to_string())
+                .unwrap_or_default()
+        })),
+        integers(writes.transfers.iter().map(|new| {
+            new.batch
+                .map_or(-1, |slot| i64::try_from(slot.index).unwrap_or(i64::MAX))
+        })),
+        strings(entries().map(|e| e.account_id.to_string())),
+        integers(entries().map(|e| e.account_seq)),
+        strings(entries().map(|e| e.transfer_id.to_string())),
+        integers(entries().map(|e| e.amount_minor)),
+        integers(entries().map(|e| e.balance_after_minor)),
+        strings(entries().map(|e| e.currency.as_str().to_owned())),
+        strings(entries().map(|e| e.counterparty_account_id.to_string())),
+        strings(entries().map(|e| e.description.clone())),
+        strings(entries().map(|e| e.prev_hash.clone())),
+        strings(entries().map(|e| e.entry_hash.clone())),
+        strings(books().map(|b| b.account_id.to_string())),
+        integers(books().map(|b| b.balance_minor)),
+        integers(books().map(|b| b.pending_debits_minor)),
+        integers(books().map(|b| b.entry_count)),
+        strings(books().map(|b| b.last_entry_hash.clone())),
+        strings(requests().map(|r| r.key.scope.clone())),
+        strings(requests().map(|r| r.key.idempotency_key.as_str().to_owned())),
+        strings(requests().map(|r| r.fingerprint.clone())),
+        outcome(0),
+        outcome(1),
+        outcome(2),
+        outcome(3),
+        outcome(4),
+        outcome(5),
+        strings(holds().map(|h| h.hold_id.to_string())),
+        strings(holds().map(|h| h.from_account_id.to_string())),
+        strings(holds().map(|h| h.to_account_id.to_string())),
+        integers(holds().map(|h| h.held_minor)),
+        strings(holds().map(|h| h.currency.as_str().to_owned())),
+        strings(holds().map(|h| h.description.clone())),
+        strings(holds().map(|h| h.initiated_by.clone())),
+        strings(holds().map(|h| bank_kit::time::to_rfc3339(h.expires_at))),
+        strings(resolutions().map(|(id, _)| id.to_string())),
+        strings(resolutions().map(|(_, r)| r.state.as_str().to_owned())),
+        integers(resolutions().map(|(_, r)| r.amount_minor)),
+        now.into(),
+    ];
+    txn.execute_raw(statement(DbBackend::Postgres, WRITE_GROUP_POSTGRES, params))
+        .await?;
     Ok(())
 }
 
@@ -437,6 +564,8 @@ async fn write_sqlite(
             t.description,
             t.reverses_transfer_id.map(|id| id.to_string()),
             new.initiated_by,
+            new.batch.map(|slot| slot.batch_id.to_string()),
+            new.batch.map(|slot| slot.index),
         ])
     }));
     let entries = json_rows(writes.entries.iter().map(|e| {
@@ -457,26 +586,44 @@ async fn write_sqlite(
         json!([
             b.account_id.to_string(),
             b.balance_minor,
+            b.pending_debits_minor,
             b.entry_count,
             b.last_entry_hash,
         ])
     }));
+    let holds = json_rows(writes.holds.iter().map(|h| {
+        json!([
+            h.hold_id.to_string(),
+            h.from_account_id.to_string(),
+            h.to_account_id.to_string(),
+            h.held_minor,
+            h.currency.as_str(),
+            h.description,
+            h.initiated_by,
+            // The same text sqlx gives a timestamp, so comparisons hold.
+            sqlite_timestamp(h.expires_at),
+        ])
+    }));
+    let resolutions = json_rows(
+        writes
+            .resolutions
+            .iter()
+            .map(|(id, r)| json!([id.to_string(), r.state.as_str(), r.amount_minor])),
+    );
     let requests = json_rows(writes.requests.iter().map(|r| {
-        let (transfer_id, code, detail) = match &r.outcome {
-            RecordedOutcome::Posted(id) => (Some(id.to_string()), None, None),
-            RecordedOutcome::Refused(refusal) => (
-                None,
-                Some(refusal.code.as_str()),
-                Some(refusal.detail.as_str()),
-            ),
-        };
+        let nullable = |value: &String| (!value.is_empty()).then(|| value.clone());
+        let [transfer_id, hold_id, batch_id, code, detail, items] = outcome_columns(&r.outcome);
         json!([
             r.key.scope,
             r.key.idempotency_key.as_str(),
             r.fingerprint,
-            transfer_id,
-            code,
-            detail,
+            nullable(&transfer_id),
+            nullable(&hold_id),
+            nullable(&batch_id),
+            nullable(&code),
+            // A refusal's detail is kept even when empty.
+            (!code.is_empty()).then_some(detail),
+            nullable(&items),
         ])
     }));
     for (sql, rows, any) in [
@@ -487,6 +634,12 @@ async fn write_sqlite(
         ),
         (INSERT_ENTRIES_SQLITE, entries, !writes.entries.is_empty()),
         (UPDATE_BOOKS_SQLITE, books, !writes.books.is_empty()),
+        (INSERT_HOLDS_SQLITE, holds, !writes.holds.is_empty()),
+        (
+            INSERT_RESOLUTIONS_SQLITE,
+            resolutions,
+            !writes.resolutions.is_empty(),
+        ),
         (
             INSERT_REQUESTS_SQLITE,
             requests,
@@ -501,14 +654,19 @@ async fn write_sqlite(
     Ok(())
 }
 
+/// A timestamp as sqlx writes one to SQLite, for rows built in JSON.
+fn sqlite_timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
+}
+
 /// A SQLite JSON array parameter, one element per row, read with `json_each`.
-fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> Value {
+pub(crate) fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> Value {
     Value::from(serde_json::Value::Array(rows.collect()).to_string())
 }
 
 /// A PostgreSQL `text[]` parameter. Nulls travel as empty strings and are turned
 /// back by `NULLIF` in the statement, so no array ever holds a null element.
-fn strings(values: impl Iterator<Item = String>) -> Value {
+pub(crate) fn strings(values: impl Iterator<Item = String>) -> Value {
     Value::from(values.collect::<Vec<String>>())
 }
 

@@ -12,7 +12,7 @@ use bank_kit::{ErrorCode, money::Currency, money::PositiveAmount};
 use bank_ledger::{
     domain::{
         AccountId, AccountStatus, Description, IdempotencyKey, TransferKind,
-        plan::{Outcome, PostingRequest, Proposal},
+        plan::{Action, Movement, Outcome, PostingRequest, Proposal},
     },
     engine::{GroupConfig, PostingEngine},
     store::{LedgerStore, migrations::Migrator},
@@ -38,17 +38,27 @@ fn request(
     amount: i64,
     key: &str,
 ) -> PostingRequest {
-    PostingRequest {
-        kind,
-        from_account_id: from,
-        to_account_id: to,
-        amount: PositiveAmount::parse(amount).unwrap(),
-        currency: eur(),
-        description: Description::default(),
-        reverses_transfer_id: None,
-        required_owner: (kind == TransferKind::Transfer).then(|| "alice".to_owned()),
-        scope: "user:alice".into(),
-        idempotency_key: IdempotencyKey::parse(key).unwrap(),
+    PostingRequest::movement(
+        Movement {
+            kind,
+            from_account_id: from,
+            to_account_id: to,
+            amount: PositiveAmount::parse(amount).unwrap(),
+            currency: eur(),
+            description: Description::default(),
+            reverses_transfer_id: None,
+        },
+        (kind == TransferKind::Transfer).then(|| "alice".to_owned()),
+        "user:alice".into(),
+        IdempotencyKey::parse(key).unwrap(),
+    )
+}
+
+/// The movement of a request that is one.
+fn moved(request: &PostingRequest) -> &Movement {
+    match &request.action {
+        Action::Move(movement) => movement,
+        other => panic!("not a movement: {other:?}"),
     }
 }
 
@@ -131,8 +141,8 @@ async fn one_key_twice_in_a_group(urls: Vec<String>) {
         .await
         .unwrap();
 
-    let first = outcomes[0].result.clone().unwrap();
-    let second = outcomes[1].result.clone().unwrap();
+    let first = outcomes[0].clone().transfer().unwrap();
+    let second = outcomes[1].clone().transfer().unwrap();
     assert_eq!(first.transfer_id, second.transfer_id);
     assert!(!outcomes[0].replayed && outcomes[1].replayed);
     assert_eq!(balance(&store, a).await, 70);
@@ -141,7 +151,7 @@ async fn one_key_twice_in_a_group(urls: Vec<String>) {
         .await
         .unwrap();
     assert_eq!(
-        again[0].result.as_ref().map(|t| t.transfer_id).ok(),
+        again[0].clone().transfer().map(|t| t.transfer_id).ok(),
         Some(first.transfer_id),
         "a later group replays the committed transfer"
     );
@@ -169,7 +179,7 @@ async fn caller_goes_away(urls: Vec<String>) {
 
     let replay = engine.submit(posting).await.unwrap();
     assert!(replay.replayed, "the abandoned request was committed first");
-    let transfer = replay.result.unwrap();
+    let transfer = replay.transfer().unwrap();
     assert_eq!(transfer.amount_minor, 25);
     assert_eq!(balance(&store, a).await, 75);
     assert_eq!(balance(&store, b).await, 25);
@@ -283,10 +293,11 @@ async fn sixteen_clients_agree_with_the_model(urls: Vec<String>) {
                 posting.idempotency_key.as_str() == key && posting.fingerprint() == fingerprint
             })
             .expect("every record belongs to a request that was made");
-        let amount = posting.amount.minor();
-        let expected = if model[&posting.from_account_id] >= amount {
-            *model.get_mut(&posting.from_account_id).unwrap() -= amount;
-            *model.get_mut(&posting.to_account_id).unwrap() += amount;
+        let movement = moved(posting);
+        let amount = movement.amount.minor();
+        let expected = if model[&movement.from_account_id] >= amount {
+            *model.get_mut(&movement.from_account_id).unwrap() -= amount;
+            *model.get_mut(&movement.to_account_id).unwrap() += amount;
             None
         } else {
             Some(ErrorCode::InsufficientFunds)
@@ -307,8 +318,8 @@ async fn sixteen_clients_agree_with_the_model(urls: Vec<String>) {
     for (posting, outcome) in &answers {
         let (fingerprint, decision) = &decided[posting.idempotency_key.as_str()];
         let got = outcome
-            .result
-            .as_ref()
+            .clone()
+            .transfer()
             .map(|transfer| transfer.transfer_id.to_string())
             .map_err(|refusal| refusal.code);
         if &posting.fingerprint() == fingerprint {

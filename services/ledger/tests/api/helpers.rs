@@ -99,6 +99,7 @@ pub fn transfer_request(
         currency: "EUR".into(),
         description: "test transfer".into(),
         idempotency_key: key.into(),
+        ..Default::default()
     }
 }
 
