@@ -7,6 +7,7 @@ mod aborts;
 mod contract;
 mod edge;
 mod helpers;
+mod holds;
 mod limits;
 mod readiness;
 mod revocation;

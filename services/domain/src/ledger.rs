@@ -436,7 +436,22 @@ impl Hold {
         self.resolution.is_none() && now >= self.expires_at
     }
 
-    /// The hold as a transfer.
+    /// The hold as a transfer as of `now`: one whose time is up reads as
+    /// expired whether or not its expiry was written yet.
+    pub fn to_transfer_at(&self, now: DateTime<Utc>) -> Transfer {
+        if !self.is_due(now) {
+            return self.to_transfer();
+        }
+        let mut expired = self.clone();
+        expired.resolution = Some(HoldResolution {
+            state: HoldState::Expired,
+            amount_minor: 0,
+            resolved_at: self.expires_at,
+        });
+        expired.to_transfer()
+    }
+
+    /// The hold as a transfer, as its events say.
     pub fn to_transfer(&self) -> Transfer {
         let amount_minor = match &self.resolution {
             None => self.held_minor,

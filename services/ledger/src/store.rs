@@ -727,7 +727,7 @@ pub(crate) async fn load_transfer_view(
         .await?
         .remove(&transfer_id)
     {
-        return Ok(Some(hold.to_transfer()));
+        return Ok(Some(hold.to_transfer_at(bank_kit::time::now())));
     }
     load_transfer(db, transfer_id).await
 }

@@ -5,6 +5,7 @@
 
 mod groups;
 mod helpers;
+mod holds;
 mod integrity;
 mod lifecycle;
 mod observability;
