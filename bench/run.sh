@@ -6,7 +6,8 @@
 #      measures the anchors with pgbench (bench/anchor.sql: the same transfer done the
 #      plain way, one SQL function call per transfer), starts identity, ledger,
 #      account and gateway, and runs the scenarios: REST uniform, REST hot, ledger
-#      gRPC direct, deposits, transfers during a login storm, one client;
+#      gRPC direct, deposits, holds placed then posted, transfers during a login
+#      storm, one client;
 #   2. on SQLite (files in a temporary directory): restarts the four components and
 #      runs REST uniform, then the SQLite anchor (bench/sqlite_anchor.py).
 # After every scenario GET /v1/admin/ledger/verify must answer "ok":true.
@@ -408,6 +409,10 @@ scenario 3-grpc-uniform "ledger gRPC direct, uniform ($grpc_connections HTTP/2 c
 operator=$(login "$operator_email" "$operator_password")
 scenario 4-deposits "REST deposits (settlement account)" pg-hot \
     rest-deposit --target "$G" --token "$operator" --accounts-file "$uniform" --clients "$clients"
+
+token=$(login "$customer_email" "$user_password")
+scenario 4h-hold-post "REST hold then post (two calls per transfer, uniform)" pg-uniform \
+    rest-hold-post --target "$G" --token "$token" --accounts-file "$uniform" --clients "$clients"
 
 token=$(login "$customer_email" "$user_password")
 "$loadgen" login-storm --target "$G" --email "$storm_email" --password "$user_password" \

@@ -51,7 +51,9 @@ use tonic::{
 };
 
 const USAGE: &str = "\
-usage: bank-loadgen <rest-transfer|rest-deposit|grpc-transfer|login-storm> [flags]
+usage: bank-loadgen <rest-transfer|rest-hold-post|rest-deposit|grpc-transfer|login-storm> [flags]
+
+  rest-hold-post: each request places a hold and then posts it (two calls).
 
   --target URL         gateway base URL (REST) or ledger endpoint (gRPC)
                        [default http://127.0.0.1:8080, gRPC http://127.0.0.1:50053]
@@ -77,6 +79,8 @@ Each flag may also be given as LOADGEN_<FLAG> in the environment, e.g. LOADGEN_T
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
     RestTransfer,
+    /// A hold placed, then posted: one completed pair counts as one transfer.
+    RestHoldPost,
     RestDeposit,
     GrpcTransfer,
     LoginStorm,
@@ -86,6 +90,7 @@ impl Scenario {
     fn parse(name: &str) -> Result<Scenario> {
         Ok(match name {
             "rest-transfer" => Scenario::RestTransfer,
+            "rest-hold-post" => Scenario::RestHoldPost,
             "rest-deposit" => Scenario::RestDeposit,
             "grpc-transfer" => Scenario::GrpcTransfer,
             "login-storm" => Scenario::LoginStorm,
@@ -96,6 +101,7 @@ impl Scenario {
     fn name(self) -> &'static str {
         match self {
             Scenario::RestTransfer => "rest-transfer",
+            Scenario::RestHoldPost => "rest-hold-post",
             Scenario::RestDeposit => "rest-deposit",
             Scenario::GrpcTransfer => "grpc-transfer",
             Scenario::LoginStorm => "login-storm",
@@ -285,7 +291,7 @@ impl Options {
             bail!("--amount must be positive");
         }
         match self.scenario {
-            Scenario::RestTransfer | Scenario::GrpcTransfer => {
+            Scenario::RestTransfer | Scenario::RestHoldPost | Scenario::GrpcTransfer => {
                 if self.accounts.len() < 2 {
                     bail!("transfers need at least two accounts (--accounts or --accounts-file)");
                 }
@@ -393,7 +399,46 @@ impl Driver {
                 url,
                 authorization,
             } => {
+                if options.scenario == Scenario::RestHoldPost {
+                    let (from, to) = plan.pair(rng);
+                    let hold = serde_json::json!({
+                        "from_account_id": options.accounts[from],
+                        "to_account_id": options.accounts[to],
+                        "amount": options.amount,
+                        "currency": options.currency,
+                        "description": "bench",
+                        "pending": true,
+                    });
+                    let placed =
+                        match send(client, url, authorization.as_deref(), Some(key), &hold).await {
+                            Ok(body) => body,
+                            Err(outcome) => return outcome,
+                        };
+                    let Some(id) = serde_json::from_slice::<serde_json::Value>(&placed)
+                        .ok()
+                        .and_then(|hold| {
+                            hold.get("id").and_then(|id| id.as_str()).map(str::to_owned)
+                        })
+                    else {
+                        return Outcome::Error("hold_without_id".to_owned());
+                    };
+                    let post_url = format!("{url}/{id}/post");
+                    let post_key = format!("{key}-post");
+                    return match send(
+                        client,
+                        &post_url,
+                        authorization.as_deref(),
+                        Some(&post_key),
+                        &serde_json::json!({}),
+                    )
+                    .await
+                    {
+                        Ok(_) => Outcome::Ok,
+                        Err(outcome) => outcome,
+                    };
+                }
                 let body = match options.scenario {
+                    Scenario::RestHoldPost => return Outcome::Error("driver_mismatch".to_owned()),
                     Scenario::RestTransfer => {
                         let (from, to) = plan.pair(rng);
                         serde_json::json!({
@@ -612,9 +657,12 @@ async fn drivers(options: &Options) -> Result<Vec<Driver>> {
                 });
             }
         }
-        Scenario::RestTransfer | Scenario::RestDeposit | Scenario::LoginStorm => {
+        Scenario::RestTransfer
+        | Scenario::RestHoldPost
+        | Scenario::RestDeposit
+        | Scenario::LoginStorm => {
             let path = match options.scenario {
-                Scenario::RestTransfer => "/v1/transfers",
+                Scenario::RestTransfer | Scenario::RestHoldPost => "/v1/transfers",
                 Scenario::RestDeposit => "/v1/admin/deposits",
                 _ => "/v1/auth/login",
             };
@@ -639,6 +687,47 @@ async fn drivers(options: &Options) -> Result<Vec<Driver>> {
         }
     }
     Ok(drivers)
+}
+
+/// One REST call: the body of a success, or the outcome of a failure (the
+/// problem's code, or the transport's).
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    authorization: Option<&str>,
+    key: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<Vec<u8>, Outcome> {
+    let mut request = client.post(url).json(body);
+    if let Some(authorization) = authorization {
+        request = request.header("authorization", authorization);
+    }
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|error| Outcome::Error(transport_code(&error).to_owned()))?;
+    let status = response.status();
+    // Read the whole body so the connection can be reused.
+    let body = response
+        .bytes()
+        .await
+        .map_err(|error| Outcome::Error(transport_code(&error).to_owned()))?;
+    if status.is_success() {
+        return Ok(body.to_vec());
+    }
+    let code = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|problem| {
+            problem
+                .get("code")
+                .and_then(|code| code.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| format!("http_{}", status.as_u16()));
+    Err(Outcome::Error(code))
 }
 
 fn json_string(text: &str) -> String {
