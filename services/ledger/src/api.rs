@@ -253,18 +253,11 @@ impl LedgerService for LedgerApi {
         let body = request.into_inner();
         // Customers transfer and hold from their own accounts; operators and
         // services may also place holds on any account (a card authorisation).
-        let required_owner = match (body.pending, principal.user_id()) {
-            (true, _) if principal.is_operator() => None,
-            (true, None) => None,
-            (_, Some(user_id)) => Some(user_id.to_owned()),
-            (false, None) => {
-                return Err(principal
-                    .require_user()
-                    .map(|_| ())
-                    .err()
-                    .unwrap_or_else(|| ServiceError::forbidden("this method is for users"))
-                    .into());
-            }
+        let privileged = principal.is_operator() || principal.user_id().is_none();
+        let required_owner = if body.pending && privileged {
+            None
+        } else {
+            Some(principal.require_user()?.to_owned())
         };
         let movement = parse_movement(
             &body.from_account_id,

@@ -117,6 +117,11 @@ pub async fn transfer(
 }
 
 pub async fn balance(stack: &Stack, user: &TestUser, account_id: &str) -> i64 {
+    balances(stack, user, account_id).await.balance_minor
+}
+
+/// An account's balance and what of it is available.
+pub async fn balances(stack: &Stack, user: &TestUser, account_id: &str) -> pb::GetBalanceResponse {
     stack
         .ledger()
         .await
@@ -129,7 +134,6 @@ pub async fn balance(stack: &Stack, user: &TestUser, account_id: &str) -> i64 {
         .await
         .expect("balance")
         .into_inner()
-        .balance_minor
 }
 
 pub async fn verify(stack: &Stack, operator: &TestUser) -> pb::VerifyLedgerResponse {

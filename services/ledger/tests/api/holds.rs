@@ -6,7 +6,9 @@ use bank_e2e::{Parts, Stack, TestUser, authed, db_test, spawn};
 use bank_kit::ErrorCode;
 use bank_proto::ledger::v1 as pb;
 
-use crate::helpers::{balance, code, deposit, open_book, transfer, transfer_request, verify};
+use crate::helpers::{
+    balance, balances, code, deposit, open_book, transfer, transfer_request, verify,
+};
 
 fn hold_request(from: &str, to: &str, amount_minor: i64, key: &str) -> pb::CreateTransferRequest {
     pb::CreateTransferRequest {
@@ -16,19 +18,27 @@ fn hold_request(from: &str, to: &str, amount_minor: i64, key: &str) -> pb::Creat
 }
 
 async fn available(stack: &Stack, user: &TestUser, account_id: &str) -> i64 {
+    balances(stack, user, account_id).await.available_minor
+}
+
+async fn reverse(
+    stack: &Stack,
+    operator: &TestUser,
+    transfer_id: &str,
+) -> Result<pb::Transfer, tonic::Status> {
     stack
         .ledger()
         .await
-        .get_balance(authed(
-            &user.access_token,
-            pb::GetBalanceRequest {
-                account_id: account_id.into(),
+        .reverse_transfer(authed(
+            &operator.access_token,
+            pb::ReverseTransferRequest {
+                transfer_id: transfer_id.into(),
+                reason: String::new(),
+                idempotency_key: format!("reverse-{transfer_id}"),
             },
         ))
         .await
-        .expect("balance")
-        .into_inner()
-        .available_minor
+        .map(|response| response.into_inner().transfer.expect("transfer"))
 }
 
 async fn post(
@@ -196,22 +206,7 @@ async fn hold_then_post(urls: Vec<String>) {
         .unwrap_err();
     assert_eq!(code(&late_void), ErrorCode::HoldNotPending);
     // A posted hold reverses its posted amount.
-    let reversal = stack
-        .ledger()
-        .await
-        .reverse_transfer(authed(
-            &operator.access_token,
-            pb::ReverseTransferRequest {
-                transfer_id: hold.transfer_id.clone(),
-                reason: String::new(),
-                idempotency_key: "r".into(),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .transfer
-        .unwrap();
+    let reversal = reverse(&stack, &operator, &hold.transfer_id).await.unwrap();
     assert_eq!(reversal.amount_minor, 250);
     assert_eq!(balance(&stack, &alice, &from).await, 1_000);
     let report = verify(&stack, &operator).await;
@@ -254,17 +249,7 @@ async fn who_resolves(urls: Vec<String>) {
         .unwrap_err();
     assert_eq!(code(&too_much), ErrorCode::InvalidArgument);
     // Only posted transfers can be reversed.
-    let reversal = stack
-        .ledger()
-        .await
-        .reverse_transfer(authed(
-            &operator.access_token,
-            pb::ReverseTransferRequest {
-                transfer_id: hold.transfer_id.clone(),
-                reason: String::new(),
-                idempotency_key: "r".into(),
-            },
-        ))
+    let reversal = reverse(&stack, &operator, &hold.transfer_id)
         .await
         .unwrap_err();
     assert_eq!(code(&reversal), ErrorCode::HoldNotPending);
