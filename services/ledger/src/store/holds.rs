@@ -161,7 +161,12 @@ impl LedgerStore {
     /// of books per transaction, until none is left. Returns how many holds it
     /// released.
     pub async fn expire_due_holds(&self) -> Result<usize, StoreError> {
-        let now = bank_kit::time::now();
+        self.expire_due_holds_at(bank_kit::time::now()).await
+    }
+
+    /// [`expire_due_holds`](Self::expire_due_holds) with the ledger's clock
+    /// reading `now`, as a test decides it.
+    pub async fn expire_due_holds_at(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let floor = {
             let swept = self.swept_until.lock().unwrap_or_else(|p| p.into_inner());
             swept.map_or(DateTime::<Utc>::UNIX_EPOCH, |until| until - SWEEP_OVERLAP)

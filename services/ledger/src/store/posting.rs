@@ -159,12 +159,33 @@ impl LedgerStore {
     /// whole group is retried on a transient conflict; the outcomes returned are
     /// those of the attempt that committed.
     pub async fn commit_group(&self, proposals: &[Proposal]) -> Result<Vec<Outcome>, StoreError> {
+        self.commit_group_on(proposals, None).await
+    }
+
+    /// [`commit_group`](Self::commit_group) with the ledger's clock reading `now`
+    /// for every attempt: what a test uses to decide when holds expire. The
+    /// clock must not go back between calls.
+    pub async fn commit_group_at(
+        &self,
+        proposals: &[Proposal],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        self.commit_group_on(proposals, Some(now)).await
+    }
+
+    async fn commit_group_on(
+        &self,
+        proposals: &[Proposal],
+        clock: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let currencies: Arc<[Currency]> = self.unsettled_currencies(proposals).into();
         let group: Arc<[Proposal]> = proposals.into();
         let outcomes = self
             .write_with_retries(|txn| {
                 let (group, currencies) = (Arc::clone(&group), Arc::clone(&currencies));
-                Box::pin(async move { group_in(txn, &group, &currencies).await })
+                // Each attempt decides at its own moment unless the caller fixed it.
+                let now = clock.unwrap_or_else(bank_kit::time::now);
+                Box::pin(async move { group_in(txn, &group, &currencies, now).await })
             })
             .await?;
         self.mark_settled(&currencies);
@@ -195,9 +216,9 @@ async fn group_in(
     txn: &DatabaseTransaction,
     proposals: &[Proposal],
     currencies: &[Currency],
+    now: DateTime<Utc>,
 ) -> Result<Vec<Outcome>, StoreError> {
     let backend = txn.get_database_backend();
-    let now = bank_kit::time::now();
     for currency in currencies {
         txn.execute_raw(statement(
             backend,

@@ -1,35 +1,22 @@
 //! Commit groups: the store's group transaction called directly, so a test decides
-//! exactly what one group holds, and the posting engine under sixteen concurrent
-//! clients, checked against a reference model applied in commit order.
+//! exactly what one group holds, and the engine's answer to a caller that goes
+//! away. Sixteen concurrent clients against a reference model are in `model.rs`.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::sync::Arc;
 
 use bank_e2e::db_test;
-use bank_kit::{ErrorCode, money::Currency, money::PositiveAmount};
+use bank_kit::{ErrorCode, money::PositiveAmount};
 use bank_ledger::{
     domain::{
-        AccountId, AccountStatus, Description, IdempotencyKey, TransferKind,
-        plan::{Action, Movement, Outcome, PostingRequest, Proposal},
+        AccountId, Description, IdempotencyKey, TransferKind,
+        plan::{Movement, Outcome, PostingRequest, Proposal},
     },
     engine::{GroupConfig, PostingEngine},
-    store::{LedgerStore, migrations::Migrator},
+    store::LedgerStore,
 };
 use futures::FutureExt;
-use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-fn eur() -> Currency {
-    Currency::parse("EUR").unwrap()
-}
-
-async fn store(url: &str) -> Arc<LedgerStore> {
-    let db = bank_kit::db::connect_and_migrate::<Migrator>(url)
-        .await
-        .unwrap();
-    Arc::new(LedgerStore::new(db))
-}
+use crate::helpers::{eur, funded_book, store_at};
 
 fn request(
     kind: TransferKind,
@@ -54,38 +41,8 @@ fn request(
     )
 }
 
-/// The movement of a request that is one.
-fn moved(request: &PostingRequest) -> &Movement {
-    match &request.action {
-        Action::Move(movement) => movement,
-        other => panic!("not a movement: {other:?}"),
-    }
-}
-
 fn transfer(from: AccountId, to: AccountId, amount: i64, key: &str) -> Proposal {
     Proposal::new(request(TransferKind::Transfer, from, to, amount, key))
-}
-
-/// A book of alice's holding `funding`.
-async fn book(store: &LedgerStore, funding: i64) -> AccountId {
-    let id = AccountId::from_uuid(uuid::Uuid::now_v7());
-    store.open_account(id, "alice", eur()).await.unwrap();
-    store
-        .set_status(id, AccountStatus::Active, Some(0))
-        .await
-        .unwrap();
-    if funding > 0 {
-        let deposit = Proposal::new(request(
-            TransferKind::Deposit,
-            AccountId::settlement(eur()),
-            id,
-            funding,
-            &format!("fund-{id}"),
-        ));
-        let outcomes = store.commit_group(&[deposit]).await.unwrap();
-        assert!(outcomes[0].result.is_ok());
-    }
-    id
 }
 
 async fn balance(store: &LedgerStore, id: AccountId) -> i64 {
@@ -102,8 +59,8 @@ db_test!(
     one_refusal_in_a_group
 );
 async fn one_refusal_in_a_group(urls: Vec<String>) {
-    let store = store(&urls[0]).await;
-    let (a, b) = (book(&store, 100).await, book(&store, 0).await);
+    let store = store_at(&urls[0]).await;
+    let (a, b) = (funded_book(&store, 100).await, funded_book(&store, 0).await);
 
     let outcomes = store
         .commit_group(&[
@@ -133,8 +90,8 @@ db_test!(
     one_key_twice_in_a_group
 );
 async fn one_key_twice_in_a_group(urls: Vec<String>) {
-    let store = store(&urls[0]).await;
-    let (a, b) = (book(&store, 100).await, book(&store, 0).await);
+    let store = store_at(&urls[0]).await;
+    let (a, b) = (funded_book(&store, 100).await, funded_book(&store, 0).await);
 
     let outcomes = store
         .commit_group(&[transfer(a, b, 30, "twice"), transfer(a, b, 30, "twice")])
@@ -164,8 +121,8 @@ db_test!(
     caller_goes_away
 );
 async fn caller_goes_away(urls: Vec<String>) {
-    let store = store(&urls[0]).await;
-    let (a, b) = (book(&store, 100).await, book(&store, 0).await);
+    let store = store_at(&urls[0]).await;
+    let (a, b) = (funded_book(&store, 100).await, funded_book(&store, 0).await);
     let engine = PostingEngine::start(Arc::clone(&store), GroupConfig::default());
     let posting = request(TransferKind::Transfer, a, b, 25, "abandoned");
 
@@ -191,8 +148,8 @@ db_test!(
     refused_key_stays_refused
 );
 async fn refused_key_stays_refused(urls: Vec<String>) {
-    let store = store(&urls[0]).await;
-    let (a, b) = (book(&store, 10).await, book(&store, 0).await);
+    let store = store_at(&urls[0]).await;
+    let (a, b) = (funded_book(&store, 10).await, funded_book(&store, 0).await);
     let refused = store
         .commit_group(&[transfer(a, b, 50, "early")])
         .await
@@ -218,119 +175,4 @@ async fn refused_key_stays_refused(urls: Vec<String>) {
     assert_eq!(refusal_code(&retry[0]), Some(ErrorCode::InsufficientFunds));
     assert!(retry[0].replayed);
     assert_eq!(balance(&store, a).await, 1_010);
-}
-
-const CLIENTS: usize = 16;
-const REQUESTS_PER_CLIENT: usize = 24;
-
-db_test!(
-    sixteen_clients_with_hot_accounts_and_shared_keys_agree_with_the_model_in_commit_order,
-    databases = 1,
-    sixteen_clients_agree_with_the_model
-);
-async fn sixteen_clients_agree_with_the_model(urls: Vec<String>) {
-    let store = store(&urls[0]).await;
-    let books = [
-        book(&store, 300).await,
-        book(&store, 200).await,
-        book(&store, 0).await,
-    ];
-    let engine = PostingEngine::start(Arc::clone(&store), GroupConfig::default());
-
-    // Every client draws from the same three hot books and the same small pool of
-    // keys, so groups hold duplicates, reused keys and refusals side by side.
-    let mut clients = Vec::new();
-    for client in 0..CLIENTS {
-        let engine = engine.clone();
-        clients.push(tokio::spawn(async move {
-            let mut answers = Vec::new();
-            for n in 0..REQUESTS_PER_CLIENT {
-                let seed = client * 7 + n * 13;
-                let from = books[seed % 3];
-                let to = books[(seed + 1 + n % 2) % 3];
-                let amount = [10, 50, 120, 400][(seed / 3) % 4];
-                let key = format!("key-{}", seed % 40);
-                let posting = request(TransferKind::Transfer, from, to, amount, &key);
-                let outcome = engine.submit(posting.clone()).await.unwrap();
-                answers.push((posting, outcome));
-            }
-            answers
-        }));
-    }
-    let mut answers = Vec::new();
-    for client in clients {
-        answers.extend(client.await.unwrap());
-    }
-
-    // The order the requests were decided in, from their records.
-    let sql = match store.backend() {
-        DbBackend::Postgres => {
-            "SELECT idempotency_key, request_hash, transfer_id, refusal_code FROM ledger_requests WHERE scope = 'user:alice' AND idempotency_key LIKE 'key-%' ORDER BY decided_seq"
-        }
-        _ => {
-            "SELECT idempotency_key, request_hash, transfer_id, refusal_code FROM ledger_requests WHERE scope = 'user:alice' AND idempotency_key LIKE 'key-%' ORDER BY rowid"
-        }
-    };
-    let rows = store
-        .connection()
-        .query_all_raw(Statement::from_string(store.backend(), sql))
-        .await
-        .unwrap();
-
-    let mut model: BTreeMap<AccountId, i64> = BTreeMap::new();
-    model.insert(books[0], 300);
-    model.insert(books[1], 200);
-    model.insert(books[2], 0);
-    let mut decided: HashMap<String, (String, Result<String, ErrorCode>)> = HashMap::new();
-    for row in &rows {
-        let key: String = row.try_get("", "idempotency_key").unwrap();
-        let fingerprint: String = row.try_get("", "request_hash").unwrap();
-        let transfer_id: Option<String> = row.try_get("", "transfer_id").unwrap();
-        let refusal: Option<String> = row.try_get("", "refusal_code").unwrap();
-        let (posting, _) = answers
-            .iter()
-            .find(|(posting, _)| {
-                posting.idempotency_key.as_str() == key && posting.fingerprint() == fingerprint
-            })
-            .expect("every record belongs to a request that was made");
-        let movement = moved(posting);
-        let amount = movement.amount.minor();
-        let expected = if model[&movement.from_account_id] >= amount {
-            *model.get_mut(&movement.from_account_id).unwrap() -= amount;
-            *model.get_mut(&movement.to_account_id).unwrap() += amount;
-            None
-        } else {
-            Some(ErrorCode::InsufficientFunds)
-        };
-        let recorded = refusal
-            .as_deref()
-            .map(|code| ErrorCode::parse(code).unwrap());
-        assert_eq!(recorded, expected, "record of {key}");
-        let outcome = match (transfer_id, recorded) {
-            (Some(id), None) => Ok(id),
-            (None, Some(code)) => Err(code),
-            other => panic!("a record is a transfer or a refusal: {other:?}"),
-        };
-        decided.insert(key, (fingerprint, outcome));
-    }
-
-    // Every answer is its key's decision, or a reuse of the key with another body.
-    for (posting, outcome) in &answers {
-        let (fingerprint, decision) = &decided[posting.idempotency_key.as_str()];
-        let got = outcome
-            .clone()
-            .transfer()
-            .map(|transfer| transfer.transfer_id.to_string())
-            .map_err(|refusal| refusal.code);
-        if &posting.fingerprint() == fingerprint {
-            assert_eq!(&got, decision);
-        } else {
-            assert_eq!(got, Err(ErrorCode::IdempotencyKeyReused));
-        }
-    }
-    for (id, expected) in &model {
-        assert_eq!(balance(&store, *id).await, *expected);
-    }
-    let report = store.verify().await.unwrap();
-    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
 }

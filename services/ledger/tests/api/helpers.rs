@@ -1,8 +1,60 @@
 //! Helpers shared by the ledger's integration tests.
 
+use std::sync::Arc;
+
 use bank_e2e::{Parts, Stack, TestUser, authed, spawn};
-use bank_kit::ErrorCode;
+use bank_kit::{ErrorCode, money::Currency, money::PositiveAmount};
+use bank_ledger::{
+    domain::{
+        AccountId, AccountStatus, Description, IdempotencyKey, TransferKind,
+        plan::{Movement, PostingRequest, Proposal},
+    },
+    store::{LedgerStore, migrations::Migrator},
+};
 use bank_proto::ledger::v1 as pb;
+
+pub fn eur() -> Currency {
+    Currency::parse("EUR").unwrap()
+}
+
+/// The ledger's store on a migrated database, for tests that decide exactly
+/// what one commit group holds.
+pub async fn store_at(url: &str) -> Arc<LedgerStore> {
+    let db = bank_kit::db::connect_and_migrate::<Migrator>(url)
+        .await
+        .unwrap();
+    Arc::new(LedgerStore::new(db))
+}
+
+/// A book of alice's in EUR, active and holding `funding` (deposited at the
+/// real clock).
+pub async fn funded_book(store: &LedgerStore, funding: i64) -> AccountId {
+    let id = AccountId::from_uuid(uuid::Uuid::now_v7());
+    store.open_account(id, "alice", eur()).await.unwrap();
+    store
+        .set_status(id, AccountStatus::Active, Some(0))
+        .await
+        .unwrap();
+    if funding > 0 {
+        let deposit = PostingRequest::movement(
+            Movement {
+                kind: TransferKind::Deposit,
+                from_account_id: AccountId::settlement(eur()),
+                to_account_id: id,
+                amount: PositiveAmount::parse(funding).unwrap(),
+                currency: eur(),
+                description: Description::default(),
+                reverses_transfer_id: None,
+            },
+            None,
+            "service:test".into(),
+            IdempotencyKey::parse(&format!("fund-{id}")).unwrap(),
+        );
+        let outcomes = store.commit_group(&[Proposal::new(deposit)]).await.unwrap();
+        assert!(outcomes[0].result.is_ok());
+    }
+    id
+}
 
 /// Opens a book for `owner` in `currency` and activates it, as the account
 /// service does once it recorded the account.

@@ -8,6 +8,7 @@ mod helpers;
 mod holds;
 mod integrity;
 mod lifecycle;
+mod model;
 mod observability;
 mod postings;
 mod security;
