@@ -345,12 +345,7 @@ async fn verify_in(txn: &DatabaseTransaction) -> Result<VerifyReport, StoreError
         }
     }
     let unbalanced = txn
-        .query_all_raw(statement(
-            backend,
-            "SELECT transfer_id FROM ledger_entries GROUP BY transfer_id
-             HAVING SUM(amount_minor) <> 0 OR COUNT(*) <> 2",
-            [],
-        ))
+        .query_all_raw(statement(backend, SELECT_UNBALANCED_TRANSFERS, []))
         .await?;
     for row in &unbalanced {
         let transfer_id: String = row.try_get("", "transfer_id")?;
@@ -361,16 +356,7 @@ async fn verify_in(txn: &DatabaseTransaction) -> Result<VerifyReport, StoreError
         });
     }
     let unmatched = txn
-        .query_all_raw(statement(
-            backend,
-            "SELECT t.transfer_id FROM ledger_transfers t
-             LEFT JOIN ledger_entries debit ON debit.transfer_id = t.transfer_id
-                  AND debit.account_id = t.from_account_id AND debit.amount_minor = -t.amount_minor
-             LEFT JOIN ledger_entries credit ON credit.transfer_id = t.transfer_id
-                  AND credit.account_id = t.to_account_id AND credit.amount_minor = t.amount_minor
-             WHERE debit.entry_id IS NULL OR credit.entry_id IS NULL",
-            [],
-        ))
+        .query_all_raw(statement(backend, SELECT_UNMATCHED_TRANSFERS, []))
         .await?;
     for row in &unmatched {
         let transfer_id: String = row.try_get("", "transfer_id")?;
@@ -651,6 +637,15 @@ const SELECT_BATCH: &str = concat!(
     transfer_columns!(),
     " FROM ledger_transfers WHERE batch_id = $1 ORDER BY batch_index"
 );
+const SELECT_UNBALANCED_TRANSFERS: &str =
+    "SELECT transfer_id FROM ledger_entries GROUP BY transfer_id
+     HAVING SUM(amount_minor) <> 0 OR COUNT(*) <> 2";
+const SELECT_UNMATCHED_TRANSFERS: &str = "SELECT t.transfer_id FROM ledger_transfers t
+     LEFT JOIN ledger_entries debit ON debit.transfer_id = t.transfer_id
+          AND debit.account_id = t.from_account_id AND debit.amount_minor = -t.amount_minor
+     LEFT JOIN ledger_entries credit ON credit.transfer_id = t.transfer_id
+          AND credit.account_id = t.to_account_id AND credit.amount_minor = t.amount_minor
+     WHERE debit.entry_id IS NULL OR credit.entry_id IS NULL";
 const SELECT_UNRECORDED_TRANSFERS: &str = "SELECT t.transfer_id FROM ledger_transfers t
      WHERE NOT EXISTS (SELECT 1 FROM ledger_requests r WHERE r.transfer_id = t.transfer_id)
        AND NOT EXISTS (SELECT 1 FROM ledger_requests r WHERE r.batch_id = t.batch_id)";
@@ -830,4 +825,50 @@ fn entry_from_row(row: &QueryResult) -> Result<Entry, StoreError> {
         entry_hash: get_string("entry_hash")?,
         created_at: row.try_get::<DateTime<Utc>>("", "created_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Verification reads whole tables under live traffic: each statement may
+    /// scan the one table it walks, and must find everything else by index, or
+    /// it grows with the square of the journal (on SQLite, whose planner has no
+    /// hash joins, a lookup without an index is a scan per row).
+    #[tokio::test]
+    async fn verification_walks_one_table_and_finds_the_rest_by_index() {
+        bank_kit::testing::run_with_databases(
+            bank_kit::testing::Backend::Sqlite,
+            1,
+            |urls| async move {
+                let db = bank_kit::db::connect_and_migrate::<migrations::Migrator>(&urls[0])
+                    .await
+                    .unwrap();
+                for sql in [
+                    SELECT_UNBALANCED_TRANSFERS,
+                    SELECT_UNMATCHED_TRANSFERS,
+                    SELECT_UNRECORDED_TRANSFERS,
+                    SELECT_DANGLING_REQUESTS,
+                    SELECT_UNMATCHED_RESERVATIONS,
+                    SELECT_OVERDRAWN,
+                    SELECT_UNMATCHED_POSTED_HOLDS,
+                ] {
+                    let plan = db
+                        .query_all_raw(Statement::from_string(
+                            DbBackend::Sqlite,
+                            format!("EXPLAIN QUERY PLAN {sql}"),
+                        ))
+                        .await
+                        .unwrap();
+                    let steps: Vec<String> = plan
+                        .iter()
+                        .map(|row| row.try_get::<String>("", "detail").unwrap())
+                        .collect();
+                    let scans = steps.iter().filter(|step| step.starts_with("SCAN")).count();
+                    assert_eq!(scans, 1, "{sql}\n{steps:#?}");
+                }
+            },
+        )
+        .await;
+    }
 }

@@ -8,6 +8,7 @@ mod m20261201_000001_request_records;
 mod m20261202_000001_refuse_replace;
 mod m20261202_000002_book_status_version;
 mod m20261203_000001_holds_and_batches;
+mod m20261204_000001_request_outcome_indexes;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_refuse_replace::Migration),
             Box::new(m20261202_000002_book_status_version::Migration),
             Box::new(m20261203_000001_holds_and_batches::Migration),
+            Box::new(m20261204_000001_request_outcome_indexes::Migration),
         ]
     }
 }
