@@ -53,6 +53,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// The largest transfer batch body accepted.
 pub const MAX_BATCH_BODY_BYTES: usize = 256 * 1024;
 
+/// The variable naming the address the gateway listens on, and its default.
+pub const LISTEN: (&str, &str) = ("GATEWAY_LISTEN_ADDR", "127.0.0.1:8080");
+
 /// The gateway's configuration, read once at start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -146,7 +149,7 @@ impl Config {
             }
         }
         Ok(Config {
-            listen_addr: env.socket_addr("GATEWAY_LISTEN_ADDR", "127.0.0.1:8080")?,
+            listen_addr: env.socket_addr(LISTEN.0, LISTEN.1)?,
             identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
             account_endpoint: env.endpoint("ACCOUNT_ENDPOINT", "http://127.0.0.1:50052")?,
             ledger_endpoint: env.endpoint("LEDGER_ENDPOINT", "http://127.0.0.1:50053")?,

@@ -1,10 +1,22 @@
-//! `bank-gateway`: the REST gateway binary, configured only by the environment.
+//! `bank-gateway`: the REST gateway binary, configured only by the environment;
+//! `bank-gateway healthcheck` probes a running one (see `bank_kit::probe`).
 
-use bank_kit::{config, grpc, telemetry};
+use bank_kit::{config, grpc, probe, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::Env::from_process();
+    if probe::requested() {
+        probe::finish(
+            probe::http_ready(
+                &env,
+                bank_gateway::LISTEN.0,
+                bank_gateway::LISTEN.1,
+                "/readyz",
+            )
+            .await,
+        );
+    }
     let config =
         bank_gateway::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
     let _telemetry =

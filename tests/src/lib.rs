@@ -516,6 +516,35 @@ pub fn failed_start(binary: &str, vars: &[(&str, &str)]) -> String {
     stderr
 }
 
+/// An address on loopback nothing listens on.
+pub fn unused_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("its address").to_string()
+}
+
+/// Runs `binary healthcheck` in an empty working directory with only `vars`
+/// (and `PATH`) in its environment, off the async runtime; returns whether it
+/// found the component healthy, and what it printed on stderr.
+pub async fn healthcheck(binary: &str, vars: &[(&str, &str)]) -> (bool, String) {
+    let workdir = tempfile::tempdir().expect("temporary working directory");
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("healthcheck")
+        .current_dir(workdir.path())
+        .env_clear()
+        .envs(std::env::var_os("PATH").map(|path| ("PATH", path)))
+        .envs(vars.iter().copied())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("the probe ends on its own")
+        .expect("run the probe");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// The Prometheus text a component serves at `GET /metrics` (gRPC ports answer
 /// it over plain HTTP/1.1).
 pub async fn scrape(addr: SocketAddr) -> String {

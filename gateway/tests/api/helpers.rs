@@ -191,10 +191,7 @@ pub fn assert_problem(reply: &Reply, status: StatusCode, code: &str) {
 
 /// A port nothing listens on.
 pub async fn closed_port() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
+    format!("http://{}", bank_e2e::unused_addr())
 }
 
 /// A gateway configuration whose services do not exist, with generous limits.

@@ -1,6 +1,6 @@
 //! The binary's behaviour at start.
 
-use bank_e2e::failed_start;
+use bank_e2e::{Parts, db_test, failed_start, healthcheck, spawn, unused_addr};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_bank-gateway");
 
@@ -29,4 +29,21 @@ fn a_listen_address_in_use_stops_the_gateway_with_one_line_naming_the_variable()
         stderr.starts_with("cannot start: GATEWAY_LISTEN_ADDR:"),
         "{stderr}"
     );
+}
+
+db_test!(
+    the_healthcheck_subcommand_asks_the_gateway_for_readyz,
+    databases = 3,
+    probe
+);
+async fn probe(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::ALL).await;
+    let addr = stack.gateway_addr.unwrap().to_string();
+    let (healthy, stderr) = healthcheck(GATEWAY, &[("GATEWAY_LISTEN_ADDR", &addr)]).await;
+    assert!(healthy, "{stderr}");
+
+    let closed = unused_addr();
+    let (healthy, stderr) = healthcheck(GATEWAY, &[("GATEWAY_LISTEN_ADDR", &closed)]).await;
+    assert!(!healthy);
+    assert!(stderr.starts_with("unhealthy: "), "{stderr}");
 }

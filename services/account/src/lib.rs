@@ -20,6 +20,9 @@ use bank_proto::{
 };
 use secrecy::SecretString;
 
+/// The variable naming the address the account service listens on, and its default.
+pub const LISTEN: (&str, &str) = ("ACCOUNT_LISTEN_ADDR", "127.0.0.1:50052");
+
 /// The account service's configuration, read once at start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -45,7 +48,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
-        let listen_addr = env.socket_addr("ACCOUNT_LISTEN_ADDR", "127.0.0.1:50052")?;
+        let listen_addr = env.socket_addr(LISTEN.0, LISTEN.1)?;
         let admin_listen_addr = env.socket_addr("ACCOUNT_ADMIN_LISTEN_ADDR", "127.0.0.1:9052")?;
         let database_url =
             env.database_url("ACCOUNT_DATABASE_URL", "sqlite://var/account.db?mode=rwc")?;

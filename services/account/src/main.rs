@@ -1,10 +1,16 @@
-//! `bank-account`: the account service binary, configured only by the environment.
+//! `bank-account`: the account service binary, configured only by the environment;
+//! `bank-account healthcheck` probes a running one (see `bank_kit::probe`).
 
-use bank_kit::{config, grpc, telemetry};
+use bank_kit::{config, grpc, probe, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::Env::from_process();
+    if probe::requested() {
+        probe::finish(
+            probe::grpc_serving(&env, bank_account::LISTEN.0, bank_account::LISTEN.1).await,
+        );
+    }
     let config =
         bank_account::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
     let _telemetry =

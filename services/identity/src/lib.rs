@@ -41,6 +41,9 @@ impl std::fmt::Debug for BootstrapOperator {
     }
 }
 
+/// The variable naming the address identity listens on, and its default.
+pub const LISTEN: (&str, &str) = ("IDENTITY_LISTEN_ADDR", "127.0.0.1:50051");
+
 /// Identity's configuration, read once at start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -95,7 +98,7 @@ impl Config {
                 ));
             }
         };
-        let listen_addr = env.socket_addr("IDENTITY_LISTEN_ADDR", "127.0.0.1:50051")?;
+        let listen_addr = env.socket_addr(LISTEN.0, LISTEN.1)?;
         let admin_listen_addr = env.socket_addr("IDENTITY_ADMIN_LISTEN_ADDR", "127.0.0.1:9051")?;
         let database_url =
             env.database_url("IDENTITY_DATABASE_URL", "sqlite://var/identity.db?mode=rwc")?;

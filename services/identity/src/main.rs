@@ -1,10 +1,16 @@
-//! `bank-identity`: the identity service binary, configured only by the environment.
+//! `bank-identity`: the identity service binary, configured only by the environment;
+//! `bank-identity healthcheck` probes a running one (see `bank_kit::probe`).
 
-use bank_kit::{config, grpc, telemetry};
+use bank_kit::{config, grpc, probe, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::Env::from_process();
+    if probe::requested() {
+        probe::finish(
+            probe::grpc_serving(&env, bank_identity::LISTEN.0, bank_identity::LISTEN.1).await,
+        );
+    }
     let config =
         bank_identity::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
     let _telemetry =

@@ -13,6 +13,7 @@ pub mod error;
 pub mod grpc;
 pub mod metrics;
 pub mod net;
+pub mod probe;
 pub mod telemetry;
 pub mod testing;
 pub mod time;

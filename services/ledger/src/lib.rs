@@ -19,6 +19,9 @@ use bank_kit::{
 };
 use bank_proto::ledger::v1::ledger_service_server::LedgerServiceServer;
 
+/// The variable naming the address the ledger listens on, and its default.
+pub const LISTEN: (&str, &str) = ("LEDGER_LISTEN_ADDR", "127.0.0.1:50053");
+
 /// The ledger's configuration, read once at start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -37,7 +40,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Config, ConfigError> {
-        let listen_addr = env.socket_addr("LEDGER_LISTEN_ADDR", "127.0.0.1:50053")?;
+        let listen_addr = env.socket_addr(LISTEN.0, LISTEN.1)?;
         let admin_listen_addr = env.socket_addr("LEDGER_ADMIN_LISTEN_ADDR", "127.0.0.1:9053")?;
         let database_url =
             env.database_url("LEDGER_DATABASE_URL", "sqlite://var/ledger.db?mode=rwc")?;

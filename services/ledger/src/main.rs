@@ -1,10 +1,16 @@
-//! `bank-ledger`: the ledger service binary, configured only by the environment.
+//! `bank-ledger`: the ledger service binary, configured only by the environment;
+//! `bank-ledger healthcheck` probes a running one (see `bank_kit::probe`).
 
-use bank_kit::{config, grpc, telemetry};
+use bank_kit::{config, grpc, probe, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let env = config::Env::from_process();
+    if probe::requested() {
+        probe::finish(
+            probe::grpc_serving(&env, bank_ledger::LISTEN.0, bank_ledger::LISTEN.1).await,
+        );
+    }
     let config =
         bank_ledger::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
     let _telemetry =

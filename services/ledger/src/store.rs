@@ -843,7 +843,7 @@ mod tests {
             |urls| async move {
                 let db = bank_kit::db::connect_and_migrate::<migrations::Migrator>(&urls[0])
                     .await
-                    .unwrap();
+                    .unwrap_or_else(|error| panic!("{error}"));
                 for sql in [
                     SELECT_UNBALANCED_TRANSFERS,
                     SELECT_UNMATCHED_TRANSFERS,
@@ -859,10 +859,13 @@ mod tests {
                             format!("EXPLAIN QUERY PLAN {sql}"),
                         ))
                         .await
-                        .unwrap();
+                        .unwrap_or_else(|error| panic!("{error}"));
                     let steps: Vec<String> = plan
                         .iter()
-                        .map(|row| row.try_get::<String>("", "detail").unwrap())
+                        .map(|row| {
+                            row.try_get::<String>("", "detail")
+                                .unwrap_or_else(|error| panic!("{error}"))
+                        })
                         .collect();
                     let scans = steps.iter().filter(|step| step.starts_with("SCAN")).count();
                     assert_eq!(scans, 1, "{sql}\n{steps:#?}");

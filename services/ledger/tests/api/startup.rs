@@ -1,7 +1,9 @@
 //! The binary's behaviour at start: whatever stops it is told in one line that
 //! names the variable to fix.
 
-use bank_e2e::failed_start;
+use bank_e2e::{
+    Parts, db_test, failed_start, healthcheck, pki::TestPki, spawn, spawn_with_tls, unused_addr,
+};
 
 const LEDGER: &str = env!("CARGO_BIN_EXE_bank-ledger");
 
@@ -79,4 +81,51 @@ fn an_admin_address_in_use_stops_the_process_with_one_line_naming_the_variable()
         "{stderr}"
     );
     assert!(line.contains(&addr), "{stderr}");
+}
+
+db_test!(
+    the_healthcheck_subcommand_finds_a_serving_ledger_and_reports_a_missing_one,
+    databases = 3,
+    probe_plaintext
+);
+async fn probe_plaintext(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::ALL).await;
+    let addr = stack.ledger_addr.unwrap().to_string();
+    let (healthy, stderr) = healthcheck(LEDGER, &[("LEDGER_LISTEN_ADDR", &addr)]).await;
+    assert!(healthy, "{stderr}");
+
+    let closed = unused_addr();
+    let (healthy, stderr) = healthcheck(LEDGER, &[("LEDGER_LISTEN_ADDR", &closed)]).await;
+    assert!(!healthy);
+    assert!(stderr.starts_with("unhealthy: "), "{stderr}");
+}
+
+db_test!(
+    the_healthcheck_subcommand_speaks_tls_with_the_process_certificate,
+    databases = 3,
+    probe_tls
+);
+async fn probe_tls(urls: Vec<String>) {
+    let pki = TestPki::new("bank");
+    let stack = spawn_with_tls(&urls, Parts::ALL, &pki).await;
+    let addr = stack.ledger_addr.unwrap().to_string();
+    let (cert, key, ca) = (
+        pki.cert.to_str().unwrap(),
+        pki.key.to_str().unwrap(),
+        pki.ca.to_str().unwrap(),
+    );
+    let tls = [
+        ("LEDGER_LISTEN_ADDR", addr.as_str()),
+        ("BANK_TLS_CERT_FILE", cert),
+        ("BANK_TLS_KEY_FILE", key),
+        ("BANK_TLS_CA_FILE", ca),
+        ("BANK_TLS_CLIENT_CA_FILE", ca),
+    ];
+    let (healthy, stderr) = healthcheck(LEDGER, &tls).await;
+    assert!(healthy, "{stderr}");
+
+    // Without the process's TLS settings the probe speaks plaintext, which a TLS
+    // listener refuses.
+    let (healthy, _) = healthcheck(LEDGER, &tls[..1]).await;
+    assert!(!healthy);
 }
