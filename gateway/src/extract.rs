@@ -29,15 +29,16 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 /// A JSON body a route may also go without: no body at all (and no
-/// `Content-Type`) is `None`; anything else must be the JSON the route takes.
+/// `Content-Type`) is `None`, and so is JSON `null`, as the document says;
+/// anything else must be the JSON the route takes.
 impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
         if request.headers().contains_key(header::CONTENT_TYPE) {
-            return <ApiJson<T> as FromRequest<S>>::from_request(request, state)
+            return <ApiJson<Option<T>> as FromRequest<S>>::from_request(request, state)
                 .await
-                .map(Some);
+                .map(|ApiJson(body)| body.map(ApiJson));
         }
         let body = axum::body::Bytes::from_request(request, state)
             .await
@@ -264,5 +265,74 @@ mod tests {
             unknown,
             "invalid JSON body: unknown field `amout`: this route takes only its documented fields"
         );
+    }
+}
+
+/// Whole numbers as JSON Schema counts them: `137` and `137.0` are the same
+/// integer. A fraction, a string, or a number a double cannot hold exactly is
+/// not one. For `#[serde(deserialize_with = "whole_number::required")]` (and
+/// `whole_number::optional` with `#[serde(default)]`).
+pub mod whole_number {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    /// The largest integer every double below it holds exactly, 2^53.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+
+    fn from_number(number: &serde_json::Number) -> Option<i64> {
+        if let Some(integer) = number.as_i64() {
+            return Some(integer);
+        }
+        let float = number.as_f64()?;
+        // Exact: the value is a whole number no larger than 2^53.
+        #[allow(clippy::cast_possible_truncation)]
+        (float.fract() == 0.0 && float.abs() <= EXACT).then_some(float as i64)
+    }
+
+    pub fn required<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+        let number = serde_json::Number::deserialize(deserializer)?;
+        from_number(&number).ok_or_else(|| D::Error::custom("expected a whole number"))
+    }
+
+    pub fn optional<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+        Option::<serde_json::Number>::deserialize(deserializer)?
+            .map(|number| {
+                from_number(&number).ok_or_else(|| D::Error::custom("expected a whole number"))
+            })
+            .transpose()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[derive(Debug, serde::Deserialize)]
+        struct Body {
+            #[serde(deserialize_with = "super::required")]
+            amount: i64,
+            #[serde(default, deserialize_with = "super::optional")]
+            timeout: Option<i64>,
+        }
+
+        fn parse(json: &str) -> Option<(i64, Option<i64>)> {
+            serde_json::from_str::<Body>(json)
+                .ok()
+                .map(|body| (body.amount, body.timeout))
+        }
+
+        #[test]
+        fn integral_floats_are_integers_and_fractions_are_not() {
+            assert_eq!(parse(r#"{"amount": 137}"#), Some((137, None)));
+            assert_eq!(
+                parse(r#"{"amount": 137.0, "timeout": 60.0}"#),
+                Some((137, Some(60)))
+            );
+            assert_eq!(
+                parse(r#"{"amount": -2.0, "timeout": null}"#),
+                Some((-2, None))
+            );
+            assert_eq!(parse(r#"{"amount": 137.5}"#), None);
+            assert_eq!(parse(r#"{"amount": "137"}"#), None);
+            assert_eq!(parse(r#"{"amount": 1e300}"#), None);
+            assert_eq!(parse(r#"{"amount": 18446744073709551615}"#), None);
+            assert_eq!(parse(r#"{"amount": 1, "timeout": 0.5}"#), None);
+        }
     }
 }

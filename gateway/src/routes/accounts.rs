@@ -19,10 +19,20 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct OpenAccountBody {
     /// ISO 4217 code of a supported currency, e.g. `EUR`.
-    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
+    #[schema(schema_with = supported_currency)]
     pub currency: String,
-    #[schema(max_length = 64)]
+    /// Up to 64 characters, no control characters.
+    #[schema(max_length = 64, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$")]
     pub nickname: Option<String>,
+}
+
+/// The currencies accounts can be opened in, as the document lists them.
+fn supported_currency() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(bank_kit::money::SUPPORTED_CURRENCIES.iter().copied()))
+        .examples(["EUR"])
+        .build()
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -80,6 +90,17 @@ pub struct PageQuery {
     pub page_size: Option<i32>,
     /// From the previous page's `next_page_token`.
     pub page_token: Option<String>,
+}
+
+impl PageQuery {
+    /// The page size to ask for: 0 lets the service choose its default.
+    fn page_size(&self) -> Result<i32, ApiError> {
+        match self.page_size {
+            None => Ok(0),
+            Some(size) if (1..=100).contains(&size) => Ok(size),
+            Some(_) => Err(ApiError::invalid("page_size must be between 1 and 100")),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -222,7 +243,7 @@ pub async fn holds(
             &auth,
             ledger::ListHoldsRequest {
                 account_id: id,
-                page_size: query.page_size.unwrap_or(0),
+                page_size: query.page_size()?,
                 page_token: query.page_token.unwrap_or_default(),
             },
         ))
@@ -249,7 +270,7 @@ pub async fn transactions(
             &auth,
             ledger::ListAccountEntriesRequest {
                 account_id: id,
-                page_size: query.page_size.unwrap_or(0),
+                page_size: query.page_size()?,
                 page_token: query.page_token.unwrap_or_default(),
             },
         ))

@@ -4,11 +4,9 @@
 
 use axum::{
     Json,
-    body::Bytes,
     extract::{Path, State},
-    http::{HeaderMap, StatusCode, header},
+    http::StatusCode,
 };
-use bank_kit::ErrorCode;
 use bank_proto::{account::v1 as account, ledger::v1 as ledger};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +24,7 @@ pub struct MoneyMovementBody {
     pub account_id: String,
     /// Positive amount in minor units.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "crate::extract::whole_number::required")]
     pub amount: i64,
     #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
@@ -162,25 +161,9 @@ pub async fn reverse(
     Operator(auth): Operator,
     IdempotencyKey(idempotency_key): IdempotencyKey,
     Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    body: Option<ApiJson<ReverseBody>>,
 ) -> Result<(StatusCode, Json<TransferView>), ApiError> {
-    let body = if body.is_empty() {
-        ReverseBody::default()
-    } else {
-        let is_json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| value.starts_with("application/json"));
-        if !is_json {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
-                "the body must be JSON with Content-Type: application/json",
-            ));
-        }
-        serde_json::from_slice(&body)
-            .map_err(|_| ApiError::invalid("the body is not a valid reversal request"))?
-    };
+    let body = body.map(|ApiJson(body)| body).unwrap_or_default();
     let response = state
         .ledger
         .clone()

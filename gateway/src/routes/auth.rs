@@ -82,6 +82,9 @@ pub struct RefreshBody {
 #[serde(deny_unknown_fields)]
 pub struct ChangePasswordBody {
     pub current_password: String,
+    /// 12 to 256 characters (counted after NFKC normalisation), and not easy
+    /// to guess.
+    #[schema(min_length = 12, max_length = 256)]
     pub new_password: String,
 }
 

@@ -24,6 +24,7 @@ pub struct TransferBody {
     pub to_account_id: String,
     /// Positive amount in minor units.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "crate::extract::whole_number::required")]
     pub amount: i64,
     #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,
@@ -34,6 +35,7 @@ pub struct TransferBody {
     pub pending: Option<bool>,
     /// For a hold: seconds until it expires (default 604800).
     #[schema(minimum = 1, maximum = 2592000)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::optional")]
     pub timeout_seconds: Option<i64>,
 }
 
@@ -43,6 +45,7 @@ pub struct TransferBody {
 pub struct PostHoldBody {
     /// How much of the hold to move (default all of it); the rest is released.
     #[schema(minimum = 1)]
+    #[serde(default, deserialize_with = "crate::extract::whole_number::optional")]
     pub amount: Option<i64>,
 }
 
@@ -61,6 +64,7 @@ pub struct BatchItemBody {
     pub to_account_id: String,
     /// Positive amount in minor units.
     #[schema(minimum = 1)]
+    #[serde(deserialize_with = "crate::extract::whole_number::required")]
     pub amount: i64,
     #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     pub currency: String,

@@ -5,6 +5,7 @@
 
 mod aborts;
 mod contract;
+mod document;
 mod edge;
 mod helpers;
 mod holds;
@@ -12,5 +13,6 @@ mod limits;
 mod readiness;
 mod revocation;
 mod roles;
+mod schemathesis;
 mod startup;
 mod tls;
