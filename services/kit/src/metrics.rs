@@ -86,6 +86,24 @@ fn describe() {
         "ledger_holds_expired_total",
         "Holds whose expiry the sweep wrote"
     );
+    describe_gauge!(
+        "ledger_verify_mismatches",
+        "Mismatches the latest background verification round found (0 when the ledger is consistent)"
+    );
+    describe_gauge!(
+        "ledger_verify_last_success_timestamp_seconds",
+        Unit::Seconds,
+        "When the latest background verification round that found no mismatch ended, as Unix time"
+    );
+    describe_counter!(
+        "ledger_verify_entries_checked_total",
+        "Journal entries the background verification replayed"
+    );
+    describe_histogram!(
+        "ledger_verify_seconds",
+        Unit::Seconds,
+        "Time one background verification round took, by scope (full or incremental)"
+    );
     describe_histogram!(
         "ledger_commit_group_size",
         "Posting requests per commit group"

@@ -200,6 +200,64 @@ pub fn start_hold_sweep(store: Arc<LedgerStore>, interval: Duration) {
     });
 }
 
+/// How often the background verification reads the whole journal again rather
+/// than only what came since its previous round: entries already verified are
+/// append-only, but a full pass also catches a row changed behind the ledger's
+/// back.
+pub const VERIFY_FULL_EVERY: Duration = Duration::from_secs(3_600);
+
+/// Starts the ledger's continuous self-check: every `interval`, the entries
+/// each book gained since the last round (and all of them at start and every
+/// [`VERIFY_FULL_EVERY`]), with every hold check. `ledger_verify_mismatches`
+/// holds the latest round's count; `ledger_verify_last_success_timestamp_seconds`
+/// the end of the latest round that found none.
+pub fn start_verifier(store: Arc<LedgerStore>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut checkpoint = crate::store::VerifyCheckpoint::default();
+        let mut last_full: Option<Instant> = None;
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let full = last_full.is_none_or(|at| at.elapsed() >= VERIFY_FULL_EVERY);
+            let scope = if full {
+                crate::store::VerifyScope::Full
+            } else {
+                crate::store::VerifyScope::SinceCheckpoint
+            };
+            let started = Instant::now();
+            match store.verify_with(&mut checkpoint, scope).await {
+                Ok(report) => {
+                    let scope_label = if full { "full" } else { "incremental" };
+                    metrics::histogram!("ledger_verify_seconds", "scope" => scope_label)
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::counter!("ledger_verify_entries_checked_total")
+                        .increment(u64::try_from(report.entries_checked).unwrap_or(0));
+                    metrics::gauge!("ledger_verify_mismatches").set(report.mismatches.len() as f64);
+                    if full {
+                        last_full = Some(started);
+                    }
+                    if let Some(first) = report.mismatches.first() {
+                        tracing::error!(
+                            mismatches = report.mismatches.len(),
+                            kind = first.kind,
+                            account_id = %first.account_id,
+                            detail = %first.detail,
+                            "ledger verification found mismatches"
+                        );
+                    } else {
+                        let now = bank_kit::time::now().timestamp_micros() as f64 / 1e6;
+                        metrics::gauge!("ledger_verify_last_success_timestamp_seconds").set(now);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "ledger verification failed; trying again")
+                }
+            }
+        }
+    });
+}
+
 /// Runs a group's transaction in a task of its own, so that nothing the writer
 /// or a caller does can drop it half-way, and a panic in it is an error for its
 /// group rather than the end of the writer.

@@ -36,6 +36,9 @@ pub struct Config {
     pub tls: TlsSettings,
     /// Whether server reflection is served (`BANK_GRPC_REFLECTION`).
     pub reflection: bool,
+    /// How often the ledger verifies what it wrote since the last round
+    /// (`LEDGER_VERIFY_INTERVAL_SECONDS`, default 60; 0 turns it off).
+    pub verify_interval: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -53,6 +56,10 @@ impl Config {
             identity_endpoint: env.endpoint("IDENTITY_ENDPOINT", "http://127.0.0.1:50051")?,
             tls: TlsSettings::from_env(env)?,
             reflection: grpc::reflection_from_env(env)?,
+            verify_interval: match env.parse::<u64>("LEDGER_VERIFY_INTERVAL_SECONDS", 60)? {
+                0 => None,
+                seconds => Some(std::time::Duration::from_secs(seconds)),
+            },
         })
     }
 }
@@ -69,6 +76,9 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     let store = Arc::new(store::LedgerStore::new(connection.clone()));
     let engine = engine::PostingEngine::start(Arc::clone(&store), engine::GroupConfig::default());
     engine::start_hold_sweep(Arc::clone(&store), engine::HOLD_SWEEP_INTERVAL);
+    if let Some(interval) = config.verify_interval {
+        engine::start_verifier(Arc::clone(&store), interval);
+    }
     let connector = Connector::new(&config.tls)?;
     let verifier = TokenVerifier::remote(&config.identity_endpoint, &connector)?;
     let service_name = grpc::service_name::<LedgerServiceServer<api::LedgerApi>>();

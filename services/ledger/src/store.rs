@@ -303,6 +303,22 @@ impl LedgerStore {
     /// committing meanwhile are either wholly seen or not at all; entries are read
     /// page by page so memory stays bounded however long the journal grows.
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        self.verify_with(&mut VerifyCheckpoint::default(), VerifyScope::Full)
+            .await
+    }
+
+    /// Verification that goes on from `checkpoint`: with [`VerifyScope::Full`]
+    /// as [`verify`](Self::verify); with [`VerifyScope::SinceCheckpoint`] only
+    /// each book's entries after the last one found intact (a book not seen yet
+    /// from its first entry), its balance and chain head against them, and every
+    /// hold check. Either way the checkpoint moves to the last intact entry of
+    /// each book whose replay matched; a book that did not match keeps its point,
+    /// so the next round finds the mismatch again.
+    pub async fn verify_with(
+        &self,
+        checkpoint: &mut VerifyCheckpoint,
+        scope: VerifyScope,
+    ) -> Result<VerifyReport, StoreError> {
         let txn = match self.backend() {
             DbBackend::Postgres => {
                 self.db
@@ -314,16 +330,53 @@ impl LedgerStore {
             }
             _ => self.db.begin().await?,
         };
-        let report = verify_in(&txn).await;
+        let report = verify_in(&txn, checkpoint, scope).await;
         txn.rollback().await.ok();
         report
+    }
+}
+
+/// How much a verification round reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyScope {
+    /// Every entry of every book, and every transfer and request record.
+    Full,
+    /// Each book's entries after its checkpoint, and the holds.
+    SinceCheckpoint,
+}
+
+/// How far verification got on each book: its last entry found intact, with
+/// the balance the entries sum to there.
+#[derive(Debug, Default, Clone)]
+pub struct VerifyCheckpoint {
+    points: std::collections::HashMap<AccountId, ChainPoint>,
+}
+
+#[derive(Debug, Clone)]
+struct ChainPoint {
+    seq: i64,
+    hash: String,
+    balance: i64,
+}
+
+impl ChainPoint {
+    fn genesis() -> ChainPoint {
+        ChainPoint {
+            seq: 0,
+            hash: GENESIS_HASH.to_owned(),
+            balance: 0,
+        }
     }
 }
 
 /// Rows read per query while verifying.
 const VERIFY_PAGE: i64 = 1_000;
 
-async fn verify_in(txn: &DatabaseTransaction) -> Result<VerifyReport, StoreError> {
+async fn verify_in(
+    txn: &DatabaseTransaction,
+    checkpoint: &mut VerifyCheckpoint,
+    scope: VerifyScope,
+) -> Result<VerifyReport, StoreError> {
     let backend = txn.get_database_backend();
     let mut report = VerifyReport::default();
     let mut after_account = String::new();
@@ -337,12 +390,24 @@ async fn verify_in(txn: &DatabaseTransaction) -> Result<VerifyReport, StoreError
             .await?;
         for row in &accounts {
             let account = account_from_row(row)?;
-            verify_account(txn, &account, &mut report).await?;
+            let start = match scope {
+                VerifyScope::Full => None,
+                VerifyScope::SinceCheckpoint => checkpoint.points.get(&account.account_id),
+            }
+            .cloned()
+            .unwrap_or_else(ChainPoint::genesis);
+            if let Some(intact) = verify_account(txn, &account, start, &mut report).await? {
+                checkpoint.points.insert(account.account_id, intact);
+            }
             after_account = account.account_id.to_string();
         }
         if (accounts.len() as i64) < VERIFY_PAGE {
             break;
         }
+    }
+    if scope == VerifyScope::SinceCheckpoint {
+        verify_holds(txn, &mut report).await?;
+        return Ok(report);
     }
     let unbalanced = txn
         .query_all_raw(statement(backend, SELECT_UNBALANCED_TRANSFERS, []))
@@ -439,18 +504,21 @@ async fn verify_holds(
     Ok(())
 }
 
-/// Replays one account's entries in order, page by page.
+/// Replays one account's entries in order, page by page, from `start`; the
+/// point its last entry reached when every entry and the book matched.
 async fn verify_account(
     txn: &DatabaseTransaction,
     account: &LedgerAccount,
+    start: ChainPoint,
     report: &mut VerifyReport,
-) -> Result<(), StoreError> {
-    let mut balance: i64 = 0;
-    let mut prev_hash = GENESIS_HASH.to_owned();
-    let mut count: i64 = 0;
-    // Pages continue after the last stored sequence number, starting below any
-    // value so that an entry forged with a sequence of zero or less is read too.
-    let mut cursor = i64::MIN;
+) -> Result<Option<ChainPoint>, StoreError> {
+    let mut balance: i64 = start.balance;
+    let mut prev_hash = start.hash;
+    let mut count: i64 = start.seq;
+    // Pages continue after the last stored sequence number; from the first entry
+    // they start below any value, so that an entry forged with a sequence of zero
+    // or less is read too.
+    let mut cursor = if count == 0 { i64::MIN } else { count };
     let mut chain_broken = false;
     loop {
         let rows = txn
@@ -499,14 +567,20 @@ async fn verify_account(
             ),
         });
     }
-    if !chain_broken && (count != account.entry_count || prev_hash != account.last_entry_hash) {
+    let head_matches = count == account.entry_count && prev_hash == account.last_entry_hash;
+    if !chain_broken && !head_matches {
         report.mismatches.push(Mismatch {
             account_id: account.account_id.to_string(),
             kind: "hash_chain",
             detail: "the account's chain head does not match its last entry".into(),
         });
     }
-    Ok(())
+    let intact = !chain_broken && head_matches && balance == account.balance_minor;
+    Ok(intact.then_some(ChainPoint {
+        seq: count,
+        hash: prev_hash,
+        balance,
+    }))
 }
 
 /// What a write transaction does, borrowing the transaction.
@@ -832,7 +906,7 @@ mod tests {
     use super::*;
 
     /// Verification reads whole tables under live traffic: each statement may
-    /// scan the one table it walks, and must find everything else by index, or
+    /// scan at most the one table it walks, and must find everything else by index, or
     /// it grows with the square of the journal (on SQLite, whose planner has no
     /// hash joins, a lookup without an index is a scan per row).
     #[tokio::test]
@@ -868,7 +942,7 @@ mod tests {
                         })
                         .collect();
                     let scans = steps.iter().filter(|step| step.starts_with("SCAN")).count();
-                    assert_eq!(scans, 1, "{sql}\n{steps:#?}");
+                    assert!(scans <= 1, "{sql}\n{steps:#?}");
                 }
             },
         )
