@@ -918,6 +918,19 @@ mod tests {
                 let db = bank_kit::db::connect_and_migrate::<migrations::Migrator>(&urls[0])
                     .await
                     .unwrap_or_else(|error| panic!("{error}"));
+                // The planner reads table statistics (sqlx runs `PRAGMA optimize`
+                // when a connection closes): on empty tables a scan is cheapest,
+                // so plan for a journal of some size, as in production.
+                for sql in [
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+                     INSERT INTO ledger_requests (scope, idempotency_key, request_hash, batch_id, created_at)
+                     SELECT 'test', 'key-' || i, 'hash', 'batch-' || i, '2026-12-01T00:00:00Z' FROM n",
+                    "ANALYZE",
+                ] {
+                    db.execute_unprepared(sql)
+                        .await
+                        .unwrap_or_else(|error| panic!("{error}"));
+                }
                 for sql in [
                     SELECT_UNBALANCED_TRANSFERS,
                     SELECT_UNMATCHED_TRANSFERS,
