@@ -9,7 +9,6 @@ mod holds;
 mod integrity;
 mod lifecycle;
 mod model;
-mod observability;
 mod postings;
 mod security;
 mod startup;

@@ -1,9 +1,24 @@
 //! What the ledger tells its operators about itself: per-method call metrics and
 //! business counters, served at `GET /metrics` on the gRPC port.
+//!
+//! A test binary of its own: the metrics recorder is one per process, so under
+//! `cargo test` (every test of a binary in one process) these tests would count
+//! what the others do. Here each takes the lock below for its whole run and
+//! compares counts before and after, so they hold under nextest's one process
+//! per test and cargo test's one process per binary alike.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
 
 use bank_e2e::{Parts, db_test, sample, scrape, spawn};
 
 use crate::helpers::{deposit, open_book, transfer, transfer_request};
+
+/// One metrics test at a time in this process.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 db_test!(
     calls_and_postings_are_counted,
@@ -11,7 +26,9 @@ db_test!(
     calls_and_postings
 );
 async fn calls_and_postings(urls: Vec<String>) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let stack = spawn(&urls, Parts::LEDGER).await;
+    let before = scrape(stack.ledger_addr.unwrap()).await;
     let operator = stack.operator().await;
     let alice = stack.customer().await;
     let from = open_book(&stack, &alice, "EUR").await;
@@ -28,6 +45,10 @@ async fn calls_and_postings(urls: Vec<String>) {
         .unwrap_err();
 
     let text = scrape(stack.ledger_addr.unwrap()).await;
+    // What this test added.
+    let sample = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        sample(text, name, labels) - sample(&before, name, labels)
+    };
     let rpc = |method: &str, code: &str| {
         sample(
             &text,
@@ -96,8 +117,10 @@ db_test!(
     unknown_methods
 );
 async fn unknown_methods(urls: Vec<String>) {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let stack = spawn(&urls, Parts::LEDGER).await;
     let addr = stack.ledger_addr.unwrap();
+    let before = scrape(addr).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -135,12 +158,10 @@ async fn unknown_methods(urls: Vec<String>) {
     let text = scrape(addr).await;
     assert!(!text.contains("Nope"), "{text}");
     assert!(!text.contains("GetBalance"), "{text}");
+    let unknown = [("grpc_method", "unknown"), ("grpc_code", "Unimplemented")];
     assert_eq!(
-        sample(
-            &text,
-            "grpc_server_handled_total",
-            &[("grpc_method", "unknown"), ("grpc_code", "Unimplemented")]
-        ),
+        sample(&text, "grpc_server_handled_total", &unknown)
+            - sample(&before, "grpc_server_handled_total", &unknown),
         3.0,
         "{text}"
     );
