@@ -188,10 +188,21 @@ if container["readinessProbe"] == container["livenessProbe"]:
     sys.exit(f"{path}: {component}'s readiness is its liveness")
 if "preStop" not in container.get("lifecycle", {}):
     sys.exit(f"{path}: {component} does not drain (no preStop)")
+if component != "gateway":
+    # Migrations in an init container with the owner's Secret; the service
+    # itself never gets it.
+    init = deployment["spec"]["template"]["spec"].get("initContainers", [])
+    if not init or init[0].get("args") != ["migrate"]:
+        sys.exit(f"{path}: {component} does not migrate in an init container")
+    secrets = lambda c: {source.get("secretRef", {}).get("name") for source in c.get("envFrom", [])}
+    if f"{component}-migration-secrets" not in secrets(init[0]):
+        sys.exit(f"{path}: {component}'s migrations lack the owner's Secret")
+    if f"{component}-migration-secrets" in secrets(container):
+        sys.exit(f"{path}: {component} runs with the schema owner's Secret")
 PY
     done
   done
-  echo "ok: every rendering has a Deployment, PodDisruptionBudget and HorizontalPodAutoscaler per component, separate readiness and liveness, and a drain"
+  echo "ok: every rendering has a Deployment, PodDisruptionBudget and HorizontalPodAutoscaler per component, separate readiness and liveness, a drain, and migrations in an init container with the owner's Secret"
 else
   echo "kubectl is not installed: skipped"
 fi

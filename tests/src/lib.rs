@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 pub use bank_kit::db_test;
 
 pub mod pki;
+pub mod roles;
 
 /// Password of the operator every stack bootstraps.
 pub const OPERATOR_PASSWORD: &str = "operator password for tests";

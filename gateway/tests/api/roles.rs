@@ -2,87 +2,12 @@
 //! as a role that can read and append its journal but never change the schema,
 //! disable a trigger or rewrite history.
 
-use bank_e2e::{Parts, spawn_with_owners};
+use bank_e2e::{Parts, roles::RoleCluster, spawn_with_owners};
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::json;
 
 use crate::helpers::Rest;
-
-/// Roles and databases made for one test, removed again afterwards.
-struct Cluster {
-    admin_url: String,
-    owner: String,
-    service: String,
-    databases: Vec<String>,
-}
-
-impl Cluster {
-    async fn create(admin_url: &str) -> Cluster {
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let cluster = Cluster {
-            admin_url: admin_url.to_owned(),
-            owner: format!("bank_owner_{suffix}"),
-            service: format!("bank_service_{suffix}"),
-            databases: (0..3)
-                .map(|index| format!("bank_roles_{index}_{suffix}"))
-                .collect(),
-        };
-        let admin = Database::connect(admin_url).await.unwrap();
-        let mut statements = vec![
-            format!("CREATE ROLE {} LOGIN", cluster.owner),
-            format!("CREATE ROLE {} LOGIN", cluster.service),
-        ];
-        for database in &cluster.databases {
-            statements.push(format!(
-                "CREATE DATABASE {database} OWNER {}",
-                cluster.owner
-            ));
-            statements.push(format!("REVOKE ALL ON DATABASE {database} FROM PUBLIC"));
-            statements.push(format!(
-                "GRANT CONNECT ON DATABASE {database} TO {}, {}",
-                cluster.owner, cluster.service
-            ));
-        }
-        for statement in statements {
-            admin.execute_unprepared(&statement).await.unwrap();
-        }
-        admin.close().await.ok();
-        cluster
-    }
-
-    fn urls(&self, role: &str) -> Vec<String> {
-        self.databases
-            .iter()
-            .map(|database| {
-                bank_kit::testing::replace_database_name(&self.admin_url, database).replacen(
-                    "postgres@",
-                    &format!("{role}@"),
-                    1,
-                )
-            })
-            .collect()
-    }
-
-    async fn drop_all(self) {
-        let Ok(admin) = Database::connect(&self.admin_url).await else {
-            return;
-        };
-        for database in &self.databases {
-            admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                .await
-                .ok();
-        }
-        for role in [&self.owner, &self.service] {
-            admin
-                .execute_unprepared(&format!("DROP ROLE IF EXISTS {role}"))
-                .await
-                .ok();
-        }
-        admin.close().await.ok();
-    }
-}
 
 /// PostgreSQL only: SQLite has no roles.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,7 +20,7 @@ async fn services_run_as_roles_that_cannot_rewrite_history_on_postgresql() {
         admin_url.contains("postgres@"),
         "the test names its roles in place of the admin URL's user `postgres`"
     );
-    let cluster = Cluster::create(&admin_url).await;
+    let cluster = RoleCluster::create(&admin_url, 3).await;
     let service_urls = cluster.urls(&cluster.service);
     let owner_urls = cluster.urls(&cluster.owner);
     let outcome = tokio::spawn(async move {

@@ -81,6 +81,20 @@ impl Config {
     }
 }
 
+/// What `bank-account migrate` does: applies the migrations (as the schema owner
+/// of `ACCOUNT_MIGRATION_DATABASE_URL` when set, granting the service's role
+/// what it needs) and returns, so that a Job or an init container migrates with
+/// the owner's credentials and the service runs without them.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    db::migrate_service_database::<store::migrations::Migrator>(
+        "ACCOUNT",
+        &config.database_url,
+        config.migration_database_url.as_deref(),
+        store::GRANTS,
+    )
+    .await
+}
+
 /// Connects, migrates, and binds the account service's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     let connection = db::open_service_database::<store::migrations::Migrator>(

@@ -176,6 +176,20 @@ fn parse_service_clients(env: &Env) -> Result<HashMap<String, SecretString>, Con
     Ok(clients)
 }
 
+/// What `bank-identity migrate` does: applies the migrations (as the schema owner
+/// of `IDENTITY_MIGRATION_DATABASE_URL` when set, granting the service's role
+/// what it needs) and returns, so that a Job or an init container migrates with
+/// the owner's credentials and the service runs without them.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    db::migrate_service_database::<store::migrations::Migrator>(
+        "IDENTITY",
+        &config.database_url,
+        config.migration_database_url.as_deref(),
+        store::GRANTS,
+    )
+    .await
+}
+
 /// Connects, migrates, loads the signing keys, ensures the bootstrap operator,
 /// and binds identity's gRPC server.
 pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {

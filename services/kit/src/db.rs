@@ -34,7 +34,7 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbErr> {
     let db = connect(url).await?;
     if db.get_database_backend() != DbBackend::Postgres {
-        M::up(&db, None).await?;
+        migrate_unless_ahead::<M>(&db).await?;
         return Ok(db);
     }
     // One connection that the pool never recycles, so the session holding the
@@ -50,7 +50,7 @@ pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<Database
     let lock = Database::connect(lock_options).await?;
     lock.execute_unprepared(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
         .await?;
-    let migrated = M::up(&db, None).await;
+    let migrated = migrate_unless_ahead::<M>(&db).await;
     let unlocked = lock
         .query_one_raw(sea_orm::Statement::from_string(
             DbBackend::Postgres,
@@ -75,6 +75,88 @@ pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<Database
 /// exactly these privileges, so its credentials can neither change the schema,
 /// disable a trigger, nor rewrite what its grants leave out (the ledger's journal
 /// is `SELECT, INSERT` only).
+/// How the database's schema compares with the migrations a binary carries.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SchemaState {
+    /// Migrations of this binary the database has not had.
+    pub pending: Vec<String>,
+    /// Migrations the database has had that this binary does not know: a newer
+    /// release ran them.
+    pub ahead: Vec<String>,
+}
+
+/// Reads which migrations the database has had (none when it has no
+/// migration table yet).
+pub async fn schema_state<M: MigratorTrait>(db: &DatabaseConnection) -> Result<SchemaState, DbErr> {
+    let known: Vec<String> = M::migrations()
+        .iter()
+        .map(|migration| migration.name().to_owned())
+        .collect();
+    let exists = match db.get_database_backend() {
+        DbBackend::Postgres => "SELECT to_regclass('seaql_migrations') IS NOT NULL AS present",
+        _ => {
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'seaql_migrations') AS present"
+        }
+    };
+    let present = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            exists,
+        ))
+        .await?
+        .map(|row| row.try_get::<bool>("", "present"))
+        .transpose()?
+        .unwrap_or(false);
+    let applied: Vec<String> = if present {
+        db.query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT version FROM seaql_migrations",
+        ))
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "version"))
+        .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    Ok(SchemaState {
+        pending: known
+            .iter()
+            .filter(|name| !applied.contains(name))
+            .cloned()
+            .collect(),
+        ahead: applied
+            .iter()
+            .filter(|name| !known.contains(name))
+            .cloned()
+            .collect(),
+    })
+}
+
+/// Applies the pending migrations. A schema a newer release has already taken
+/// further is left alone when nothing of this binary is missing from it:
+/// migrations only expand the schema, so the previous release keeps working
+/// during a rolling update (and may restart) while the new one runs.
+async fn migrate_unless_ahead<M: MigratorTrait>(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let state = schema_state::<M>(db).await?;
+    match (state.pending.is_empty(), state.ahead.is_empty()) {
+        (true, _) => {
+            if !state.ahead.is_empty() {
+                tracing::warn!(
+                    ahead = ?state.ahead,
+                    "the schema is ahead of this release (a newer one migrated it); starting without migrating"
+                );
+            }
+            Ok(())
+        }
+        (false, true) => M::up(db, None).await,
+        (false, false) => Err(DbErr::Custom(format!(
+            "the schema lacks this release's migrations {:?} but has a newer release's {:?}",
+            state.pending, state.ahead
+        ))),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct TableGrant {
     pub table: &'static str,
@@ -97,18 +179,50 @@ pub async fn open_service_database<M: MigratorTrait>(
 ) -> anyhow::Result<DatabaseConnection> {
     use anyhow::Context;
     let Some(migration_url) = migration_url else {
+        // Without the owner's URL: a schema the `migrate` subcommand (or an
+        // earlier start) brought up to date needs nothing more; one that lacks
+        // migrations is migrated with this URL, which must then be the owner's.
+        let db = connect(url)
+            .await
+            .with_context(|| format!("{prefix}_DATABASE_URL: cannot open the database"))?;
+        let state = schema_state::<M>(&db).await.with_context(|| {
+            format!("{prefix}_DATABASE_URL: cannot read which migrations the database has had")
+        })?;
+        if state.pending.is_empty() {
+            return Ok(db);
+        }
+        db.close().await.ok();
         return connect_and_migrate::<M>(url).await.with_context(|| {
-            format!("{prefix}_DATABASE_URL: cannot open and migrate the database")
+            format!("{prefix}_DATABASE_URL: cannot open and migrate the database (a restricted role needs the `migrate` subcommand with {prefix}_MIGRATION_DATABASE_URL first)")
         });
     };
-    migrate_as_owner::<M>(migration_url, url, grants)
-        .await
-        .with_context(|| {
-            format!("{prefix}_MIGRATION_DATABASE_URL: cannot migrate the database and grant the service's role")
-        })?;
+    migrate_service_database::<M>(prefix, url, Some(migration_url), grants).await?;
     connect(url)
         .await
         .with_context(|| format!("{prefix}_DATABASE_URL: cannot open the database"))
+}
+
+/// What the `migrate` subcommand does: applies the migrations, as the schema
+/// owner of `migration_url` when there is one (then granting the service's role
+/// of `url` exactly `grants`), else as `url`'s role.
+pub async fn migrate_service_database<M: MigratorTrait>(
+    prefix: &str,
+    url: &str,
+    migration_url: Option<&str>,
+    grants: &[TableGrant],
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match migration_url {
+        Some(migration_url) => migrate_as_owner::<M>(migration_url, url, grants)
+            .await
+            .with_context(|| {
+                format!("{prefix}_MIGRATION_DATABASE_URL: cannot migrate the database and grant the service's role")
+            }),
+        None => connect_and_migrate::<M>(url)
+            .await
+            .map(drop)
+            .with_context(|| format!("{prefix}_DATABASE_URL: cannot open and migrate the database")),
+    }
 }
 
 /// Runs the migrations as the role of `migration_url` and grants the role of
@@ -158,6 +272,10 @@ async fn grant(owner: &DatabaseConnection, role: &str, grants: &[TableGrant]) ->
         statements.push(format!("REVOKE ALL ON {table} FROM {role}"));
         statements.push(format!("GRANT {privileges} ON {table} TO {role}"));
     }
+    // To read which migrations the schema has had, so that it can start
+    // without the schema owner's credentials once they ran.
+    statements.push(format!("REVOKE ALL ON seaql_migrations FROM {role}"));
+    statements.push(format!("GRANT SELECT ON seaql_migrations TO {role}"));
     statements.push(format!(
         "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"
     ));

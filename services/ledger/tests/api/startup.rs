@@ -129,3 +129,82 @@ async fn probe_tls(urls: Vec<String>) {
     let (healthy, _) = healthcheck(LEDGER, &tls[..1]).await;
     assert!(!healthy);
 }
+
+/// PostgreSQL only: SQLite has no roles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs BANK_TEST_POSTGRES_URL; make test runs it when that is set"]
+async fn migrate_runs_as_the_owner_and_the_service_starts_without_its_credentials_on_postgresql() {
+    use bank_e2e::roles::RoleCluster;
+    use bank_ledger::store::{GRANTS, migrations::Migrator};
+    use sea_orm::ConnectionTrait;
+
+    let Some(admin_url) = bank_kit::testing::postgres_server_or_skip() else {
+        return;
+    };
+    let cluster = RoleCluster::create(&admin_url, 1).await;
+    let service = cluster.urls(&cluster.service).remove(0);
+    let owner = cluster.urls(&cluster.owner).remove(0);
+    let outcome = tokio::spawn(async move {
+        // The restricted role alone cannot bring the schema up, and says what to run.
+        let refused = tokio::task::spawn_blocking({
+            let service = service.clone();
+            move || {
+                failed_start(
+                    LEDGER,
+                    &[
+                        ("LEDGER_DATABASE_URL", &service),
+                        ("LEDGER_LISTEN_ADDR", "127.0.0.1:0"),
+                        ("LEDGER_ADMIN_LISTEN_ADDR", "127.0.0.1:0"),
+                    ],
+                )
+            }
+        })
+        .await
+        .unwrap();
+        assert!(refused.contains("migrate"), "{refused}");
+
+        // What a Job or an init container runs, with the owner's URL.
+        let migrated = tokio::process::Command::new(LEDGER)
+            .arg("migrate")
+            .env_clear()
+            .env("LEDGER_DATABASE_URL", &service)
+            .env("LEDGER_MIGRATION_DATABASE_URL", &owner)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            migrated.status.success(),
+            "{}",
+            String::from_utf8_lossy(&migrated.stderr)
+        );
+
+        // Now the service's own URL is enough to start.
+        let open = || {
+            bank_kit::db::open_service_database::<Migrator>("LEDGER", &service, None, GRANTS)
+        };
+        open().await.unwrap().close().await.ok();
+
+        // A newer release migrated further (expand only): this one still starts,
+        // with its owner's URL or without.
+        let as_owner = bank_kit::db::connect(&owner).await.unwrap();
+        as_owner
+            .execute_unprepared(
+                "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m29990101_000001_from_a_newer_release', 0)",
+            )
+            .await
+            .unwrap();
+        as_owner.close().await.ok();
+        open().await.unwrap().close().await.ok();
+        bank_kit::db::open_service_database::<Migrator>("LEDGER", &service, Some(&owner), GRANTS)
+            .await
+            .unwrap()
+            .close()
+            .await
+            .ok();
+    })
+    .await;
+    cluster.drop_all().await;
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
