@@ -43,7 +43,7 @@ use tower_http::{
 
 use crate::{
     client::{ClientAddress, TrustedProxies},
-    problem::{ApiError, TRACE_ID},
+    problem::{ApiError, REQUEST_ID as REQUEST_ID_SCOPE, TRACE_ID},
     rate_limit::{Decision, Quota, RateLimiter},
 };
 
@@ -380,7 +380,9 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
         .layer(middleware::from_fn(move |request, next| {
             crate::client::resolve(trusted_proxies.clone(), request, next)
         }))
-        .layer(middleware::from_fn(move |request, next| deadline(timeout, request, next)))
+        .layer(middleware::from_fn(move |request, next| {
+            deadline(timeout, request, next)
+        }))
         // Inside the header layers, so the documents it writes get them too.
         .layer(middleware::from_fn(problem_fallback))
         .layer(cors(&config.cors_allowed_origins))
@@ -408,14 +410,26 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            tracing::info_span!(
-                "http.request",
-                method = %request.method(),
-                path = %request.uri().path(),
-                trace_id = %request.headers().get(REQUEST_ID).and_then(|value| value.to_str().ok()).unwrap_or_default(),
-            )
-        }))
+        .layer(middleware::from_fn(trace_scope))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let span = bank_kit::telemetry::http_request_span(request);
+                    if let Some(id) = request
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|value| value.to_str().ok())
+                    {
+                        span.record("request_id", id);
+                    }
+                    span
+                })
+                .on_response(
+                    |response: &Response, _latency: std::time::Duration, span: &tracing::Span| {
+                        bank_kit::telemetry::record_http_response(span, response.status());
+                    },
+                ),
+        )
         .layer(middleware::from_fn(request_id))
         // Outermost, so that the request's id, span and deadline all live in the
         // task: a client that hangs up never cancels the call it started (see
@@ -452,11 +466,19 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         request.headers_mut().insert(REQUEST_ID, value);
     }
-    let mut response = TRACE_ID.scope(id.clone(), next.run(request)).await;
+    let mut response = REQUEST_ID_SCOPE.scope(id.clone(), next.run(request)).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+/// Makes the request's trace id (its OpenTelemetry trace's, or a fresh one when
+/// no tracer runs) available to problem bodies, inside the request's span.
+async fn trace_scope(request: Request, next: Next) -> Response {
+    let trace_id = bank_kit::telemetry::current_trace_id()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    TRACE_ID.scope(trace_id, next.run(request)).await
 }
 
 #[derive(Clone, Copy)]

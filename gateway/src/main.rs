@@ -19,8 +19,8 @@ async fn main() -> anyhow::Result<()> {
     }
     let config =
         bank_gateway::Config::from_env(&env).unwrap_or_else(|error| config::exit_with(&error));
-    let _telemetry =
-        telemetry::init(&env, "bank-gateway").unwrap_or_else(|error| config::exit_with(&error));
+    let _telemetry = telemetry::init_as(&env, "bank-gateway", telemetry::Role::Edge)
+        .unwrap_or_else(|error| config::exit_with(&error));
     let app = bank_gateway::build(&config)
         .await
         .unwrap_or_else(|error| config::exit_on_start_failure(&error));

@@ -11,8 +11,14 @@ use bank_kit::{ErrorCode, ServiceError};
 use serde::Serialize;
 
 tokio::task_local! {
-    /// The id of the request being handled, so that problem bodies can name it.
+    /// The W3C trace id of the request being handled (its OpenTelemetry
+    /// trace's), so that problem bodies can name it.
     pub static TRACE_ID: String;
+}
+
+tokio::task_local! {
+    /// The request's id (`x-request-id`), passed on to the services.
+    pub static REQUEST_ID: String;
 }
 
 tokio::task_local! {
@@ -32,6 +38,11 @@ pub fn current_trace_id() -> String {
     TRACE_ID.try_with(Clone::clone).unwrap_or_default()
 }
 
+/// The id of the current request, or empty outside one.
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
 /// The body of every error response.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
@@ -43,7 +54,8 @@ pub struct Problem {
     pub detail: String,
     /// Stable snake_case error code, e.g. `insufficient_funds`.
     pub code: String,
-    /// Id of the request, also found in the logs.
+    /// The request's W3C trace id (32 hex digits), as its OpenTelemetry spans
+    /// and the logs carry it.
     pub trace_id: String,
     /// For a refused transfer batch: every item that failed, in the batch's
     /// order. The problem's own `code` is the first one's.

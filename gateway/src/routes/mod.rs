@@ -10,7 +10,7 @@ pub mod transfers;
 use bank_proto::ledger::v1 as ledger;
 use serde::Serialize;
 
-use crate::{extract::AuthUser, problem::current_trace_id};
+use crate::{extract::AuthUser, problem::current_request_id};
 
 /// Wraps `message` in a gRPC request that carries the caller's token and the
 /// request id.
@@ -29,7 +29,7 @@ pub fn anonymous<T>(message: T) -> tonic::Request<T> {
     if let Some(remaining) = crate::problem::remaining_time() {
         request.set_timeout(remaining);
     }
-    if let Ok(value) = current_trace_id().parse() {
+    if let Ok(value) = current_request_id().parse() {
         request.metadata_mut().insert("x-request-id", value);
     }
     bank_kit::telemetry::inject_trace_context(request.metadata_mut());

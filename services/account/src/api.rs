@@ -23,7 +23,7 @@ use bank_proto::{
     },
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use tonic::{Request, Response, Status, transport::Channel};
+use tonic::{Request, Response, Status};
 
 /// The account domain's errors answer callers with the status of their code.
 impl From<AccountError> for Status {
@@ -50,7 +50,7 @@ const NUMBER_ATTEMPTS: usize = 5;
 pub struct AccountApi {
     store: Arc<AccountStore>,
     verifier: TokenVerifier,
-    ledger: LedgerServiceClient<Channel>,
+    ledger: LedgerServiceClient<bank_kit::grpc::Pool>,
     service_token: ServiceTokenSource,
     max_open_per_user: u32,
 }
@@ -59,7 +59,7 @@ impl AccountApi {
     pub fn new(
         store: Arc<AccountStore>,
         verifier: TokenVerifier,
-        ledger: LedgerServiceClient<Channel>,
+        ledger: LedgerServiceClient<bank_kit::grpc::Pool>,
         service_token: ServiceTokenSource,
         max_open_per_user: u32,
     ) -> AccountApi {

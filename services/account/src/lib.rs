@@ -105,11 +105,14 @@ pub async fn build(config: &Config) -> anyhow::Result<GrpcApp> {
     )
     .await?;
     let connector = Connector::new(&config.tls)?;
-    let ledger_channel = grpc::channel(
+    // A pool, so that each call to the ledger is a CLIENT span of its caller's
+    // trace (see `grpc::Pool`).
+    let ledger_channel = grpc::Pool::new(
         "LEDGER_ENDPOINT",
         &config.ledger_endpoint,
         &connector,
         Duration::from_secs(10),
+        2,
     )?;
     let api = api::AccountApi::new(
         Arc::new(store::AccountStore::new(connection.clone())),

@@ -15,7 +15,9 @@ use axum::{extract::Request, middleware::Next, response::Response};
 /// Middleware running the rest of the stack in a task of its own. A panic there
 /// becomes `on_panic`'s answer instead of a dropped connection.
 pub async fn detach_with(request: Request, next: Next, on_panic: fn() -> Response) -> Response {
-    match tokio::spawn(next.run(request)).await {
+    // The task goes on in the request's span, so what it does joins the trace.
+    let span = tracing::Span::current();
+    match tokio::spawn(tracing::Instrument::instrument(next.run(request), span)).await {
         Ok(response) => response,
         Err(error) => {
             tracing::error!(%error, "a request handler failed");

@@ -192,7 +192,9 @@ impl Pool {
 impl tower::Service<http::Request<tonic::body::Body>> for Pool {
     type Response = http::Response<tonic::body::Body>;
     type Error = tonic::transport::Error;
-    type Future = tonic::transport::channel::ResponseFuture;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -207,12 +209,34 @@ impl tower::Service<http::Request<tonic::body::Body>> for Pool {
         tower::Service::poll_ready(chosen, cx)
     }
 
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+    /// Each call is a CLIENT span of its caller's trace, and carries that span
+    /// as the callee's parent (W3C `traceparent`).
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let mut channel = self
             .chosen
             .take()
             .unwrap_or_else(|| self.channels[0].clone());
-        tower::Service::call(&mut channel, request)
+        let span = crate::telemetry::grpc_client_span(request.uri().path());
+        crate::telemetry::inject_span_context(&span, request.headers_mut());
+        let call = tower::Service::call(&mut channel, request);
+        Box::pin(tracing::Instrument::instrument(
+            async move {
+                let response = call.await;
+                if let Ok(response) = &response {
+                    // A call that failed outright answers with its status in the
+                    // headers; one that succeeded, in the trailers (0).
+                    let code = response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|value| value.to_str().ok())
+                        .and_then(|value| value.parse::<i32>().ok())
+                        .unwrap_or(0);
+                    tracing::Span::current().record("rpc.grpc.status_code", code);
+                }
+                response
+            },
+            span,
+        ))
     }
 }
 

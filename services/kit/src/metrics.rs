@@ -172,7 +172,9 @@ async fn track(request: Request, next: Next) -> Response {
         code: None,
     };
     let response = next.run(request).await;
-    call.code = Some(grpc_code(&response));
+    let code = grpc_code(&response);
+    tracing::Span::current().record("rpc.grpc.status_code", code as i32);
+    call.code = Some(code);
     response
 }
 

@@ -1,11 +1,16 @@
 //! Logging and tracing set-up. Logs are human-readable in a terminal and JSON lines
-//! otherwise; spans are exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! otherwise, filtered by `RUST_LOG`; spans follow the OpenTelemetry settings
+//! (`OTEL_*`) instead, and are exported over OTLP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 
 use std::io::IsTerminal;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    trace::{Sampler, SdkTracerProvider},
+};
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
 
 use crate::config::{ConfigError, Env};
@@ -13,6 +18,17 @@ use crate::config::{ConfigError, Env};
 /// Flushes exported spans when dropped at the end of `main`.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+}
+
+impl TelemetryGuard {
+    /// Exports every span ended so far.
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider
+            && let Err(error) = provider.force_flush()
+        {
+            eprintln!("failed to flush traces: {error}");
+        }
+    }
 }
 
 impl Drop for TelemetryGuard {
@@ -25,9 +41,34 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber. Must run inside the tokio runtime because the
-/// OTLP exporter spawns onto it.
+/// What a process's spans are exported under and how it samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A service behind the gateway: it follows its caller's sampling decision
+    /// (the SDK's default, `parentbased_always_on`, or `OTEL_TRACES_SAMPLER`).
+    Service,
+    /// The edge: an outside client's `traceparent` is continued, but whether the
+    /// request is sampled is the gateway's own decision, by trace id at the
+    /// ratio `OTEL_TRACES_SAMPLER_ARG` (default 1, every request).
+    Edge,
+}
+
+/// Installs the global subscriber: logs filtered by `RUST_LOG`, and spans for
+/// OpenTelemetry filtered apart from the logs (so a quiet log level never
+/// silences traces), exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is
+/// set. Spans always carry OpenTelemetry trace ids, exported or not, so that
+/// logs and problem bodies name the trace. Must run inside the tokio runtime
+/// because the OTLP exporter spawns onto it.
 pub fn init(env: &Env, default_service_name: &str) -> Result<TelemetryGuard, ConfigError> {
+    init_as(env, default_service_name, Role::Service)
+}
+
+/// [`init`] for a process of `role`.
+pub fn init_as(
+    env: &Env,
+    default_service_name: &str,
+    role: Role,
+) -> Result<TelemetryGuard, ConfigError> {
     let filter = EnvFilter::try_new(env.string("RUST_LOG", "info"))
         .map_err(|error| ConfigError::new("RUST_LOG", error.to_string()))?;
     // JSON lines for collectors, unless told otherwise; text on a terminal.
@@ -41,47 +82,65 @@ pub fn init(env: &Env, default_service_name: &str) -> Result<TelemetryGuard, Con
         tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
+            .with_filter(filter)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().boxed()
+        tracing_subscriber::fmt::layer().with_filter(filter).boxed()
     };
 
-    let (otel_layer, provider) = match env.optional("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        None => (None, None),
-        Some(endpoint) => {
-            let service_name = env.string("OTEL_SERVICE_NAME", default_service_name);
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .build()
-                .map_err(|error| {
-                    ConfigError::new("OTEL_EXPORTER_OTLP_ENDPOINT", error.to_string())
-                })?;
-            let provider = SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(Resource::builder().with_service_name(service_name).build())
-                .build();
-            let tracer = provider.tracer("bank");
-            opentelemetry::global::set_text_map_propagator(
-                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-            );
-            // The exporter's own transport must not be traced, or every export
-            // produces spans that produce exports.
-            let quiet_transport = EnvFilter::new("info,h2=off,hyper=off,tonic=off,tower=off");
-            let layer = tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(quiet_transport);
-            (Some(layer), Some(provider))
-        }
-    };
+    let service_name = env.string("OTEL_SERVICE_NAME", default_service_name);
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(service_name).build());
+    if role == Role::Edge {
+        let ratio = match env.optional("OTEL_TRACES_SAMPLER_ARG") {
+            None => 1.0,
+            Some(arg) => arg
+                .parse::<f64>()
+                .ok()
+                .filter(|ratio| (0.0..=1.0).contains(ratio))
+                .ok_or_else(|| {
+                    ConfigError::new("OTEL_TRACES_SAMPLER_ARG", "must be a ratio between 0 and 1")
+                })?,
+        };
+        builder = builder.with_sampler(Sampler::TraceIdRatioBased(ratio));
+    }
+    if let Some(endpoint) = env.optional("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()
+            .map_err(|error| ConfigError::new("OTEL_EXPORTER_OTLP_ENDPOINT", error.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer("bank");
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(span_filter());
 
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt_layer)
         .with(otel_layer)
         .try_init()
         .map_err(|error| ConfigError::new("RUST_LOG", error.to_string()))?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider: Some(provider),
+    })
+}
+
+/// Which spans become OpenTelemetry spans, whatever `RUST_LOG` says: the bank's
+/// own at info and above, and none of the transports' (the exporter's own calls
+/// must not be traced, or every export produces spans that produce exports).
+pub fn span_filter() -> EnvFilter {
+    EnvFilter::new("info,h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,sqlx=off")
+}
+
+/// The W3C trace id (32 hex digits) of the current span, when it has one.
+pub fn current_trace_id() -> Option<String> {
+    span_trace_id(&tracing::Span::current())
 }
 
 /// Writes the current span's trace context (W3C `traceparent`) into outgoing gRPC
@@ -93,6 +152,49 @@ pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut MetadataInjector(metadata));
     });
+}
+
+/// The service and method a gRPC path (`/service/method`) names.
+fn rpc_parts(path: &str) -> (&str, &str) {
+    path.strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .unwrap_or(("", ""))
+}
+
+/// The CLIENT span of one outgoing gRPC call to `path` (`/service/method`).
+pub fn grpc_client_span(path: &str) -> tracing::Span {
+    let (service, method) = rpc_parts(path);
+    tracing::info_span!(
+        "grpc.call",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    )
+}
+
+/// Writes `span`'s trace context (W3C `traceparent`) into outgoing headers.
+pub fn inject_span_context(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut HeaderInjector(headers));
+    });
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl opentelemetry::propagation::Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
 }
 
 /// The span of one incoming gRPC request, continuing the caller's trace when
@@ -108,12 +210,92 @@ pub fn grpc_request_span(request: &http::Request<()>) -> tracing::Span {
         .and_then(|value| value.to_str().ok())
         .filter(|value| value.len() <= 64)
         .unwrap_or_default();
-    let span =
-        tracing::info_span!("grpc.request", rpc = %request.uri().path(), trace_id = %request_id);
+    let path = request.uri().path();
+    let (service, method) = rpc_parts(path);
+    // Semantic-convention names; the status code is recorded when the call ends.
+    let span = tracing::info_span!(
+        "grpc.request",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        request_id = %request_id,
+        trace_id = tracing::field::Empty,
+    );
     // Fails only when no OpenTelemetry layer is installed, where there is no
     // trace to continue.
     let _ = span.set_parent(parent);
+    if let Some(trace_id) = span_trace_id(&span) {
+        span.record("trace_id", trace_id);
+    }
     span
+}
+
+/// The W3C trace id of `span`, when OpenTelemetry gave it one.
+pub fn span_trace_id(span: &tracing::Span) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = span.context();
+    let otel = context.span();
+    let span_context = otel.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// The span of one incoming REST request at the edge, continuing an outside
+/// client's `traceparent` when it sends one (whether the request is sampled
+/// stays the edge's own decision, see [`Role::Edge`]).
+pub fn http_request_span(request: &http::Request<axum::body::Body>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(request.headers()))
+    });
+    let method = request.method().as_str();
+    // Unknown methods are `_OTHER`, as the conventions ask, so that none can
+    // invent a span name.
+    let method = match method {
+        "GET" | "POST" | "PUT" | "DELETE" | "PATCH" | "HEAD" | "OPTIONS" => method,
+        _ => "_OTHER",
+    };
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_owned(),
+    };
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %name,
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = tracing::field::Empty,
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(route) = route {
+        span.record("http.route", route);
+    }
+    let _ = span.set_parent(parent);
+    if let Some(trace_id) = span_trace_id(&span) {
+        span.record("trace_id", trace_id);
+    }
+    span
+}
+
+/// Records a REST answer on its request's span.
+pub fn record_http_response(span: &tracing::Span, status: http::StatusCode) {
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);

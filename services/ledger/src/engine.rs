@@ -55,6 +55,8 @@ impl Default for GroupConfig {
 struct Job {
     proposal: Proposal,
     reply: oneshot::Sender<Result<Outcome, StoreError>>,
+    /// The span of the caller's wait, which the group's span links to.
+    waiting: opentelemetry::trace::SpanContext,
 }
 
 /// The handle requests are submitted through. Cloning it shares the one writer.
@@ -74,10 +76,22 @@ impl PostingEngine {
     /// Posts `request` in the next commit group and returns its outcome once the
     /// group committed. Dropping the returned future abandons the answer only.
     pub async fn submit(&self, request: PostingRequest) -> Result<Outcome, StoreError> {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing::Instrument;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        // The request's wait for its group: one transaction serves many
+        // requests, so the group has a span of its own that links to each wait.
+        let wait = tracing::info_span!(
+            "ledger.commit_wait",
+            otel.kind = "internal",
+            ledger.posting.kind = request.kind_name(),
+        );
+        let waiting = wait.context().span().span_context().clone();
         let (reply, answer) = oneshot::channel();
         let job = Job {
             proposal: Proposal::new(request),
             reply,
+            waiting,
         };
         self.queue.try_send(job).map_err(|error| match error {
             mpsc::error::TrySendError::Full(_) => StoreError::Busy,
@@ -86,6 +100,7 @@ impl PostingEngine {
             }
         })?;
         answer
+            .instrument(wait)
             .await
             .map_err(|_| StoreError::WriterStopped("no answer from the writer".into()))?
     }
@@ -128,10 +143,21 @@ fn gather(receiver: &mut mpsc::Receiver<Job>, group: &mut Vec<Job>, max_size: us
 }
 
 async fn commit(store: &Arc<LedgerStore>, group: Vec<Job>) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
     let size = group.len();
     let started = Instant::now();
+    let span = tracing::info_span!(
+        "ledger.commit_group",
+        otel.kind = "internal",
+        ledger.group.size = size,
+    );
+    for job in &group {
+        if job.waiting.is_valid() {
+            span.add_link(job.waiting.clone());
+        }
+    }
     let proposals: Vec<Proposal> = group.iter().map(|job| job.proposal.clone()).collect();
-    let result = run_detached(store, proposals).await;
+    let result = run_detached(store, proposals, span).await;
     metrics::histogram!("ledger_commit_group_size").record(size as f64);
     metrics::histogram!("ledger_commit_group_seconds").record(started.elapsed().as_secs_f64());
     match result {
@@ -148,7 +174,15 @@ async fn commit(store: &Arc<LedgerStore>, group: Vec<Job>) {
         Err(error) if size > 1 && bank_kit::DomainError::code(&error) == ErrorCode::Internal => {
             tracing::warn!(error = %error, size, "commit group failed; posting its requests one by one");
             for job in group {
-                let outcome = run_detached(store, vec![job.proposal.clone()])
+                let alone = tracing::info_span!(
+                    "ledger.commit_group",
+                    otel.kind = "internal",
+                    ledger.group.size = 1,
+                );
+                if job.waiting.is_valid() {
+                    alone.add_link(job.waiting.clone());
+                }
+                let outcome = run_detached(store, vec![job.proposal.clone()], alone)
                     .await
                     .and_then(|mut outcomes| {
                         outcomes
@@ -264,9 +298,11 @@ pub fn start_verifier(store: Arc<LedgerStore>, interval: Duration) {
 async fn run_detached(
     store: &Arc<LedgerStore>,
     proposals: Vec<Proposal>,
+    span: tracing::Span,
 ) -> Result<Vec<Outcome>, StoreError> {
+    use tracing::Instrument;
     let store = Arc::clone(store);
-    tokio::spawn(async move { store.commit_group(&proposals).await })
+    tokio::spawn(async move { store.commit_group(&proposals).await }.instrument(span))
         .await
         .map_err(|error| StoreError::WriterStopped(error.to_string()))?
 }
