@@ -20,6 +20,9 @@ use opentelemetry_proto::tonic::{
 };
 use serde_json::json;
 
+/// The trace of a balance read.
+const READ_TRACE: &str = "5bf92f3577b34da6a3ce929d0e0e4737";
+
 /// Keeps every span exported to it.
 #[derive(Default)]
 struct Receiver {
@@ -118,6 +121,19 @@ async fn one_rest_transfer_is_one_trace_from_the_gateway_through_the_ledger_into
             assert_eq!(refused.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
             let problem: serde_json::Value = refused.json().await.unwrap();
             assert_eq!(problem["trace_id"], trace_id, "{problem}");
+
+            // A read reaches its SQL in the request's own trace.
+            let read = reqwest::Client::new()
+                .get(stack.gateway_url(&format!("/v1/accounts/{from}/balance")))
+                .bearer_auth(&customer)
+                .header(
+                    "traceparent",
+                    format!("00-{READ_TRACE}-00f067aa0ba902b8-01"),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(read.status(), reqwest::StatusCode::OK);
         },
     );
     outcome.await;
@@ -141,7 +157,11 @@ async fn one_rest_transfer_is_one_trace_from_the_gateway_through_the_ledger_into
                     .iter()
                     .any(|link| hex(&link.trace_id) == trace_id)
         });
-        if group && trace.iter().any(|span| span.name == "POST /v1/transfers") {
+        let read =
+            spans.lock().unwrap().iter().any(|span| {
+                hex(&span.trace_id) == READ_TRACE && span.name == "SELECT ledger_accounts"
+            });
+        if group && read && trace.iter().any(|span| span.name == "POST /v1/transfers") {
             break trace;
         }
         assert!(
@@ -246,6 +266,18 @@ async fn one_rest_transfer_is_one_trace_from_the_gateway_through_the_ledger_into
             .any(|span| attribute(span, "db.operation.name").as_deref() == Some("COMMIT"))
     );
     assert!(statements.iter().any(|span| attribute(span, "db.collection.name").as_deref() == Some("ledger_accounts")));
+
+    let read: Vec<&Span> = all
+        .iter()
+        .filter(|span| hex(&span.trace_id) == READ_TRACE)
+        .collect();
+    assert!(
+        read.iter().any(|span| span.kind == SpanKind::Client as i32
+            && attribute(span, "db.operation.name").as_deref() == Some("SELECT")
+            && attribute(span, "db.collection.name").as_deref() == Some("ledger_accounts")),
+        "{:#?}",
+        read.iter().map(|span| &span.name).collect::<Vec<_>>()
+    );
 }
 
 /// The REST calls the test makes, by plain HTTP.

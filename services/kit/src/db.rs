@@ -21,7 +21,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         .acquire_timeout(Duration::from_secs(10))
         .connect_timeout(Duration::from_secs(10))
         .sqlx_logging(false);
-    let db = Database::connect(options).await?;
+    let mut db = Database::connect(options).await?;
+    db.set_metric_callback(trace_statement);
     if db.get_database_backend() == DbBackend::Sqlite {
         db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
     }
@@ -155,6 +156,82 @@ async fn migrate_unless_ahead<M: MigratorTrait>(db: &DatabaseConnection) -> Resu
             state.pending, state.ahead
         ))),
     }
+}
+
+/// Every statement run inside a sampled trace becomes a CLIENT span of the
+/// span that ran it, named and described as the OpenTelemetry conventions ask
+/// (`db.system`, `db.operation.name`, `db.collection.name`). It is recorded when
+/// the statement has ended: its start is the end less what it took. Statements
+/// of background work outside any trace are not recorded.
+fn trace_statement(info: &sea_orm::metric::Info<'_>) {
+    use opentelemetry::{
+        KeyValue,
+        trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer},
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let parent = tracing::Span::current().context();
+    if !parent.span().span_context().is_sampled() {
+        return;
+    }
+    let (operation, collection) = describe_statement(&info.statement.sql);
+    let system = match info.statement.db_backend {
+        DbBackend::Postgres => "postgresql",
+        DbBackend::Sqlite => "sqlite",
+        _ => "other_sql",
+    };
+    let end = std::time::SystemTime::now();
+    let start = end.checked_sub(info.elapsed).unwrap_or(end);
+    let name = match &collection {
+        Some(collection) => format!("{operation} {collection}"),
+        None => operation.clone(),
+    };
+    let mut attributes = vec![
+        KeyValue::new("db.system", system),
+        KeyValue::new("db.operation.name", operation),
+    ];
+    if let Some(collection) = collection {
+        attributes.push(KeyValue::new("db.collection.name", collection));
+    }
+    let tracer = opentelemetry::global::tracer("bank");
+    let mut span = tracer
+        .span_builder(name)
+        .with_kind(SpanKind::Client)
+        .with_start_time(start)
+        .with_attributes(attributes)
+        .start_with_context(&tracer, &parent);
+    if info.failed {
+        span.set_status(Status::error("the statement failed"));
+    }
+    span.end_with_timestamp(end);
+}
+
+/// The operation (`SELECT`, `INSERT`, ...) and the table a statement names: the
+/// first of its data-modifying keywords for a `WITH` statement, and the name
+/// after `FROM`, `INTO` or `UPDATE`.
+fn describe_statement(sql: &str) -> (String, Option<String>) {
+    let words: Vec<&str> = sql.split_whitespace().collect();
+    let upper = |word: &str| word.to_ascii_uppercase();
+    let mut operation = words.first().map(|word| upper(word)).unwrap_or_default();
+    if operation == "WITH" {
+        operation = words
+            .iter()
+            .map(|word| upper(word.trim_start_matches('(')))
+            .find(|word| matches!(word.as_str(), "INSERT" | "UPDATE" | "DELETE"))
+            .unwrap_or(operation);
+    }
+    let keyword = match operation.as_str() {
+        "INSERT" => "INTO",
+        "UPDATE" => "UPDATE",
+        _ => "FROM",
+    };
+    let collection = words
+        .iter()
+        .position(|word| upper(word) == keyword)
+        .and_then(|index| words.get(index + 1))
+        .map(|word| word.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|word| !word.is_empty())
+        .map(str::to_owned);
+    (operation, collection)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -407,4 +484,31 @@ pub fn is_unique_violation(error: &DbErr) -> bool {
         error.sql_err(),
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
+}
+
+#[cfg(test)]
+mod statement_tests {
+    use super::describe_statement;
+
+    #[test]
+    fn statements_are_named_by_operation_and_table() {
+        let named = |sql: &str| describe_statement(sql);
+        assert_eq!(
+            named("SELECT a FROM ledger_accounts WHERE x = $1"),
+            ("SELECT".into(), Some("ledger_accounts".into()))
+        );
+        assert_eq!(
+            named("INSERT INTO ledger_entries (a) SELECT value FROM json_each($1)"),
+            ("INSERT".into(), Some("ledger_entries".into()))
+        );
+        assert_eq!(
+            named("UPDATE ledger_accounts SET x = 1"),
+            ("UPDATE".into(), Some("ledger_accounts".into()))
+        );
+        assert_eq!(
+            named("WITH t AS (INSERT INTO ledger_transfers SELECT 1) SELECT 1"),
+            ("INSERT".into(), Some("ledger_transfers".into()))
+        );
+        assert_eq!(named("BEGIN"), ("BEGIN".into(), None));
+    }
 }

@@ -113,6 +113,8 @@ pub fn init_as(
         builder = builder.with_batch_exporter(exporter);
     }
     let provider = builder.build();
+    // Also the global one, which the database statements' spans come from.
+    opentelemetry::global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer("bank");
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),

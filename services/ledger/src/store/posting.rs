@@ -36,7 +36,6 @@ use bank_kit::{ErrorCode, money::Currency};
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Value};
 use serde_json::json;
-use tracing::Instrument;
 
 use super::{
     LedgerStore, StoreError, account_columns, account_from_row, batch_transfers, corrupt,
@@ -233,26 +232,16 @@ async fn group_in(
         ))
         .await?;
     }
+    // (Each statement is a span of the group's, see `bank_kit::db::connect`.)
     let resolved = plan::holds_to_read(proposals);
-    let span = |operation, collection| super::db_span(backend, operation, collection);
-    let terms = read_holds(txn, &resolved)
-        .instrument(span("SELECT", "ledger_holds"))
-        .await?;
-    let books = lock_books(txn, &plan::books_to_lock(proposals, &terms))
-        .instrument(span("SELECT", "ledger_accounts"))
-        .await?;
+    let terms = read_holds(txn, &resolved).await?;
+    let books = lock_books(txn, &plan::books_to_lock(proposals, &terms)).await?;
     let mut facts = Facts {
         books,
-        requests: read_requests(txn, &plan::keys_to_read(proposals))
-            .instrument(span("SELECT", "ledger_requests"))
-            .await?,
-        reversed: read_reversed(txn, &plan::reversals_to_read(proposals))
-            .instrument(span("SELECT", "ledger_transfers"))
-            .await?,
+        requests: read_requests(txn, &plan::keys_to_read(proposals)).await?,
+        reversed: read_reversed(txn, &plan::reversals_to_read(proposals)).await?,
         // Again, now that their books are locked: how each ended is settled.
-        holds: read_holds(txn, &resolved)
-            .instrument(span("SELECT", "ledger_holds"))
-            .await?,
+        holds: read_holds(txn, &resolved).await?,
     };
     let mut planned = plan::plan(proposals, facts.clone(), now);
     let short = short_of_funds(&planned.outcomes, &facts.books);
@@ -260,10 +249,7 @@ async fn group_in(
         facts.holds.extend(read_due(txn, &short, now).await?);
         planned = plan::plan(proposals, facts, now);
     }
-    // One statement on PostgreSQL (data-modifying CTEs), one per table on SQLite.
-    write(txn, &planned.writes, now)
-        .instrument(span("INSERT", "ledger_entries"))
-        .await?;
+    write(txn, &planned.writes, now).await?;
     Ok(planned.outcomes)
 }
 
