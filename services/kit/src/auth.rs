@@ -18,7 +18,6 @@ use bank_proto::identity::v1::{
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::error::{ErrorCode, ServiceError};
 
@@ -198,7 +197,7 @@ pub trait KeySource: Send + Sync + 'static {
 }
 
 /// The identity service's `GetJwks`.
-struct IdentityKeys(IdentityServiceClient<Channel>);
+struct IdentityKeys(IdentityServiceClient<crate::grpc::Pool>);
 
 #[tonic::async_trait]
 impl KeySource for IdentityKeys {
@@ -229,7 +228,7 @@ pub trait RevocationSource: Send + Sync + 'static {
 }
 
 #[tonic::async_trait]
-impl RevocationSource for IdentityServiceClient<Channel> {
+impl RevocationSource for IdentityServiceClient<crate::grpc::Pool> {
     async fn page(
         &self,
         request: ListRevokedSessionsRequest,
@@ -458,11 +457,12 @@ impl TokenVerifier {
         endpoint: &str,
         connector: &crate::tls::Connector,
     ) -> anyhow::Result<TokenVerifier> {
-        let channel = crate::grpc::channel(
+        let channel = crate::grpc::Pool::new(
             IDENTITY_ENDPOINT,
             endpoint,
             connector,
             IDENTITY_CALL_TIMEOUT,
+            1,
         )?;
         let client = IdentityServiceClient::new(channel);
         Ok(Self::build(
@@ -1132,7 +1132,7 @@ mod tests {
 /// (client-credentials grant), renewing it shortly before it expires.
 #[derive(Clone)]
 pub struct ServiceTokenSource {
-    client: IdentityServiceClient<Channel>,
+    client: IdentityServiceClient<crate::grpc::Pool>,
     client_id: String,
     client_secret: secrecy::SecretString,
     cached: Arc<tokio::sync::Mutex<Option<(String, Instant)>>>,
@@ -1167,11 +1167,12 @@ impl ServiceTokenSource {
         client_id: String,
         client_secret: secrecy::SecretString,
     ) -> anyhow::Result<ServiceTokenSource> {
-        let channel = crate::grpc::channel(
+        let channel = crate::grpc::Pool::new(
             IDENTITY_ENDPOINT,
             identity_endpoint,
             connector,
             IDENTITY_CALL_TIMEOUT,
+            1,
         )?;
         Ok(ServiceTokenSource {
             client: IdentityServiceClient::new(channel),

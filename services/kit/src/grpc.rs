@@ -209,13 +209,17 @@ impl tower::Service<http::Request<tonic::body::Body>> for Pool {
         tower::Service::poll_ready(chosen, cx)
     }
 
-    /// Each call is a CLIENT span of its caller's trace, and carries that span
-    /// as the callee's parent (W3C `traceparent`).
+    /// A call made inside a trace is a CLIENT span of it, and carries that span
+    /// as the callee's parent (W3C `traceparent`); background calls outside any
+    /// trace (a feed polled every half second) make no spans.
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         let mut channel = self
             .chosen
             .take()
             .unwrap_or_else(|| self.channels[0].clone());
+        if crate::telemetry::current_trace_id().is_none() {
+            return Box::pin(tower::Service::call(&mut channel, request));
+        }
         let span = crate::telemetry::grpc_client_span(request.uri().path());
         crate::telemetry::inject_span_context(&span, request.headers_mut());
         let call = tower::Service::call(&mut channel, request);
