@@ -43,7 +43,7 @@ use tower_http::{
 
 use crate::{
     client::{ClientAddress, TrustedProxies},
-    problem::{ApiError, REQUEST_ID as REQUEST_ID_SCOPE, TRACE_ID},
+    problem::{ApiError, REQUEST_ID, TRACE_ID},
     rate_limit::{Decision, Quota, RateLimiter},
 };
 
@@ -417,7 +417,7 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
                     let span = bank_kit::telemetry::http_request_span(request);
                     if let Some(id) = request
                         .headers()
-                        .get(REQUEST_ID)
+                        .get(REQUEST_ID_HEADER)
                         .and_then(|value| value.to_str().ok())
                     {
                         span.record("request_id", id);
@@ -445,14 +445,14 @@ fn internal_problem() -> Response {
     ApiError::new(ErrorCode::Internal, "internal error").into_response()
 }
 
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Gives every request an id (the client's `x-request-id` when it is sane), makes
 /// it available to problem bodies, and echoes it in the response.
 async fn request_id(mut request: Request, next: Next) -> Response {
     let id = request
         .headers()
-        .get(&REQUEST_ID)
+        .get(&REQUEST_ID_HEADER)
         .and_then(|value| value.to_str().ok())
         .filter(|value| {
             !value.is_empty()
@@ -464,11 +464,11 @@ async fn request_id(mut request: Request, next: Next) -> Response {
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     if let Ok(value) = HeaderValue::from_str(&id) {
-        request.headers_mut().insert(REQUEST_ID, value);
+        request.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    let mut response = REQUEST_ID_SCOPE.scope(id.clone(), next.run(request)).await;
+    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
 }
@@ -541,9 +541,9 @@ fn cors(origins: &[HeaderValue]) -> CorsLayer {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("idempotency-key"),
-            REQUEST_ID,
+            REQUEST_ID_HEADER,
         ])
-        .expose_headers([REQUEST_ID, header::RETRY_AFTER])
+        .expose_headers([REQUEST_ID_HEADER, header::RETRY_AFTER])
         .max_age(Duration::from_secs(600))
 }
 

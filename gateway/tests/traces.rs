@@ -7,6 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
 use std::{sync::Mutex, time::Duration};
 
 use bank_e2e::{Parts, spawn};
@@ -88,12 +92,12 @@ async fn one_rest_transfer_is_one_trace_from_the_gateway_through_the_ledger_into
         3,
         |urls| async move {
             let stack = spawn(&urls, Parts::ALL).await;
-            let rest = crate_rest(&stack);
-            let operator = rest.login_operator().await;
-            let customer = rest.register_and_login().await;
-            let from = rest.open_account(&customer).await;
-            let to = rest.open_account(&customer).await;
-            rest.deposit(&operator, &from).await;
+            let rest = helpers::Rest::new(&stack);
+            let operator = rest.operator_token().await;
+            let (_, customer) = rest.customer().await;
+            let from = rest.open_account(&customer, "EUR").await;
+            let to = rest.open_account(&customer, "EUR").await;
+            rest.deposit(&operator, &from, 1_000).await;
 
             // An outside client's trace is continued.
             let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -278,97 +282,4 @@ async fn one_rest_transfer_is_one_trace_from_the_gateway_through_the_ledger_into
         "{:#?}",
         read.iter().map(|span| &span.name).collect::<Vec<_>>()
     );
-}
-
-/// The REST calls the test makes, by plain HTTP.
-struct Client<'a> {
-    stack: &'a bank_e2e::Stack,
-    http: reqwest::Client,
-}
-
-fn crate_rest(stack: &bank_e2e::Stack) -> Client<'_> {
-    Client {
-        stack,
-        http: reqwest::Client::new(),
-    }
-}
-
-impl Client<'_> {
-    async fn post(
-        &self,
-        path: &str,
-        token: Option<&str>,
-        key: Option<&str>,
-        body: serde_json::Value,
-    ) -> serde_json::Value {
-        let mut request = self.http.post(self.stack.gateway_url(path)).json(&body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        if let Some(key) = key {
-            request = request.header("idempotency-key", key);
-        }
-        let response = request.send().await.unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
-    }
-
-    async fn login_operator(&self) -> String {
-        let body =
-            json!({"email": self.stack.operator_email, "password": bank_e2e::OPERATOR_PASSWORD});
-        self.post("/v1/auth/login", None, None, body).await["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    async fn register_and_login(&self) -> String {
-        let email = format!("traced-{}@bank.test", uuid::Uuid::new_v4().simple());
-        let password = bank_e2e::USER_PASSWORD;
-        self.post(
-            "/v1/auth/register",
-            None,
-            None,
-            json!({"email": email, "password": password, "full_name": "Traced"}),
-        )
-        .await;
-        self.post(
-            "/v1/auth/login",
-            None,
-            None,
-            json!({"email": email, "password": password}),
-        )
-        .await["access_token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    async fn open_account(&self, token: &str) -> String {
-        self.post(
-            "/v1/accounts",
-            Some(token),
-            None,
-            json!({"currency": "EUR"}),
-        )
-        .await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    async fn deposit(&self, operator: &str, account: &str) {
-        let key = uuid::Uuid::new_v4().to_string();
-        self.post(
-            "/v1/admin/deposits",
-            Some(operator),
-            Some(&key),
-            json!({"account_id": account, "amount": 1_000, "currency": "EUR", "reference": "wire"}),
-        )
-        .await;
-    }
 }

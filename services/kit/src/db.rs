@@ -174,11 +174,7 @@ fn trace_statement(info: &sea_orm::metric::Info<'_>) {
         return;
     }
     let (operation, collection) = describe_statement(&info.statement.sql);
-    let system = match info.statement.db_backend {
-        DbBackend::Postgres => "postgresql",
-        DbBackend::Sqlite => "sqlite",
-        _ => "other_sql",
-    };
+    let system = db_system(info.statement.db_backend);
     let end = std::time::SystemTime::now();
     let start = end.checked_sub(info.elapsed).unwrap_or(end);
     let name = match &collection {
@@ -203,6 +199,27 @@ fn trace_statement(info: &sea_orm::metric::Info<'_>) {
         span.set_status(Status::error("the statement failed"));
     }
     span.end_with_timestamp(end);
+}
+
+/// The `db.system` of a backend, as the OpenTelemetry conventions name it.
+fn db_system(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "postgresql",
+        DbBackend::Sqlite => "sqlite",
+        _ => "other_sql",
+    }
+}
+
+/// The CLIENT span of a transaction's `COMMIT`, which sea-orm's statement
+/// callback does not see (see [`trace_statement`] for the statements).
+pub fn commit_span(backend: DbBackend) -> tracing::Span {
+    tracing::info_span!(
+        "db.commit",
+        otel.name = "COMMIT",
+        otel.kind = "client",
+        db.system = db_system(backend),
+        db.operation.name = "COMMIT",
+    )
 }
 
 /// The operation (`SELECT`, `INSERT`, ...) and the table a statement names: the

@@ -142,20 +142,27 @@ fn gather(receiver: &mut mpsc::Receiver<Job>, group: &mut Vec<Job>, max_size: us
     }
 }
 
-async fn commit(store: &Arc<LedgerStore>, group: Vec<Job>) {
+/// The span of one commit group's transaction: a trace of its own, since it
+/// serves many requests, linked to each request's wait.
+fn group_span(group: &[Job]) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let size = group.len();
-    let started = Instant::now();
     let span = tracing::info_span!(
         "ledger.commit_group",
         otel.kind = "internal",
-        ledger.group.size = size,
+        ledger.group.size = group.len(),
     );
-    for job in &group {
+    for job in group {
         if job.waiting.is_valid() {
             span.add_link(job.waiting.clone());
         }
     }
+    span
+}
+
+async fn commit(store: &Arc<LedgerStore>, group: Vec<Job>) {
+    let size = group.len();
+    let started = Instant::now();
+    let span = group_span(&group);
     let proposals: Vec<Proposal> = group.iter().map(|job| job.proposal.clone()).collect();
     let result = run_detached(store, proposals, span).await;
     metrics::histogram!("ledger_commit_group_size").record(size as f64);
@@ -174,14 +181,7 @@ async fn commit(store: &Arc<LedgerStore>, group: Vec<Job>) {
         Err(error) if size > 1 && bank_kit::DomainError::code(&error) == ErrorCode::Internal => {
             tracing::warn!(error = %error, size, "commit group failed; posting its requests one by one");
             for job in group {
-                let alone = tracing::info_span!(
-                    "ledger.commit_group",
-                    otel.kind = "internal",
-                    ledger.group.size = 1,
-                );
-                if job.waiting.is_valid() {
-                    alone.add_link(job.waiting.clone());
-                }
+                let alone = group_span(std::slice::from_ref(&job));
                 let outcome = run_detached(store, vec![job.proposal.clone()], alone)
                     .await
                     .and_then(|mut outcomes| {

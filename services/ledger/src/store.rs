@@ -583,40 +583,9 @@ async fn verify_account(
     }))
 }
 
-/// The client span of one database statement, named as the OpenTelemetry
-/// conventions ask (`db.system`, `db.operation.name`, `db.collection.name`).
-pub(crate) fn db_span(
-    backend: DbBackend,
-    operation: &'static str,
-    collection: &'static str,
-) -> tracing::Span {
-    let system = match backend {
-        DbBackend::Postgres => "postgresql",
-        DbBackend::Sqlite => "sqlite",
-        _ => "other_sql",
-    };
-    let name = if collection.is_empty() {
-        operation.to_owned()
-    } else {
-        format!("{operation} {collection}")
-    };
-    tracing::info_span!(
-        "db.statement",
-        otel.name = %name,
-        otel.kind = "client",
-        db.system = system,
-        db.operation.name = operation,
-        db.collection.name = collection,
-    )
-}
-
 /// What a write transaction does, borrowing the transaction.
 pub(crate) type TransactionWork<'txn, T> =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'txn>>;
-
-fn backend_of(txn: &DatabaseTransaction) -> DbBackend {
-    txn.get_database_backend()
-}
 
 pub(crate) enum Attempt<T> {
     Done(Result<T, StoreError>),
@@ -629,7 +598,7 @@ pub(crate) async fn finish<T>(
     txn: DatabaseTransaction,
     result: Result<T, StoreError>,
 ) -> Attempt<T> {
-    let commit_span = db_span(backend_of(&txn), "COMMIT", "");
+    let commit_span = db::commit_span(txn.get_database_backend());
     match result {
         Ok(value) => match tracing::Instrument::instrument(txn.commit(), commit_span).await {
             Ok(()) => Attempt::Done(Ok(value)),
