@@ -71,11 +71,6 @@ pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<Database
     Ok(db)
 }
 
-/// What a service's own database role may do with one of its tables. The role
-/// that owns the schema runs the migrations; the service runs as a role granted
-/// exactly these privileges, so its credentials can neither change the schema,
-/// disable a trigger, nor rewrite what its grants leave out (the ledger's journal
-/// is `SELECT, INSERT` only).
 /// How the database's schema compares with the migrations a binary carries.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SchemaState {
@@ -251,6 +246,11 @@ fn describe_statement(sql: &str) -> (String, Option<String>) {
     (operation, collection)
 }
 
+/// What a service's own database role may do with one of its tables. The role
+/// that owns the schema runs the migrations; the service runs as a role granted
+/// exactly these privileges, so its credentials can neither change the schema,
+/// disable a trigger, nor rewrite what its grants leave out (the ledger's journal
+/// is `SELECT, INSERT` only).
 #[derive(Debug, Clone, Copy)]
 pub struct TableGrant {
     pub table: &'static str,
@@ -263,8 +263,9 @@ pub struct TableGrant {
 /// With `migration_url` (PostgreSQL only) the migrations run as that URL's role,
 /// the schema's owner, which then grants the role of `url` exactly `grants` (and
 /// the use of the schema's sequences), and the service's pool connects as the
-/// role of `url`. Without it the service's own role migrates, as on SQLite,
-/// where there are no roles.
+/// role of `url`. Without it a schema that has had every migration of `M` is
+/// used as it is (the `migrate` subcommand ran them), and one that lacks some is
+/// migrated by the service's own role, as on SQLite, where there are no roles.
 pub async fn open_service_database<M: MigratorTrait>(
     prefix: &str,
     url: &str,
