@@ -333,6 +333,57 @@ mod tests {
 
     use super::*;
 
+    /// Log lines carry the request span's `trace_id`, and it is the
+    /// OpenTelemetry trace id, continued from the caller's `traceparent`.
+    #[test]
+    fn log_lines_name_the_opentelemetry_trace() {
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let provider = SdkTracerProvider::builder().build();
+        let buffer = Buffer::default();
+        let logs = buffer.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(move || logs.clone()),
+            );
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        tracing::subscriber::with_default(subscriber, || {
+            let request = http::Request::builder()
+                .uri("/v1/transfers")
+                .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+                .body(axum::body::Body::empty())
+                .unwrap_or_else(|error| panic!("{error}"));
+            let span = http_request_span(&request);
+            let _entered = span.enter();
+            tracing::warn!("something worth a log line");
+        });
+        let written = buffer.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        let line = String::from_utf8_lossy(&written);
+        assert!(
+            line.contains(&format!("\"trace_id\":\"{trace_id}\"")),
+            "{line}"
+        );
+    }
+
     #[test]
     fn the_callers_trace_continues_across_grpc_metadata() {
         opentelemetry::global::set_text_map_propagator(
