@@ -9,6 +9,7 @@ mod m20261202_000001_refuse_replace;
 mod m20261202_000002_book_status_version;
 mod m20261203_000001_holds_and_batches;
 mod m20261204_000001_request_outcome_indexes;
+mod m20261205_000001_set_based_references;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000002_book_status_version::Migration),
             Box::new(m20261203_000001_holds_and_batches::Migration),
             Box::new(m20261204_000001_request_outcome_indexes::Migration),
+            Box::new(m20261205_000001_set_based_references::Migration),
         ]
     }
 }

@@ -2,7 +2,7 @@
 
 use bank_e2e::{Parts, authed, db_test, spawn};
 use bank_proto::ledger::v1 as pb;
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, TransactionTrait};
 
 use crate::helpers::{World, deposit, open_book, transfer, transfer_request, verify, world};
 
@@ -141,6 +141,146 @@ async fn journal_is_append_only(urls: Vec<String>) {
             assert_eq!(census(&db, table).await, before, "{statement} changed rows");
         }
     }
+    let report = verify(&stack, &operator).await;
+    assert!(report.ok, "{:?}", report.mismatches);
+}
+
+db_test!(
+    journal_rows_name_only_rows_that_exist_and_books_are_never_removed,
+    databases = 2,
+    journal_references_hold
+);
+/// The journal's references are checked by the database, per statement on
+/// PostgreSQL and by foreign keys on SQLite: a row naming a book, transfer or
+/// hold that does not exist is refused, and so is anything that would take a
+/// referenced book away afterwards.
+async fn journal_references_hold(urls: Vec<String>) {
+    let stack = spawn(&urls, Parts::LEDGER).await;
+    let operator = stack.operator().await;
+    let alice = stack.customer().await;
+    let account = open_book(&stack, &alice, "EUR").await;
+    // A book no entry names yet: only the guard keeps it.
+    let unused = open_book(&stack, &alice, "EUR").await;
+    deposit(&stack, &operator, &account, 1_000).await;
+    let db = bank_kit::db::connect(&stack.database_urls["ledger"])
+        .await
+        .unwrap();
+    let backend = db.get_database_backend();
+    let now = match backend {
+        sea_orm::DbBackend::Postgres => "now()",
+        _ => "'2026-12-05T00:00:00Z'",
+    };
+    let transfer_id: String = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            backend,
+            format!("SELECT transfer_id FROM ledger_transfers WHERE to_account_id = '{account}'"),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "transfer_id")
+        .unwrap();
+    let missing = "00000000-0000-7000-8000-000000000000";
+    let hold = uuid::Uuid::now_v7().to_string();
+    let entry = |account_id: &str, transfer: &str| {
+        format!(
+            "INSERT INTO ledger_entries (account_id, account_seq, transfer_id, amount_minor, balance_after_minor, currency, counterparty_account_id, description, prev_hash, entry_hash, created_at)
+             VALUES ('{account_id}', 999, '{transfer}', 1, 1, 'EUR', '{account}', 'dangling', 'h', 'h', {now})"
+        )
+    };
+    let transfer = |from: &str, reverses: &str| {
+        format!(
+            "INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
+             VALUES ('{}', 'transfer', '{from}', '{account}', 1, 'EUR', 'dangling', {reverses}, 'posted', 'x', {now})",
+            uuid::Uuid::now_v7()
+        )
+    };
+    let new_hold = |from: &str| {
+        format!(
+            "INSERT INTO ledger_holds (hold_id, from_account_id, to_account_id, amount_minor, currency, description, initiated_by, created_at, expires_at)
+             VALUES ('{hold}', '{from}', '{account}', 1, 'EUR', 'dangling', 'x', {now}, {now})"
+        )
+    };
+    let resolution = |hold_id: &str| {
+        format!(
+            "INSERT INTO ledger_hold_resolutions (hold_id, state, amount_minor, resolved_at)
+             VALUES ('{hold_id}', 'voided', 0, {now})"
+        )
+    };
+    let request = |column: &str, id: &str| {
+        format!(
+            "INSERT INTO ledger_requests (scope, idempotency_key, request_hash, {column}, created_at)
+             VALUES ('x', '{column}', 'h', '{id}', {now})"
+        )
+    };
+    // Each dangling row, beside the same row naming what exists: the latter are
+    // accepted (in a transaction rolled back), so the former are refused for
+    // their references and nothing else.
+    let pairs = [
+        (entry(&account, missing), entry(&account, &transfer_id)),
+        (entry(missing, &transfer_id), entry(&unused, &transfer_id)),
+        (transfer(missing, "NULL"), transfer(&unused, "NULL")),
+        (
+            transfer(&unused, &format!("'{missing}'")),
+            transfer(&unused, &format!("'{transfer_id}'")),
+        ),
+        (new_hold(missing), new_hold(&unused)),
+        (resolution(missing), resolution(&hold)),
+        (
+            request("transfer_id", missing),
+            request("transfer_id", &transfer_id),
+        ),
+        (request("hold_id", missing), request("hold_id", &hold)),
+    ];
+    let accepted = db.begin().await.unwrap();
+    for (_, valid) in &pairs {
+        accepted
+            .execute_unprepared(valid)
+            .await
+            .unwrap_or_else(|error| panic!("{valid}: {error}"));
+    }
+    accepted.rollback().await.unwrap();
+
+    let mut refused: Vec<String> = pairs.into_iter().map(|(dangling, _)| dangling).collect();
+    refused.extend([
+        format!("DELETE FROM ledger_accounts WHERE account_id = '{unused}'"),
+        format!("DELETE FROM ledger_accounts WHERE account_id = '{account}'"),
+        format!(
+            "UPDATE ledger_accounts SET account_id = '{missing}' WHERE account_id = '{unused}'"
+        ),
+    ]);
+    if backend == sea_orm::DbBackend::Postgres {
+        refused.extend([
+            "TRUNCATE ledger_accounts".to_owned(),
+            "TRUNCATE ledger_accounts CASCADE".to_owned(),
+        ]);
+    }
+    let books = || async {
+        db.query_one_raw(sea_orm::Statement::from_string(
+            backend,
+            "SELECT COUNT(*) AS n FROM ledger_accounts".to_owned(),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap()
+    };
+    let before = (books().await, census(&db, &JOURNAL_TABLES[0]).await);
+    for statement in &refused {
+        let result = db.execute_unprepared(statement).await;
+        assert!(result.is_err(), "{statement} was allowed");
+    }
+    assert_eq!(
+        (books().await, census(&db, &JOURNAL_TABLES[0]).await),
+        before
+    );
+    // A book's other columns still change (its balance, its status).
+    db.execute_unprepared(&format!(
+        "UPDATE ledger_accounts SET updated_at = updated_at WHERE account_id = '{unused}'"
+    ))
+    .await
+    .unwrap();
     let report = verify(&stack, &operator).await;
     assert!(report.ok, "{:?}", report.mismatches);
 }
