@@ -43,7 +43,7 @@ use tower_http::{
 
 use crate::{
     client::{ClientAddress, TrustedProxies},
-    problem::{ApiError, REQUEST_ID, TRACE_ID},
+    problem::{ApiError, REQUEST_ID},
     rate_limit::{Decision, Quota, RateLimiter},
 };
 
@@ -473,12 +473,19 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     response
 }
 
-/// Makes the request's trace id (its OpenTelemetry trace's, or a fresh one when
-/// no tracer runs) available to problem bodies, inside the request's span.
+/// Makes the request's trace id available to problem bodies and outgoing calls,
+/// inside the request's span: its OpenTelemetry trace's, or where no spans are
+/// recorded the client's `traceparent`'s or a fresh one, which the request's
+/// span then records for the logs.
 async fn trace_scope(request: Request, next: Next) -> Response {
-    let trace_id = bank_kit::telemetry::current_trace_id()
+    use bank_kit::telemetry;
+    let trace_id = telemetry::current_trace_id()
+        .or_else(|| telemetry::traceparent_trace_id(request.headers()))
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    TRACE_ID.scope(trace_id, next.run(request)).await
+    if !telemetry::recording_spans() {
+        tracing::Span::current().record("trace_id", trace_id.as_str());
+    }
+    telemetry::TRACE_ID.scope(trace_id, next.run(request)).await
 }
 
 #[derive(Clone, Copy)]

@@ -11,12 +11,6 @@ use bank_kit::{ErrorCode, ServiceError};
 use serde::Serialize;
 
 tokio::task_local! {
-    /// The W3C trace id of the request being handled (its OpenTelemetry
-    /// trace's), so that problem bodies can name it.
-    pub static TRACE_ID: String;
-}
-
-tokio::task_local! {
     /// The request's id (`x-request-id`), passed on to the services.
     pub static REQUEST_ID: String;
 }
@@ -33,9 +27,12 @@ pub fn remaining_time() -> Option<std::time::Duration> {
         .ok()
 }
 
-/// The trace id of the current request, or empty outside one.
+/// The trace id of the current request (see `bank_kit::telemetry::TRACE_ID`),
+/// or empty outside one.
 pub fn current_trace_id() -> String {
-    TRACE_ID.try_with(Clone::clone).unwrap_or_default()
+    bank_kit::telemetry::TRACE_ID
+        .try_with(Clone::clone)
+        .unwrap_or_default()
 }
 
 /// The id of the current request, or empty outside one.

@@ -729,3 +729,48 @@ async fn openapi_valid(urls: Vec<String>) {
         ),
     }
 }
+
+/// Without an exporter the gateway records no spans, yet every problem names a
+/// W3C trace: the client's `traceparent`'s when it sent a well-formed one, a
+/// fresh one per request otherwise.
+#[tokio::test]
+async fn problems_name_the_callers_trace_or_a_fresh_one() {
+    let url = start(&offline_config().await).await;
+    let client = reqwest::Client::new();
+    let trace_of = |traceparent: Option<&'static str>| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let mut request = client.get(format!("{url}/v1/accounts"));
+            if let Some(traceparent) = traceparent {
+                request = request.header("traceparent", traceparent);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            let body: serde_json::Value = response.json().await.unwrap();
+            body["trace_id"].as_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(
+        trace_of(Some(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ))
+        .await,
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    let fresh = [
+        trace_of(None).await,
+        trace_of(None).await,
+        trace_of(Some(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ))
+        .await,
+    ];
+    for trace_id in &fresh {
+        assert!(
+            trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{trace_id}"
+        );
+        assert_ne!(trace_id, "00000000000000000000000000000000");
+    }
+    assert_ne!(fresh[0], fresh[1]);
+}

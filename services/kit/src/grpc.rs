@@ -217,6 +217,17 @@ impl tower::Service<http::Request<tonic::body::Body>> for Pool {
             .chosen
             .take()
             .unwrap_or_else(|| self.channels[0].clone());
+        if !crate::telemetry::recording_spans() {
+            // No spans here: the request's trace id still travels, for the
+            // callee's logs.
+            if let Ok(trace_id) = crate::telemetry::TRACE_ID.try_with(Clone::clone)
+                && let Ok(value) =
+                    http::HeaderValue::from_str(&crate::telemetry::unsampled_traceparent(&trace_id))
+            {
+                request.headers_mut().insert("traceparent", value);
+            }
+            return Box::pin(tower::Service::call(&mut channel, request));
+        }
         if crate::telemetry::current_trace_id().is_none() {
             return Box::pin(tower::Service::call(&mut channel, request));
         }
