@@ -208,9 +208,22 @@ impl HealthChannels {
     }
 }
 
-/// What every handler shares: a pool of HTTP/2 connections per service.
+/// What every handler shares, behind one pointer: a request clones the state
+/// for each extractor and middleware that takes it, and what it holds (the
+/// clients' pools, the verifier, the health channels) is many pointers.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The gateway's shared state: a pool of HTTP/2 connections per service.
+pub struct Shared {
     pub identity: IdentityServiceClient<Pool>,
     pub account: AccountServiceClient<Pool>,
     pub ledger: LedgerServiceClient<Pool>,
@@ -274,7 +287,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
         Pool::new(variable, url, &connector, timeout, UPSTREAM_CONNECTIONS)
     };
     let channel = |variable: &str, url: &str| grpc::channel(variable, url, &connector, timeout);
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         identity: IdentityServiceClient::new(pool("IDENTITY_ENDPOINT", &config.identity_endpoint)?),
         account: AccountServiceClient::new(pool("ACCOUNT_ENDPOINT", &config.account_endpoint)?),
         ledger: LedgerServiceClient::new(pool("LEDGER_ENDPOINT", &config.ledger_endpoint)?),
@@ -299,7 +312,7 @@ pub async fn build(config: &Config) -> anyhow::Result<GatewayApp> {
             channel("ACCOUNT_ENDPOINT", &config.account_endpoint)?,
             channel("LEDGER_ENDPOINT", &config.ledger_endpoint)?,
         ),
-    };
+    }));
     let limiter = match &config.redis_url {
         Some(url) => RateLimiter::redis(url, &config.rate_limit_namespace, &config.tls)
             .await
@@ -373,44 +386,18 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
         api: config.api_quota,
         auth: config.auth_quota,
     };
-    api.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(move |request, next| {
-            rate_limit(limiter.clone(), quotas, request, next)
+    // One layer stack for every route: `Router::layer` boxes each layer it is
+    // given again, and a request clones the whole stack of its route, so the
+    // layers are stacked once here (outermost first) and given to the router
+    // together, after routing (the request span names the matched route).
+    let layers = tower::ServiceBuilder::new()
+        // Outermost, so that the request's id, span and deadline all live in the
+        // task: a client that hangs up never cancels the call it started (see
+        // `bank_kit::detach`).
+        .layer(middleware::from_fn(|request, next| {
+            bank_kit::detach::detach_with(request, next, internal_problem)
         }))
-        .layer(middleware::from_fn(move |request, next| {
-            crate::client::resolve(trusted_proxies.clone(), request, next)
-        }))
-        .layer(middleware::from_fn(move |request, next| {
-            deadline(timeout, request, next)
-        }))
-        // Inside the header layers, so the documents it writes get them too.
-        .layer(middleware::from_fn(problem_fallback))
-        .layer(cors(&config.cors_allowed_origins))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(middleware::from_fn(trace_scope))
+        .layer(middleware::from_fn(request_id))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {
@@ -430,13 +417,45 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
                     },
                 ),
         )
-        .layer(middleware::from_fn(request_id))
-        // Outermost, so that the request's id, span and deadline all live in the
-        // task: a client that hangs up never cancels the call it started (see
-        // `bank_kit::detach`).
-        .layer(middleware::from_fn(|request, next| {
-            bank_kit::detach::detach_with(request, next, internal_problem)
+        .layer(middleware::from_fn(trace_scope))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("DENY"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(cors(&config.cors_allowed_origins))
+        // Inside the header layers, so the documents it writes get them too.
+        .layer(middleware::from_fn(problem_fallback))
+        .layer(middleware::from_fn(move |request, next| {
+            deadline(timeout, request, next)
         }))
+        .layer(middleware::from_fn(move |request, next| {
+            crate::client::resolve(trusted_proxies.clone(), request, next)
+        }))
+        .layer(middleware::from_fn(move |request, next| {
+            rate_limit(limiter.clone(), quotas, request, next)
+        }))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    api.layer(layers)
 }
 
 /// The answer of a handler that panicked.
