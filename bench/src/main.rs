@@ -45,10 +45,13 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use bank_proto::ledger::v1::{CreateTransferRequest, ledger_service_client::LedgerServiceClient};
 use hdrhistogram::Histogram;
+use http::Uri;
 use tonic::{
     metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
+
+mod rest;
 
 const USAGE: &str = "\
 usage: bank-loadgen <rest-transfer|rest-hold-post|rest-deposit|grpc-transfer|login-storm> [flags]
@@ -338,6 +341,9 @@ impl Rng {
 /// What every client of a run shares.
 struct Plan {
     options: Options,
+    /// The accounts and the currency as JSON strings, for the request bodies.
+    json_accounts: Vec<String>,
+    json_currency: String,
     /// Unique per process, so keys never repeat across runs on the same databases.
     run_id: String,
     start: Instant,
@@ -363,6 +369,24 @@ impl Plan {
         (from, to)
     }
 
+    /// A transfer's body, or a hold's when `pending`.
+    fn transfer_body(&self, from: usize, to: usize, pending: bool) -> Vec<u8> {
+        let pending = if pending { ",\"pending\":true" } else { "" };
+        format!(
+            "{{\"from_account_id\":{},\"to_account_id\":{},\"amount\":{},\"currency\":{},\"description\":\"bench\"{pending}}}",
+            self.json_accounts[from], self.json_accounts[to], self.options.amount, self.json_currency,
+        )
+        .into_bytes()
+    }
+
+    fn deposit_body(&self, account: usize) -> Vec<u8> {
+        format!(
+            "{{\"account_id\":{},\"amount\":{},\"currency\":{},\"reference\":\"bench\"}}",
+            self.json_accounts[account], self.options.amount, self.json_currency,
+        )
+        .into_bytes()
+    }
+
     fn deposit_account(&self, rng: &mut Rng) -> usize {
         if self.options.hot {
             0
@@ -380,9 +404,10 @@ enum Outcome {
 /// One client's connection to the system under test.
 enum Driver {
     Rest {
-        client: reqwest::Client,
-        url: String,
-        authorization: Option<String>,
+        connection: rest::Connection,
+        target: rest::Target,
+        /// The scenario's endpoint.
+        uri: Uri,
     },
     Grpc {
         client: LedgerServiceClient<Channel>,
@@ -395,108 +420,54 @@ impl Driver {
         let options = &plan.options;
         match self {
             Driver::Rest {
-                client,
-                url,
-                authorization,
+                connection,
+                target,
+                uri,
             } => {
-                if options.scenario == Scenario::RestHoldPost {
-                    let (from, to) = plan.pair(rng);
-                    let hold = serde_json::json!({
-                        "from_account_id": options.accounts[from],
-                        "to_account_id": options.accounts[to],
-                        "amount": options.amount,
-                        "currency": options.currency,
-                        "description": "bench",
-                        "pending": true,
-                    });
-                    let placed =
-                        match send(client, url, authorization.as_deref(), Some(key), &hold).await {
+                let body = match options.scenario {
+                    Scenario::RestHoldPost => {
+                        let (from, to) = plan.pair(rng);
+                        let hold = plan.transfer_body(from, to, true);
+                        let placed = match send(connection, uri.clone(), Some(key), hold).await {
                             Ok(body) => body,
                             Err(outcome) => return outcome,
                         };
-                    let Some(id) = serde_json::from_slice::<serde_json::Value>(&placed)
-                        .ok()
-                        .and_then(|hold| {
-                            hold.get("id").and_then(|id| id.as_str()).map(str::to_owned)
-                        })
-                    else {
-                        return Outcome::Error("hold_without_id".to_owned());
-                    };
-                    let post_url = format!("{url}/{id}/post");
-                    let post_key = format!("{key}-post");
-                    return match send(
-                        client,
-                        &post_url,
-                        authorization.as_deref(),
-                        Some(&post_key),
-                        &serde_json::json!({}),
-                    )
-                    .await
-                    {
-                        Ok(_) => Outcome::Ok,
-                        Err(outcome) => outcome,
-                    };
-                }
-                let body = match options.scenario {
-                    Scenario::RestHoldPost => return Outcome::Error("driver_mismatch".to_owned()),
+                        let Some(id) = serde_json::from_slice::<serde_json::Value>(&placed)
+                            .ok()
+                            .and_then(|hold| {
+                                hold.get("id").and_then(|id| id.as_str()).map(str::to_owned)
+                            })
+                        else {
+                            return Outcome::Error("hold_without_id".to_owned());
+                        };
+                        let Ok(post_uri) = target.uri(&format!("/v1/transfers/{id}/post")) else {
+                            return Outcome::Error("hold_without_id".to_owned());
+                        };
+                        let post_key = format!("{key}-post");
+                        return match send(connection, post_uri, Some(&post_key), b"{}".to_vec())
+                            .await
+                        {
+                            Ok(_) => Outcome::Ok,
+                            Err(outcome) => outcome,
+                        };
+                    }
                     Scenario::RestTransfer => {
                         let (from, to) = plan.pair(rng);
-                        serde_json::json!({
-                            "from_account_id": options.accounts[from],
-                            "to_account_id": options.accounts[to],
-                            "amount": options.amount,
-                            "currency": options.currency,
-                            "description": "bench",
-                        })
+                        plan.transfer_body(from, to, false)
                     }
-                    Scenario::RestDeposit => {
-                        let account = plan.deposit_account(rng);
-                        serde_json::json!({
-                            "account_id": options.accounts[account],
-                            "amount": options.amount,
-                            "currency": options.currency,
-                            "reference": "bench",
-                        })
-                    }
+                    Scenario::RestDeposit => plan.deposit_body(plan.deposit_account(rng)),
                     Scenario::LoginStorm => serde_json::json!({
                         "email": options.email,
                         "password": options.password,
-                    }),
+                    })
+                    .to_string()
+                    .into_bytes(),
                     Scenario::GrpcTransfer => return Outcome::Error("driver_mismatch".to_owned()),
                 };
-                let mut request = client.post(url.as_str()).json(&body);
-                if let Some(authorization) = authorization {
-                    request = request.header("authorization", authorization.as_str());
-                }
-                if options.scenario != Scenario::LoginStorm {
-                    request = request.header("idempotency-key", key);
-                }
-                match request.send().await {
-                    Err(error) => Outcome::Error(transport_code(&error).to_owned()),
-                    Ok(response) => {
-                        let status = response.status();
-                        // Read the whole body so the connection can be reused.
-                        let body = response.bytes().await;
-                        if status.is_success() {
-                            return match body {
-                                Ok(_) => Outcome::Ok,
-                                Err(error) => Outcome::Error(transport_code(&error).to_owned()),
-                            };
-                        }
-                        let code = body
-                            .ok()
-                            .and_then(|bytes| {
-                                serde_json::from_slice::<serde_json::Value>(&bytes).ok()
-                            })
-                            .and_then(|problem| {
-                                problem
-                                    .get("code")
-                                    .and_then(|code| code.as_str())
-                                    .map(str::to_owned)
-                            })
-                            .unwrap_or_else(|| format!("http_{}", status.as_u16()));
-                        Outcome::Error(code)
-                    }
+                let key = (options.scenario != Scenario::LoginStorm).then_some(key);
+                match send(connection, uri.clone(), key, body).await {
+                    Ok(_) => Outcome::Ok,
+                    Err(outcome) => outcome,
                 }
             }
             Driver::Grpc {
@@ -531,14 +502,6 @@ impl Driver {
                 }
             }
         }
-    }
-}
-
-fn transport_code(error: &reqwest::Error) -> &'static str {
-    if error.is_timeout() {
-        "timeout"
-    } else {
-        "transport"
     }
 }
 
@@ -666,22 +629,20 @@ async fn drivers(options: &Options) -> Result<Vec<Driver>> {
                 Scenario::RestDeposit => "/v1/admin/deposits",
                 _ => "/v1/auth/login",
             };
-            let url = format!("{}{path}", options.target);
+            let target = rest::Target::parse(&options.target)?;
+            let uri = target.uri(path)?;
             let authorization = (options.scenario != Scenario::LoginStorm)
                 .then(|| format!("Bearer {}", options.token));
             for _ in 0..options.clients {
-                // A client of its own per simulated user: one keep-alive connection.
-                let client = reqwest::Client::builder()
-                    .http1_only()
-                    .pool_max_idle_per_host(1)
-                    .tcp_nodelay(true)
-                    .connect_timeout(Duration::from_secs(5))
-                    .timeout(options.timeout)
-                    .build()?;
+                // A connection of its own per simulated user, kept alive.
                 drivers.push(Driver::Rest {
-                    client,
-                    url: url.clone(),
-                    authorization: authorization.clone(),
+                    connection: rest::Connection::new(
+                        target.clone(),
+                        authorization.as_deref(),
+                        options.timeout,
+                    )?,
+                    target: target.clone(),
+                    uri: uri.clone(),
                 });
             }
         }
@@ -692,31 +653,17 @@ async fn drivers(options: &Options) -> Result<Vec<Driver>> {
 /// One REST call: the body of a success, or the outcome of a failure (the
 /// problem's code, or the transport's).
 async fn send(
-    client: &reqwest::Client,
-    url: &str,
-    authorization: Option<&str>,
+    connection: &mut rest::Connection,
+    uri: Uri,
     key: Option<&str>,
-    body: &serde_json::Value,
-) -> Result<Vec<u8>, Outcome> {
-    let mut request = client.post(url).json(body);
-    if let Some(authorization) = authorization {
-        request = request.header("authorization", authorization);
-    }
-    if let Some(key) = key {
-        request = request.header("idempotency-key", key);
-    }
-    let response = request
-        .send()
+    body: Vec<u8>,
+) -> Result<bytes::Bytes, Outcome> {
+    let (status, body) = connection
+        .post(uri, key, body)
         .await
-        .map_err(|error| Outcome::Error(transport_code(&error).to_owned()))?;
-    let status = response.status();
-    // Read the whole body so the connection can be reused.
-    let body = response
-        .bytes()
-        .await
-        .map_err(|error| Outcome::Error(transport_code(&error).to_owned()))?;
+        .map_err(|failure| Outcome::Error(failure.code().to_owned()))?;
     if status.is_success() {
-        return Ok(body.to_vec());
+        return Ok(body);
     }
     let code = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
@@ -782,6 +729,8 @@ async fn run(options: Options) -> Result<String> {
     let measure_from = start + options.warmup;
     let plan = Arc::new(Plan {
         end: measure_from + options.duration,
+        json_accounts: options.accounts.iter().map(|id| json_string(id)).collect(),
+        json_currency: json_string(&options.currency),
         options,
         run_id,
         start,
