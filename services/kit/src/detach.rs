@@ -12,12 +12,20 @@
 
 use axum::{extract::Request, middleware::Next, response::Response};
 
+use crate::telemetry::{self, TRACE_ID};
+
 /// Middleware running the rest of the stack in a task of its own. A panic there
 /// becomes `on_panic`'s answer instead of a dropped connection.
 pub async fn detach_with(request: Request, next: Next, on_panic: fn() -> Response) -> Response {
-    // The task goes on in the request's span, so what it does joins the trace.
+    // The task goes on in the request's span, so what it does joins the trace,
+    // and with its trace id, so the calls it makes carry that on.
     let span = tracing::Span::current();
-    match tokio::spawn(tracing::Instrument::instrument(next.run(request), span)).await {
+    let handler = tracing::Instrument::instrument(next.run(request), span);
+    let task = match TRACE_ID.try_with(Clone::clone) {
+        Ok(trace_id) => tokio::spawn(TRACE_ID.scope(trace_id, handler)),
+        Err(_) => tokio::spawn(handler),
+    };
+    match task.await {
         Ok(response) => response,
         Err(error) => {
             tracing::error!(%error, "a request handler failed");
@@ -26,8 +34,17 @@ pub async fn detach_with(request: Request, next: Next, on_panic: fn() -> Respons
     }
 }
 
-/// [`detach_with`] for gRPC routes: a panic answers `internal`.
+/// [`detach_with`] for gRPC routes: a panic answers `internal`. Where no spans
+/// are recorded, the caller's `traceparent` names the handler's trace, so a
+/// service's own calls (account to ledger) pass the gateway's trace id on.
 pub async fn detach_grpc(request: Request, next: Next) -> Response {
+    if !telemetry::recording_spans()
+        && let Some(trace_id) = telemetry::traceparent_trace_id(request.headers())
+    {
+        return TRACE_ID
+            .scope(trace_id, detach_with(request, next, grpc_internal))
+            .await;
+    }
     detach_with(request, next, grpc_internal).await
 }
 
@@ -90,6 +107,44 @@ mod tests {
 
     fn get_request(path: &str) -> Request {
         Request::get(path).body(Body::empty()).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn without_recorded_spans_the_handler_carries_the_callers_trace_id() {
+        async fn trace_id() -> String {
+            TRACE_ID
+                .try_with(Clone::clone)
+                .unwrap_or_else(|_| "none".to_owned())
+        }
+        let router = Router::new()
+            .route("/trace", get(trace_id))
+            .layer(axum::middleware::from_fn(detach_grpc));
+        let answer = |request: Request| {
+            let router = router.clone();
+            async move {
+                let response = router
+                    .oneshot(request)
+                    .await
+                    .unwrap_or_else(|never| match never {});
+                let body = axum::body::to_bytes(response.into_body(), 1024)
+                    .await
+                    .unwrap_or_default();
+                String::from_utf8_lossy(&body).into_owned()
+            }
+        };
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let mut traced = get_request("/trace");
+        traced.headers_mut().insert(
+            "traceparent",
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            ),
+        );
+        assert_eq!(answer(traced).await, id);
+        assert_eq!(answer(get_request("/trace")).await, "none");
+        // A trace id the task already had (the gateway's) goes into the handler.
+        let scoped = TRACE_ID.scope(id.to_owned(), answer(get_request("/trace")));
+        assert_eq!(scoped.await, id);
     }
 
     #[tokio::test]

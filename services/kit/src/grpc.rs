@@ -451,6 +451,99 @@ mod tests {
             .map(str::to_owned)
     }
 
+    /// A gRPC server that answers every call `OK` at once and reports the
+    /// `traceparent` each one came with; returns its address.
+    async fn traceparent_recorder() -> (
+        std::net::SocketAddr,
+        tokio::sync::mpsc::UnboundedReceiver<Option<String>>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|error| panic!("bind: {error}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|error| panic!("address: {error}"));
+        let (seen, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(record_traceparents(socket, seen.clone()));
+            }
+        });
+        (addr, received)
+    }
+
+    async fn record_traceparents(
+        socket: TcpStream,
+        seen: tokio::sync::mpsc::UnboundedSender<Option<String>>,
+    ) {
+        let Ok(mut connection) = h2::server::handshake(socket).await else {
+            return;
+        };
+        while let Some(Ok((request, mut respond))) = connection.accept().await {
+            let traceparent = request
+                .headers()
+                .get("traceparent")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned);
+            seen.send(traceparent).ok();
+            let answer = Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "0")
+                .body(())
+                .unwrap_or_else(|error| panic!("response: {error}"));
+            respond.send_response(answer, true).ok();
+        }
+    }
+
+    #[tokio::test]
+    async fn without_recorded_spans_calls_carry_the_trace_id_unsampled() {
+        use tower::ServiceExt;
+        assert!(!crate::telemetry::recording_spans());
+        let (addr, mut seen) = traceparent_recorder().await;
+        let connector = crate::tls::Connector::new(&crate::tls::TlsSettings::default())
+            .unwrap_or_else(|error| panic!("connector: {error}"));
+        let pool = Pool::new(
+            "TEST_ENDPOINT",
+            &format!("http://{addr}"),
+            &connector,
+            Duration::from_secs(5),
+            2,
+        )
+        .unwrap_or_else(|error| panic!("pool: {error}"));
+        let call = |pool: Pool| async move {
+            let request = Request::post(format!("http://{addr}/bank.test.v1.TestService/Ping"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(tonic::body::Body::empty())
+                .unwrap_or_else(|error| panic!("request: {error}"));
+            pool.oneshot(request)
+                .await
+                .unwrap_or_else(|error| panic!("call: {error}"))
+        };
+
+        let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        crate::telemetry::TRACE_ID
+            .scope(trace_id.to_owned(), call(pool.clone()))
+            .await;
+        let sent = seen.recv().await.flatten().unwrap_or_default();
+        let parts: Vec<&str> = sent.split('-').collect();
+        assert_eq!(parts.len(), 4, "a W3C traceparent: {sent:?}");
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[1], trace_id, "the request's trace id travels");
+        assert!(
+            parts[2].len() == 16 && parts[2].bytes().all(|b| b.is_ascii_hexdigit()),
+            "a parent span id: {sent:?}"
+        );
+        assert_eq!(
+            parts[3], "00",
+            "an unsampled parent asks the callee to record nothing"
+        );
+
+        // Outside any request there is no trace to name.
+        call(pool).await;
+        assert_eq!(seen.recv().await, Some(None));
+    }
+
     #[tokio::test]
     async fn callers_that_hang_up_in_a_burst_leave_the_connection_serving() {
         let addr = health_server().await;
