@@ -37,7 +37,6 @@ use tokio::net::TcpListener;
 use tonic::transport::Channel;
 use tower_http::{
     cors::{AllowOrigin, CorsLayer},
-    set_header::SetResponseHeaderLayer,
     trace::TraceLayer,
 };
 
@@ -418,30 +417,7 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
                 ),
         )
         .layer(middleware::from_fn(trace_scope))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::STRICT_TRANSPORT_SECURITY,
-            HeaderValue::from_static("max-age=63072000; includeSubDomains"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::overriding(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
+        .layer(middleware::map_response(security_headers))
         .layer(cors(&config.cors_allowed_origins))
         // Inside the header layers, so the documents it writes get them too.
         .layer(middleware::from_fn(problem_fallback))
@@ -456,6 +432,32 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
         }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     api.layer(layers)
+}
+
+/// What every answer says about how it may be used: never cached, framed,
+/// sniffed, referred to or run as a page, and only ever fetched over HTTPS.
+const SECURITY_HEADERS: [(HeaderName, &str); 6] = [
+    (header::REFERRER_POLICY, "no-referrer"),
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    (
+        header::STRICT_TRANSPORT_SECURITY,
+        "max-age=63072000; includeSubDomains",
+    ),
+    (header::CACHE_CONTROL, "no-store"),
+    (header::X_FRAME_OPTIONS, "DENY"),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+];
+
+/// Sets [`SECURITY_HEADERS`] on every answer, replacing what a handler set.
+async fn security_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// The answer of a handler that panicked.
