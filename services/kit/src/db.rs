@@ -3,15 +3,33 @@
 
 use std::time::Duration;
 
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
 use sea_orm_migration::MigratorTrait;
 
 /// How long a pooled connection may sit idle before it is pinged on checkout.
 pub const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 
+/// How many WAL frames a SQLite commit may leave before the committing
+/// connection checkpoints them itself. The checkpointer task
+/// ([`start_checkpointer`]) copies frames back long before, off the writer's
+/// path; this threshold is the backstop that also lets the WAL start over from
+/// its beginning under continuous writes (a commit's own checkpoint finds
+/// nothing else writing, so it completes).
+pub const SQLITE_AUTOCHECKPOINT_FRAMES: u32 = 4_000;
+
+/// The size a SQLite WAL file is cut back to whenever it starts over: a long
+/// read (a full verification) can make it grow while it lasts, and without a
+/// limit the file kept that size for good.
+pub const SQLITE_WAL_SIZE_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How often the checkpointer copies a SQLite WAL's committed frames back into
+/// the database file.
+pub const SQLITE_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Opens a pool on `url`. For SQLite the parent directory of the file is created
-/// (and, with `mode=rwc`, the file), both owner-only, and the journal switched to
-/// WAL so readers never block the writer.
+/// (and, with `mode=rwc`, the file), both owner-only, the journal switched to
+/// WAL so readers never block the writer, and a checkpointer task started.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let is_sqlite = url.starts_with("sqlite:");
     if is_sqlite {
@@ -28,13 +46,68 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         // on every checkout was one more round trip per transaction and per
         // read, the largest part of a lone posting's time after the commit.
         .test_before_acquire_if_idle_for(IDLE_BEFORE_PING)
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|sqlite| {
+            sqlite
+                // Readers never block the writer, nor the writer readers. Set
+                // on every connection as it opens: a connection of the pool
+                // opened before a once-only switch had kept the old journal.
+                .journal_mode(SqliteJournalMode::Wal)
+                // What the driver defaults to, stated: a commit returns only
+                // once the WAL is on disk.
+                .synchronous(SqliteSynchronous::Full)
+                // Statement journals and sorts stay in memory: a commit
+                // group's multi-row statements each keep a statement journal,
+                // and in a temporary file that was a write per page.
+                .pragma("temp_store", "MEMORY")
+                .pragma(
+                    "wal_autocheckpoint",
+                    SQLITE_AUTOCHECKPOINT_FRAMES.to_string(),
+                )
+                .pragma(
+                    "journal_size_limit",
+                    SQLITE_WAL_SIZE_LIMIT_BYTES.to_string(),
+                )
+        });
     let mut db = Database::connect(options).await?;
     db.set_metric_callback(trace_statement);
     if db.get_database_backend() == DbBackend::Sqlite {
-        db.execute_unprepared("PRAGMA journal_mode = WAL").await?;
+        start_checkpointer(db.clone(), SQLITE_CHECKPOINT_INTERVAL);
     }
     Ok(db)
+}
+
+/// Starts the task that checkpoints `db`'s WAL every `interval` (see
+/// [`checkpoint`]), so that copying committed pages back into the database file
+/// runs beside the writer instead of inside its commits. It ends when the pool
+/// is closed.
+pub fn start_checkpointer(
+    db: DatabaseConnection,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match checkpoint(&db).await {
+                Ok(()) => {}
+                Err(DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::ConnectionClosed)) => break,
+                Err(error) => {
+                    tracing::debug!(error = %error, "WAL checkpoint failed; trying again")
+                }
+            }
+        }
+    })
+}
+
+/// Copies the frames committed to a SQLite WAL back into the database file,
+/// passively: it neither waits for nor blocks a reader or the writer, and
+/// leaves whatever a reader still needs for a later pass.
+pub async fn checkpoint(db: &DatabaseConnection) -> Result<(), DbErr> {
+    db.execute_unprepared("PRAGMA wal_checkpoint(PASSIVE)")
+        .await
+        .map(drop)
 }
 
 /// Connects and applies every pending migration of `M`. On PostgreSQL, replicas

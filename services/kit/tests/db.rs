@@ -151,3 +151,128 @@ async fn a_new_sqlite_database_is_readable_by_its_owner_alone() {
     }
     db.close().await.ok();
 }
+
+/// One pooled connection's value of a PRAGMA.
+async fn pragma(db: &sea_orm::DatabaseTransaction, name: &str) -> String {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Sqlite,
+            format!("PRAGMA {name}"),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0)
+        .map(|value| value.to_string())
+        .or_else(|_| row.try_get_by_index::<String>(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sqlite_connection_commits_durably_and_keeps_its_wal_in_bounds() {
+    run_with_databases(Backend::Sqlite, 1, |urls| async move {
+        let db = db::connect(&urls[0]).await.unwrap();
+        // Two connections of the pool at once, each asked on its own.
+        let first = db.begin().await.unwrap();
+        let second = db.begin().await.unwrap();
+        for connection in [&first, &second] {
+            assert_eq!(pragma(connection, "journal_mode").await, "wal");
+            // 2 is FULL: the WAL is synced before a commit returns.
+            assert_eq!(pragma(connection, "synchronous").await, "2");
+            // 2 is MEMORY: no temporary files for statement journals.
+            assert_eq!(pragma(connection, "temp_store").await, "2");
+            assert_eq!(
+                pragma(connection, "wal_autocheckpoint").await,
+                db::SQLITE_AUTOCHECKPOINT_FRAMES.to_string()
+            );
+            assert_eq!(
+                pragma(connection, "journal_size_limit").await,
+                db::SQLITE_WAL_SIZE_LIMIT_BYTES.to_string()
+            );
+        }
+        first.rollback().await.unwrap();
+        second.rollback().await.unwrap();
+        db.close().await.ok();
+    })
+    .await;
+}
+
+/// The size of `url`'s database file, without its WAL.
+fn database_file_size(url: &str) -> u64 {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .split('?')
+        .next()
+        .unwrap();
+    std::fs::metadata(path).unwrap().len()
+}
+
+/// About 1 MiB of committed pages, far fewer frames than the commits' own
+/// checkpoint waits for: until a checkpoint they live in the WAL alone.
+async fn commit_a_mebibyte(db: &sea_orm::DatabaseConnection) {
+    db.execute_unprepared("CREATE TABLE payload (body BLOB)")
+        .await
+        .unwrap();
+    db.execute_unprepared(
+        "WITH RECURSIVE n (i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 256)
+         INSERT INTO payload SELECT randomblob(4000) FROM n",
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_moves_committed_pages_from_the_wal_into_the_database_file() {
+    run_with_databases(Backend::Sqlite, 1, |urls| async move {
+        // A pool without the checkpointer task, so only this test checkpoints.
+        let mut options = ConnectOptions::new(urls[0].clone());
+        options.max_connections(2).sqlx_logging(false);
+        let db = Database::connect(options).await.unwrap();
+        db.execute_unprepared("PRAGMA journal_mode = WAL")
+            .await
+            .unwrap();
+        commit_a_mebibyte(&db).await;
+        assert!(database_file_size(&urls[0]) < 64 * 1024);
+
+        db::checkpoint(&db).await.unwrap();
+
+        assert!(database_file_size(&urls[0]) > 1024 * 1024);
+        let rows = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                "SELECT count(*) FROM payload",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows.try_get_by_index::<i64>(0).unwrap(), 256);
+        db.close().await.ok();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_checkpoints_its_wal_beside_its_writers_until_it_is_closed() {
+    run_with_databases(Backend::Sqlite, 1, |urls| async move {
+        let db = db::connect(&urls[0]).await.unwrap();
+        commit_a_mebibyte(&db).await;
+        // The pool's own task copies the pages back without any commit
+        // asking for it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while database_file_size(&urls[0]) < 1024 * 1024 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint within 30 s"
+            );
+            tokio::time::sleep(db::SQLITE_CHECKPOINT_INTERVAL).await;
+        }
+
+        let task = db::start_checkpointer(db.clone(), std::time::Duration::from_millis(1));
+        db.close().await.ok();
+        tokio::time::timeout(std::time::Duration::from_secs(30), task)
+            .await
+            .expect("the checkpointer outlived its pool")
+            .unwrap();
+    })
+    .await;
+}
