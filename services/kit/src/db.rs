@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
-use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
+    SqlxSqliteConnector,
+};
 use sea_orm_migration::MigratorTrait;
 
 /// How long a pooled connection may sit idle before it is pinged on checkout.
@@ -75,6 +78,32 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
         start_checkpointer(db.clone(), SQLITE_CHECKPOINT_INTERVAL);
     }
     Ok(db)
+}
+
+/// A pool of one connection on the same SQLite file as `db`, for the process's
+/// writes; `None` on PostgreSQL. SQLite empties a connection's page cache
+/// whenever another connection has written since that connection's last
+/// transaction, so a writer that took whichever connection of the pool was
+/// free read most of its pages back from the file for every transaction; one
+/// connection that does every write keeps its cache warm. It opens on first
+/// use, with `db`'s options, and its statements are traced like `db`'s.
+pub fn writer_connection(db: &DatabaseConnection) -> Option<DatabaseConnection> {
+    if db.get_database_backend() != DbBackend::Sqlite {
+        return None;
+    }
+    let options = db.get_sqlite_connection_pool().connect_options();
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(10))
+        .idle_timeout(None)
+        .max_lifetime(None)
+        // A local file does not drop a connection: nothing to ping for.
+        .test_before_acquire(false)
+        .connect_lazy_with((*options).clone());
+    let mut writer = SqlxSqliteConnector::from_sqlx_sqlite_pool(pool);
+    writer.set_metric_callback(trace_statement);
+    Some(writer)
 }
 
 /// Starts the task that checkpoints `db`'s WAL every `interval` (see

@@ -172,10 +172,13 @@ async fn pragma(db: &sea_orm::DatabaseTransaction, name: &str) -> String {
 async fn every_sqlite_connection_commits_durably_and_keeps_its_wal_in_bounds() {
     run_with_databases(Backend::Sqlite, 1, |urls| async move {
         let db = db::connect(&urls[0]).await.unwrap();
-        // Two connections of the pool at once, each asked on its own.
+        // Two connections of the pool at once, each asked on its own, and the
+        // writer's connection.
         let first = db.begin().await.unwrap();
         let second = db.begin().await.unwrap();
-        for connection in [&first, &second] {
+        let writer = db::writer_connection(&db).expect("SQLite has a writer connection");
+        let third = writer.begin().await.unwrap();
+        for connection in [&first, &second, &third] {
             assert_eq!(pragma(connection, "journal_mode").await, "wal");
             // 2 is FULL: the WAL is synced before a commit returns.
             assert_eq!(pragma(connection, "synchronous").await, "2");
@@ -192,6 +195,7 @@ async fn every_sqlite_connection_commits_durably_and_keeps_its_wal_in_bounds() {
         }
         first.rollback().await.unwrap();
         second.rollback().await.unwrap();
+        third.rollback().await.unwrap();
         db.close().await.ok();
     })
     .await;
@@ -273,6 +277,47 @@ async fn a_pool_checkpoints_its_wal_beside_its_writers_until_it_is_closed() {
             .await
             .expect("the checkpointer outlived its pool")
             .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_the_writer_connection_are_the_pools_to_read() {
+    run_with_databases(Backend::Sqlite, 1, |urls| async move {
+        let db = db::connect(&urls[0]).await.unwrap();
+        let writer = db::writer_connection(&db).unwrap();
+        writer
+            .execute_unprepared("CREATE TABLE counter (value INTEGER)")
+            .await
+            .unwrap();
+        for value in 1..=3 {
+            let txn = writer.begin().await.unwrap();
+            txn.execute_unprepared(&format!("INSERT INTO counter VALUES ({value})"))
+                .await
+                .unwrap();
+            txn.commit().await.unwrap();
+        }
+        let sum = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                sea_orm::DbBackend::Sqlite,
+                "SELECT sum(value) FROM counter",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sum.try_get_by_index::<i64>(0).unwrap(), 6);
+        writer.close().await.ok();
+        db.close().await.ok();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgresql_writes_share_the_pool() {
+    run_with_databases(Backend::Postgres, 1, |urls| async move {
+        let db = db::connect(&urls[0]).await.unwrap();
+        assert!(db::writer_connection(&db).is_none());
+        db.close().await.ok();
     })
     .await;
 }

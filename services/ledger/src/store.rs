@@ -117,6 +117,10 @@ impl DomainError for StoreError {
 /// The ledger database.
 pub struct LedgerStore {
     db: DatabaseConnection,
+    /// Where write transactions run: on SQLite one connection of its own
+    /// (`bank_kit::db::writer_connection`), whose page cache stays warm from one
+    /// commit group to the next; on PostgreSQL the pool.
+    writes: DatabaseConnection,
     /// SQLite allows one writer per file. Serialising writers in process turns
     /// what would be SQLITE_BUSY failures into an orderly queue.
     sqlite_writer: Option<Mutex<()>>,
@@ -133,8 +137,10 @@ impl LedgerStore {
     pub fn new(db: DatabaseConnection) -> LedgerStore {
         let sqlite_writer =
             (db.get_database_backend() == DbBackend::Sqlite).then(|| Mutex::new(()));
+        let writes = bank_kit::db::writer_connection(&db).unwrap_or_else(|| db.clone());
         LedgerStore {
             db,
+            writes,
             sqlite_writer,
             settled: std::sync::Mutex::default(),
             swept_until: std::sync::Mutex::default(),
@@ -155,14 +161,14 @@ impl LedgerStore {
     pub(crate) async fn begin_write(&self) -> Result<DatabaseTransaction, DbErr> {
         match self.backend() {
             DbBackend::Sqlite => {
-                self.db
+                self.writes
                     .begin_with_options(TransactionOptions {
                         sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
                         ..TransactionOptions::default()
                     })
                     .await
             }
-            _ => self.db.begin().await,
+            _ => self.writes.begin().await,
         }
     }
 
@@ -184,7 +190,7 @@ impl LedgerStore {
     ) -> Result<LedgerAccount, StoreError> {
         let _writer = self.writer().await;
         let now = bank_kit::time::now();
-        self.db
+        self.writes
             .execute_raw(statement(
                 self.backend(),
                 "INSERT INTO ledger_accounts (account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash, status_version, created_at, updated_at)
