@@ -165,9 +165,15 @@ fi
 db_url() { echo "$pg_base/$1$pg_query"; }
 
 prefix=bench_$$
+# The ledger's database as deploy/postgres-init.sql makes it (the C collation), and
+# the anchor's alike, so both sides compare their text keys the same way.
 for name in identity account ledger anchor; do
     databases+=("${prefix}_$name")
-    sql "$pg_url" -c "CREATE DATABASE ${prefix}_$name" >/dev/null
+    case $name in
+    ledger | anchor) options=" TEMPLATE template0 LOCALE_PROVIDER libc LC_COLLATE 'C'" ;;
+    *) options="" ;;
+    esac
+    sql "$pg_url" -c "CREATE DATABASE ${prefix}_$name$options" >/dev/null
 done
 anchor_url=$(db_url "${prefix}_anchor")
 
