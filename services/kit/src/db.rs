@@ -139,6 +139,45 @@ pub async fn checkpoint(db: &DatabaseConnection) -> Result<(), DbErr> {
         .map(drop)
 }
 
+/// How a PostgreSQL database orders and compares text by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collation {
+    /// `libc` or `icu` (`datlocprovider`).
+    pub provider: String,
+    /// The C library locale's name (`datcollate`).
+    pub name: String,
+}
+
+impl Collation {
+    /// Whether text compares byte by byte (`memcmp`), without a locale's rules.
+    pub fn is_bytewise(&self) -> bool {
+        self.provider == "libc" && matches!(self.name.as_str(), "C" | "POSIX")
+    }
+}
+
+/// The default collation of `db`'s database; `None` on SQLite, whose text
+/// compares byte by byte unless a column says otherwise.
+pub async fn collation(db: &DatabaseConnection) -> Result<Option<Collation>, DbErr> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(None);
+    }
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT CASE datlocprovider WHEN 'i' THEN 'icu' ELSE 'libc' END AS provider,
+                    datcollate AS name
+             FROM pg_database WHERE datname = current_database()",
+        ))
+        .await?;
+    row.map(|row| {
+        Ok(Collation {
+            provider: row.try_get("", "provider")?,
+            name: row.try_get("", "name")?,
+        })
+    })
+    .transpose()
+}
+
 /// Connects and applies every pending migration of `M`. On PostgreSQL, replicas
 /// starting together take turns: a session-level advisory lock, held on a
 /// connection of its own, serialises their migrations.

@@ -321,3 +321,47 @@ async fn postgresql_writes_share_the_pool() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_database_says_whether_it_compares_text_byte_by_byte() {
+    run_with_databases(Backend::Sqlite, 1, |urls| async move {
+        let db = db::connect(&urls[0]).await.unwrap();
+        assert_eq!(db::collation(&db).await.unwrap(), None);
+        db.close().await.ok();
+    })
+    .await;
+    let Some(admin_url) = std::env::var(bank_kit::testing::POSTGRES_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())
+    else {
+        return;
+    };
+    let admin = Database::connect(&admin_url).await.unwrap();
+    let name = format!("bank_test_{}", uuid::Uuid::new_v4().simple());
+    for (options, bytewise) in [
+        (
+            "TEMPLATE template0 LOCALE_PROVIDER libc LC_COLLATE 'C'",
+            true,
+        ),
+        (
+            "TEMPLATE template0 LOCALE_PROVIDER libc LC_COLLATE 'C.UTF-8'",
+            false,
+        ),
+    ] {
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE {name} {options}"))
+            .await
+            .unwrap();
+        let url = bank_kit::testing::replace_database_name(&admin_url, &name);
+        let db = db::connect(&url).await.unwrap();
+        let collation = db::collation(&db).await.unwrap().unwrap();
+        db.close().await.ok();
+        admin
+            .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await
+            .unwrap();
+        assert_eq!(collation.provider, "libc");
+        assert_eq!(collation.is_bytewise(), bytewise, "{collation:?}");
+    }
+    admin.close().await.ok();
+}
