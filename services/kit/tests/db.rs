@@ -201,6 +201,19 @@ async fn every_sqlite_connection_commits_durably_and_keeps_its_wal_in_bounds() {
     .await;
 }
 
+/// The one integer a SQLite query answers.
+async fn scalar(db: &impl ConnectionTrait, sql: &str) -> i64 {
+    db.query_one_raw(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Sqlite,
+        sql,
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get_by_index::<i64>(0)
+    .unwrap()
+}
+
 /// The size of `url`'s database file, without its WAL.
 fn database_file_size(url: &str) -> u64 {
     let path = url
@@ -241,15 +254,7 @@ async fn a_checkpoint_moves_committed_pages_from_the_wal_into_the_database_file(
         db::checkpoint(&db).await.unwrap();
 
         assert!(database_file_size(&urls[0]) > 1024 * 1024);
-        let rows = db
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Sqlite,
-                "SELECT count(*) FROM payload",
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(rows.try_get_by_index::<i64>(0).unwrap(), 256);
+        assert_eq!(scalar(&db, "SELECT count(*) FROM payload").await, 256);
         db.close().await.ok();
     })
     .await;
@@ -297,15 +302,7 @@ async fn writes_through_the_writer_connection_are_the_pools_to_read() {
                 .unwrap();
             txn.commit().await.unwrap();
         }
-        let sum = db
-            .query_one_raw(sea_orm::Statement::from_string(
-                sea_orm::DbBackend::Sqlite,
-                "SELECT sum(value) FROM counter",
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(sum.try_get_by_index::<i64>(0).unwrap(), 6);
+        assert_eq!(scalar(&db, "SELECT sum(value) FROM counter").await, 6);
         writer.close().await.ok();
         db.close().await.ok();
     })
