@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use sea_orm::sqlx::postgres::PgPoolOptions;
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    SqlxSqliteConnector,
+    SqlxPostgresConnector, SqlxSqliteConnector,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -80,28 +81,57 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Ok(db)
 }
 
-/// A pool of one connection on the same SQLite file as `db`, for the process's
-/// writes; `None` on PostgreSQL. SQLite empties a connection's page cache
-/// whenever another connection has written since that connection's last
-/// transaction, so a writer that took whichever connection of the pool was
-/// free read most of its pages back from the file for every transaction; one
-/// connection that does every write keeps its cache warm. It opens on first
-/// use, with `db`'s options, and its statements are traced like `db`'s.
+/// A pool of one connection to `db`'s database, for the process's writes.
+///
+/// On SQLite: SQLite empties a connection's page cache whenever another
+/// connection has written since that connection's last transaction, so a writer
+/// that took whichever connection of the pool was free read most of its pages
+/// back from the file for every transaction; one connection that does every
+/// write keeps its cache warm.
+///
+/// On PostgreSQL: every write runs in the same server backend, whose caches
+/// (catalog, prepared statements and their plans, the trigger functions'
+/// compiled code) stay warm; spread over the pool's connections, one write in
+/// several ran on a backend whose caches had gone cold since its last.
+///
+/// It opens on first use, with `db`'s options (a connection idle for
+/// [`IDLE_BEFORE_PING`] is pinged before it is handed out, as in `db`), and its
+/// statements are traced like `db`'s. `None` for a database that is neither.
 pub fn writer_connection(db: &DatabaseConnection) -> Option<DatabaseConnection> {
-    if db.get_database_backend() != DbBackend::Sqlite {
-        return None;
-    }
-    let options = db.get_sqlite_connection_pool().connect_options();
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(10))
-        .idle_timeout(None)
-        .max_lifetime(None)
-        // A local file does not drop a connection: nothing to ping for.
-        .test_before_acquire(false)
-        .connect_lazy_with((*options).clone());
-    let mut writer = SqlxSqliteConnector::from_sqlx_sqlite_pool(pool);
+    let mut writer = match db.get_database_backend() {
+        DbBackend::Sqlite => {
+            let options = db.get_sqlite_connection_pool().connect_options();
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .acquire_timeout(Duration::from_secs(10))
+                .idle_timeout(None)
+                .max_lifetime(None)
+                // A local file does not drop a connection: nothing to ping for.
+                .test_before_acquire(false)
+                .connect_lazy_with((*options).clone());
+            SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)
+        }
+        DbBackend::Postgres => {
+            let options = db.get_postgres_connection_pool().connect_options();
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .min_connections(0)
+                .acquire_timeout(Duration::from_secs(10))
+                .test_before_acquire(false)
+                .before_acquire(|connection, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= IDLE_BEFORE_PING {
+                            sea_orm::sqlx::Connection::ping(connection).await?;
+                        }
+                        Ok(true)
+                    })
+                })
+                .connect_lazy_with((*options).clone());
+            SqlxPostgresConnector::from_sqlx_postgres_pool(pool)
+        }
+        _ => return None,
+    };
     writer.set_metric_callback(trace_statement);
     Some(writer)
 }

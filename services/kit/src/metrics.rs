@@ -113,6 +113,10 @@ fn describe() {
         Unit::Seconds,
         "Time to write and commit one commit group, retries included"
     );
+    describe_counter!(
+        "ledger_commit_groups_total",
+        "Commit groups committed, by path: known_books (one guarded statement on the books as last committed) or locked (the books locked and read first)"
+    );
 }
 
 /// Makes sure the recorder exists before the first request.

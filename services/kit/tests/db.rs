@@ -204,7 +204,7 @@ async fn every_sqlite_connection_commits_durably_and_keeps_its_wal_in_bounds() {
 /// The one integer a SQLite query answers.
 async fn scalar(db: &impl ConnectionTrait, sql: &str) -> i64 {
     db.query_one_raw(sea_orm::Statement::from_string(
-        sea_orm::DbBackend::Sqlite,
+        db.get_database_backend(),
         sql,
     ))
     .await
@@ -310,10 +310,30 @@ async fn writes_through_the_writer_connection_are_the_pools_to_read() {
 }
 
 #[tokio::test]
-async fn postgresql_writes_share_the_pool() {
+async fn postgresql_writes_run_in_one_backend_of_their_own() {
     run_with_databases(Backend::Postgres, 1, |urls| async move {
         let db = db::connect(&urls[0]).await.unwrap();
-        assert!(db::writer_connection(&db).is_none());
+        let writer = db::writer_connection(&db).expect("PostgreSQL has a writer connection");
+        writer
+            .execute_unprepared("CREATE TABLE counter (value INTEGER)")
+            .await
+            .unwrap();
+        let mut backends = std::collections::BTreeSet::new();
+        for value in 1..=3 {
+            let txn = writer.begin().await.unwrap();
+            txn.execute_unprepared(&format!("INSERT INTO counter VALUES ({value})"))
+                .await
+                .unwrap();
+            backends.insert(scalar(&txn, "SELECT pg_backend_pid()::bigint").await);
+            txn.commit().await.unwrap();
+            backends.insert(scalar(&writer, "SELECT pg_backend_pid()::bigint").await);
+        }
+        assert_eq!(backends.len(), 1, "every write ran in one backend");
+        assert_eq!(
+            scalar(&db, "SELECT sum(value)::bigint FROM counter").await,
+            6
+        );
+        writer.close().await.ok();
         db.close().await.ok();
     })
     .await;

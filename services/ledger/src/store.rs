@@ -117,9 +117,10 @@ impl DomainError for StoreError {
 /// The ledger database.
 pub struct LedgerStore {
     db: DatabaseConnection,
-    /// Where write transactions run: on SQLite one connection of its own
-    /// (`bank_kit::db::writer_connection`), whose page cache stays warm from one
-    /// commit group to the next; on PostgreSQL the pool.
+    /// Where write transactions run: one connection of its own
+    /// (`bank_kit::db::writer_connection`), whose caches stay warm from one
+    /// commit group to the next (SQLite's pages; PostgreSQL's backend with its
+    /// plans and compiled trigger functions).
     writes: DatabaseConnection,
     /// SQLite allows one writer per file. Serialising writers in process turns
     /// what would be SQLITE_BUSY failures into an orderly queue.
@@ -131,6 +132,11 @@ pub struct LedgerStore {
     /// that expired since (with an overlap). Unset until the first, which looks
     /// at every hold.
     swept_until: std::sync::Mutex<Option<DateTime<Utc>>>,
+    /// The books as this process last committed or locked them, which the next
+    /// commit groups plan on without reading them first; a group's statement
+    /// checks them under its locks, so a stale one costs a retry, never a wrong
+    /// answer (`store::posting`).
+    books: std::sync::Mutex<std::collections::HashMap<AccountId, LedgerAccount>>,
 }
 
 impl LedgerStore {
@@ -144,6 +150,7 @@ impl LedgerStore {
             sqlite_writer,
             settled: std::sync::Mutex::default(),
             swept_until: std::sync::Mutex::default(),
+            books: std::sync::Mutex::default(),
         }
     }
 
@@ -230,10 +237,13 @@ impl LedgerStore {
         status: AccountStatus,
         expected_version: Option<i64>,
     ) -> Result<LedgerAccount, StoreError> {
-        self.write_with_retries(|txn| {
-            Box::pin(set_status_in(txn, account_id, status, expected_version))
-        })
-        .await
+        let decided = self
+            .write_with_retries(|txn| {
+                Box::pin(set_status_in(txn, account_id, status, expected_version))
+            })
+            .await;
+        self.forget_books(&[account_id]);
+        decided
     }
 
     /// Runs `work` in a write transaction and commits it, again from the start

@@ -201,6 +201,7 @@ impl LedgerStore {
                     })
                 })
                 .await?;
+            self.forget_books(&books);
             if (books.len() as i64) < SWEEP_BATCH {
                 break;
             }

@@ -25,6 +25,17 @@
 //! Serialization failures, deadlocks, a busy SQLite file and a key inserted by
 //! another replica meanwhile (a unique violation) roll the group back and run it
 //! again from step 2, so the plan always decides on what is committed.
+//!
+//! On PostgreSQL most groups take a shorter way, one round trip instead of five:
+//! the store remembers every book as its last group committed it, and a group
+//! whose books are all remembered, and that posts or voids no hold and reverses
+//! nothing, is planned on them with no read at all and written by one
+//! autocommit statement. That statement locks the books in the same sorted
+//! order and checks each against what the plan read (balance, reservation,
+//! entry count, status and its version) before it writes anything; a book that
+//! changed meanwhile (another replica, a status change), a key decided before
+//! (its record's insert fails) or any other failure leaves nothing written,
+//! and the group takes the locked way above, which reads what is committed.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -34,7 +45,7 @@ use bank_domain::ledger::plan::{
 };
 use bank_kit::{ErrorCode, money::Currency};
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Value};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, Value};
 use serde_json::json;
 
 use super::{
@@ -92,11 +103,11 @@ const SELECT_REVERSED_POSTGRES: &str = "SELECT reverses_transfer_id FROM ledger_
 const SELECT_REVERSED_SQLITE: &str = "SELECT reverses_transfer_id FROM ledger_transfers
      WHERE reverses_transfer_id IN (SELECT value FROM json_each($1))";
 
-/// Every row of a group in one statement, so the writes cost one round trip:
-/// transfers, entries, book updates, holds, hold resolutions and request
-/// records, each from arrays. The foreign keys on the group's own transfers and
-/// holds are checked at the end of the statement, when those rows are in place.
-const WRITE_GROUP_POSTGRES: &str = "WITH new_transfers AS (
+/// The data-modifying CTEs and the final insert of a group's writes on
+/// PostgreSQL, shared by its two statements below.
+macro_rules! write_group_postgres {
+    () => {
+        "new_transfers AS (
        INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, batch_id, batch_index, created_at)
        SELECT t.id, t.kind, t.from_id, t.to_id, t.amount, t.currency, t.description, NULLIF(t.reverses, ''), 'posted', t.initiated_by, NULLIF(t.batch_id, ''), NULLIF(t.batch_index, -1), $47
        FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[])
@@ -124,7 +135,44 @@ const WRITE_GROUP_POSTGRES: &str = "WITH new_transfers AS (
      INSERT INTO ledger_requests (scope, idempotency_key, request_hash, transfer_id, hold_id, batch_id, refusal_code, refusal_detail, refusal_items, created_at)
      SELECT r.scope, r.idempotency_key, r.request_hash, NULLIF(r.transfer_id, ''), NULLIF(r.hold_id, ''), NULLIF(r.batch_id, ''), NULLIF(r.code, ''), NULLIF(r.detail, ''), NULLIF(r.items, ''), $47
      FROM UNNEST($27::text[], $28::text[], $29::text[], $30::text[], $31::text[], $32::text[], $33::text[], $34::text[], $35::text[])
-          AS r (scope, idempotency_key, request_hash, transfer_id, hold_id, batch_id, code, detail, items)";
+          AS r (scope, idempotency_key, request_hash, transfer_id, hold_id, batch_id, code, detail, items)"
+    };
+}
+
+/// Every row of a group in one statement, so the writes cost one round trip:
+/// transfers, entries, book updates, holds, hold resolutions and request
+/// records, each from arrays. The foreign keys on the group's own transfers and
+/// holds are checked at the end of the statement, when those rows are in place.
+const WRITE_GROUP_POSTGRES: &str = concat!("WITH ", write_group_postgres!());
+
+/// A whole commit group as one autocommit statement, for a group planned on the
+/// books as this process last committed them: it first locks those books in
+/// sorted id order (the order every group locks in) and checks that each still
+/// has the balance, reservation, entry count and status the plan read
+/// (`$48` to `$53`); if one has not, `ledger_require_current_books` raises a
+/// serialization failure before any row is written and the statement, its own
+/// transaction, leaves nothing. The request records are the statement's main
+/// query, which reads the check first; the other tables' rows are written after
+/// it.
+const WRITE_GUARDED_GROUP_POSTGRES: &str = concat!(
+    "WITH current_books AS MATERIALIZED (
+       SELECT a.account_id
+       FROM ledger_accounts AS a
+       JOIN UNNEST($48::text[], $49::bigint[], $50::bigint[], $51::bigint[], $52::bigint[], $53::text[])
+            AS g (account_id, balance, pending, entry_count, status_version, status)
+         ON a.account_id = g.account_id
+       WHERE a.balance_minor = g.balance AND a.pending_debits_minor = g.pending
+         AND a.entry_count = g.entry_count AND a.status_version = g.status_version
+         AND a.status = g.status
+       ORDER BY a.account_id
+       FOR UPDATE OF a
+     ), checked AS MATERIALIZED (
+       SELECT ledger_require_current_books(
+                (SELECT count(*) FROM current_books) = cardinality($48::text[])) AS ok
+     ), ",
+    write_group_postgres!(),
+    " WHERE (SELECT ok FROM checked)"
+);
 
 /// SQLite's forms of the group's writes: one statement per table, each reading
 /// its rows from a JSON array of arrays with `json_each`, so a group costs one
@@ -179,8 +227,14 @@ impl LedgerStore {
         clock: Option<DateTime<Utc>>,
     ) -> Result<Vec<Outcome>, StoreError> {
         let currencies: Arc<[Currency]> = self.unsettled_currencies(proposals).into();
+        if currencies.is_empty() {
+            let now = clock.unwrap_or_else(bank_kit::time::now);
+            if let Some(outcomes) = self.commit_on_known_books(proposals, now).await {
+                return Ok(outcomes);
+            }
+        }
         let group: Arc<[Proposal]> = proposals.into();
-        let outcomes = self
+        let (outcomes, books) = self
             .write_with_retries(|txn| {
                 let (group, currencies) = (Arc::clone(&group), Arc::clone(&currencies));
                 // Each attempt decides at its own moment unless the caller fixed it.
@@ -189,7 +243,106 @@ impl LedgerStore {
             })
             .await?;
         self.mark_settled(&currencies);
+        self.remember_books(books);
+        metrics::counter!("ledger_commit_groups_total", "path" => "locked").increment(1);
         Ok(outcomes)
+    }
+
+    /// The group written in one round trip (PostgreSQL): planned on the books as
+    /// this process last committed or locked them, with no request record or
+    /// hold to read, and written by one autocommit statement that locks the
+    /// books and checks them against what the plan read
+    /// ([`WRITE_GUARDED_GROUP_POSTGRES`]). `None` when the group needs more than
+    /// that (a book not known yet, a hold to post or void, a reversal, a key
+    /// used before, a refusal for funds that an expired hold could change) or
+    /// when the statement failed, a book having changed meanwhile included:
+    /// nothing of it was written, or if the connection broke at the commit, what
+    /// was written is recorded under the group's keys. Either way the group then
+    /// takes the locked path, which reads those records and answers from them.
+    async fn commit_on_known_books(
+        &self,
+        proposals: &[Proposal],
+        now: DateTime<Utc>,
+    ) -> Option<Vec<Outcome>> {
+        if self.backend() != DbBackend::Postgres
+            || !plan::holds_to_read(proposals).is_empty()
+            || !plan::reversals_to_read(proposals).is_empty()
+        {
+            return None;
+        }
+        let ids = plan::books_to_lock(proposals, &std::collections::BTreeMap::new());
+        let books = self.known_books(&ids)?;
+        let facts = Facts {
+            books: books.clone(),
+            ..Facts::default()
+        };
+        let planned = plan::plan(proposals, facts, now);
+        // A key decided before makes the records' insert fail, and the locked
+        // path answers it; one the plan decided twice in the group is written once.
+        if planned.writes.requests.is_empty()
+            || !short_of_funds(&planned.outcomes, &books).is_empty()
+        {
+            return None;
+        }
+        let after = books_after(books.clone(), &planned.writes.books);
+        match write_guarded(&self.writes, &planned.writes, &books, now).await {
+            Ok(()) => {
+                self.remember_books(after);
+                metrics::counter!("ledger_commit_groups_total", "path" => "known_books")
+                    .increment(1);
+                Some(planned.outcomes)
+            }
+            Err(error) => {
+                self.forget_books(&ids);
+                tracing::debug!(error = %error, "commit group on known books not written; locking its books");
+                None
+            }
+        }
+    }
+
+    /// The books of `ids` as this process last committed them, if it knows
+    /// every one.
+    fn known_books(
+        &self,
+        ids: &[AccountId],
+    ) -> Option<std::collections::BTreeMap<AccountId, LedgerAccount>> {
+        let known = self
+            .books
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        ids.iter()
+            .map(|id| known.get(id).map(|book| (*id, book.clone())))
+            .collect()
+    }
+
+    /// Keeps `books` as committed, for the next groups to plan on.
+    pub(crate) fn remember_books(
+        &self,
+        books: impl IntoIterator<Item = (AccountId, LedgerAccount)>,
+    ) {
+        let mut known = self
+            .books
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for (id, book) in books {
+            if known.len() >= KNOWN_BOOKS && !known.contains_key(&id) {
+                // Bounded memory; the books come back as groups lock them.
+                known.clear();
+            }
+            known.insert(id, book);
+        }
+    }
+
+    /// Drops what this process knew of `ids`: they were written outside a
+    /// commit group, or a group's write on them failed.
+    pub(crate) fn forget_books(&self, ids: &[AccountId]) {
+        let mut known = self
+            .books
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        for id in ids {
+            known.remove(id);
+        }
     }
 
     fn unsettled_currencies(&self, proposals: &[Proposal]) -> Vec<Currency> {
@@ -212,12 +365,40 @@ impl LedgerStore {
     }
 }
 
+/// At most this many books are remembered between groups (a few hundred bytes
+/// each); past it the ledger starts over, relearning books as groups lock them.
+const KNOWN_BOOKS: usize = 16_384;
+
+/// The books of a group once its writes are applied.
+fn books_after(
+    mut books: std::collections::BTreeMap<AccountId, LedgerAccount>,
+    updates: &[plan::BookUpdate],
+) -> std::collections::BTreeMap<AccountId, LedgerAccount> {
+    for update in updates {
+        if let Some(book) = books.get_mut(&update.account_id) {
+            book.balance_minor = update.balance_minor;
+            book.pending_debits_minor = update.pending_debits_minor;
+            book.entry_count = update.entry_count;
+            book.last_entry_hash.clone_from(&update.last_entry_hash);
+        }
+    }
+    books
+}
+
+/// The group's transaction on its locked books: its outcomes, and its books as
+/// they are once it commits.
 async fn group_in(
     txn: &DatabaseTransaction,
     proposals: &[Proposal],
     currencies: &[Currency],
     now: DateTime<Utc>,
-) -> Result<Vec<Outcome>, StoreError> {
+) -> Result<
+    (
+        Vec<Outcome>,
+        std::collections::BTreeMap<AccountId, LedgerAccount>,
+    ),
+    StoreError,
+> {
     let backend = txn.get_database_backend();
     for currency in currencies {
         txn.execute_raw(statement(
@@ -243,6 +424,7 @@ async fn group_in(
         // Again, now that their books are locked: how each ended is settled.
         holds: read_holds(txn, &resolved).await?,
     };
+    let facts_books = facts.books.clone();
     let mut planned = plan::plan(proposals, facts.clone(), now);
     let short = short_of_funds(&planned.outcomes, &facts.books);
     if !short.is_empty() {
@@ -250,7 +432,8 @@ async fn group_in(
         planned = plan::plan(proposals, facts, now);
     }
     write(txn, &planned.writes, now).await?;
-    Ok(planned.outcomes)
+    let after = books_after(facts_books, &planned.writes.books);
+    Ok((planned.outcomes, after))
 }
 
 /// The books whose pending holds might have expired, when some request of the
@@ -491,6 +674,44 @@ async fn write_postgres(
     writes: &Writes,
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
+    txn.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        WRITE_GROUP_POSTGRES,
+        write_parameters(writes, now),
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Writes a group planned on `books` in one autocommit statement that checks
+/// them first ([`WRITE_GUARDED_GROUP_POSTGRES`]).
+async fn write_guarded(
+    db: &impl ConnectionTrait,
+    writes: &Writes,
+    books: &std::collections::BTreeMap<AccountId, LedgerAccount>,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let books = || books.values();
+    let mut params = write_parameters(writes, now);
+    params.extend([
+        strings(books().map(|b| b.account_id.to_string())),
+        integers(books().map(|b| b.balance_minor)),
+        integers(books().map(|b| b.pending_debits_minor)),
+        integers(books().map(|b| b.entry_count)),
+        integers(books().map(|b| b.status_version)),
+        strings(books().map(|b| b.status.as_str().to_owned())),
+    ]);
+    db.execute_raw(Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        WRITE_GUARDED_GROUP_POSTGRES,
+        params,
+    ))
+    .await?;
+    Ok(())
+}
+
+/// The parameters `$1` to `$47` of a group's writes on PostgreSQL.
+fn write_parameters(writes: &Writes, now: DateTime<Utc>) -> Vec<Value> {
     let transfers = || writes.transfers.iter().map(|new| &new.transfer);
     let entries = || writes.entries.iter();
     let books = || writes.books.iter();
@@ -503,7 +724,7 @@ async fn write_postgres(
         .collect();
     let outcome = |n: usize| strings(outcomes.iter().map(|columns| columns[n].clone()));
     let requests = || writes.requests.iter();
-    let params: [Value; 47] = [
+    vec![
         strings(transfers().map(|t| t.transfer_id.to_string())),
         strings(transfers().map(|t| t.kind.as_str().to_owned())),
         strings(transfers().map(|t| t.from_account_id.to_string())),
@@ -562,10 +783,7 @@ async fn write_postgres(
         strings(resolutions().map(|(_, r)| r.state.as_str().to_owned())),
         integers(resolutions().map(|(_, r)| r.amount_minor)),
         now.into(),
-    ];
-    txn.execute_raw(statement(DbBackend::Postgres, WRITE_GROUP_POSTGRES, params))
-        .await?;
-    Ok(())
+    ]
 }
 
 async fn write_sqlite(

@@ -8,7 +8,7 @@ use bank_e2e::db_test;
 use bank_kit::{ErrorCode, money::PositiveAmount};
 use bank_ledger::{
     domain::{
-        AccountId, Description, IdempotencyKey, TransferKind,
+        AccountId, AccountStatus, Description, IdempotencyKey, TransferKind,
         plan::{Movement, Outcome, PostingRequest, Proposal},
     },
     engine::{GroupConfig, PostingEngine},
@@ -175,4 +175,73 @@ async fn refused_key_stays_refused(urls: Vec<String>) {
     assert_eq!(refusal_code(&retry[0]), Some(ErrorCode::InsufficientFunds));
     assert!(retry[0].replayed);
     assert_eq!(balance(&store, a).await, 1_010);
+}
+
+db_test!(
+    a_book_another_replica_changed_is_seen_by_the_next_group,
+    databases = 1,
+    another_replica_changed_a_book
+);
+/// A ledger plans a group on its books as it last committed them and writes it
+/// in one statement that checks them under its locks (PostgreSQL). Here a
+/// second ledger on the same database (another replica) freezes the book,
+/// unfreezes it, and posts from it under keys of its own in between: each later
+/// group of the first ledger must decide on what is committed, not on what it
+/// remembers. The status changes write no entry, so only that check sees them.
+async fn another_replica_changed_a_book(urls: Vec<String>) {
+    let here = store_at(&urls[0]).await;
+    let (a, b) = (funded_book(&here, 100).await, funded_book(&here, 0).await);
+    let there = store_at(&urls[0]).await;
+    let posted = |outcomes: Vec<Outcome>| outcomes[0].clone().transfer().unwrap();
+
+    // Both books are now the ones `here` committed last.
+    posted(
+        here.commit_group(&[transfer(a, b, 10, "here-1")])
+            .await
+            .unwrap(),
+    );
+    there
+        .set_status(a, AccountStatus::Frozen, None)
+        .await
+        .unwrap();
+    let frozen = here
+        .commit_group(&[transfer(a, b, 10, "here-2")])
+        .await
+        .unwrap();
+    assert_eq!(refusal_code(&frozen[0]), Some(ErrorCode::AccountFrozen));
+
+    there
+        .set_status(a, AccountStatus::Active, None)
+        .await
+        .unwrap();
+    posted(
+        here.commit_group(&[transfer(a, b, 20, "here-3")])
+            .await
+            .unwrap(),
+    );
+    let theirs = posted(
+        there
+            .commit_group(&[transfer(a, b, 5, "there-1")])
+            .await
+            .unwrap(),
+    );
+    // The same key and body through `here`: the other replica's transfer.
+    let replayed = here
+        .commit_group(&[transfer(a, b, 5, "there-1")])
+        .await
+        .unwrap();
+    assert!(replayed[0].replayed);
+    assert_eq!(posted(replayed).transfer_id, theirs.transfer_id);
+
+    // 100 - 10 - 20 - 5 = 65 left: 65 posts, one more unit is refused.
+    let last = here
+        .commit_group(&[transfer(a, b, 65, "here-4"), transfer(a, b, 1, "here-5")])
+        .await
+        .unwrap();
+    assert_eq!(last[0].clone().transfer().unwrap().amount_minor, 65);
+    assert_eq!(refusal_code(&last[1]), Some(ErrorCode::InsufficientFunds));
+    assert_eq!(balance(&here, a).await, 0);
+    assert_eq!(balance(&there, b).await, 100);
+    let report = here.verify().await.unwrap();
+    assert!(report.mismatches.is_empty(), "{report:?}");
 }
