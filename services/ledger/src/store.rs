@@ -54,7 +54,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use bank_kit::{DomainError, ErrorCode};
 
 use crate::domain::{
-    AccountId, AccountKind, AccountStatus, Entry, GENESIS_HASH, LedgerAccount, LedgerError,
+    AccountId, AccountKind, AccountStatus, Entry, GENESIS_HASH, Hold, LedgerAccount, LedgerError,
     Mismatch, StatusDecision, Transfer, TransferId, TransferKind, VerifyReport, entry_hash,
 };
 
@@ -136,7 +136,12 @@ pub struct LedgerStore {
     /// commit groups plan on without reading them first; a group's statement
     /// checks them under its locks, so a stale one costs a retry, never a wrong
     /// answer (`store::posting`).
-    books: std::sync::Mutex<std::collections::HashMap<AccountId, LedgerAccount>>,
+    books: posting::Memory<AccountId, LedgerAccount>,
+    /// The pending holds this process last placed or read under their books'
+    /// locks, which the next groups post or void without reading them first; a
+    /// hold resolved meanwhile fails the group's write (its resolution's
+    /// primary key), never gives a wrong answer.
+    holds: posting::Memory<TransferId, Hold>,
 }
 
 impl LedgerStore {
@@ -150,7 +155,8 @@ impl LedgerStore {
             sqlite_writer,
             settled: std::sync::Mutex::default(),
             swept_until: std::sync::Mutex::default(),
-            books: std::sync::Mutex::default(),
+            books: posting::Memory::default(),
+            holds: posting::Memory::default(),
         }
     }
 

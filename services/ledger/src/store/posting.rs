@@ -27,15 +27,16 @@
 //! again from step 2, so the plan always decides on what is committed.
 //!
 //! On PostgreSQL most groups take a shorter way, one round trip instead of five:
-//! the store remembers every book as its last group committed it, and a group
-//! whose books are all remembered, and that posts or voids no hold and reverses
-//! nothing, is planned on them with no read at all and written by one
-//! autocommit statement. That statement locks the books in the same sorted
-//! order and checks each against what the plan read (balance, reservation,
-//! entry count, status and its version) before it writes anything; a book that
-//! changed meanwhile (another replica, a status change), a key decided before
-//! (its record's insert fails) or any other failure leaves nothing written,
-//! and the group takes the locked way above, which reads what is committed.
+//! the store remembers every book as its last group committed it and the
+//! pending holds it placed or read, and a group whose books and resolved holds
+//! are all remembered, and that reverses nothing, is planned on them with no
+//! read at all and written by one autocommit statement. That statement locks
+//! the books in the same sorted order and checks each against what the plan
+//! read (balance, reservation, entry count, status and its version) before it
+//! writes anything; a book that changed meanwhile (another replica, a status
+//! change), a key decided before or a hold resolved meanwhile (their inserts
+//! fail) or any other failure leaves nothing written, and the group takes the
+//! locked way above, which reads what is committed.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -53,7 +54,7 @@ use super::{
     holds::{read_due, read_holds},
     load_transfer_view, statement,
 };
-use crate::domain::{AccountId, GENESIS_HASH, IdempotencyKey, LedgerAccount, TransferId};
+use crate::domain::{AccountId, GENESIS_HASH, Hold, IdempotencyKey, LedgerAccount, TransferId};
 
 const ENSURE_SETTLEMENT: &str = "INSERT INTO ledger_accounts (account_id, owner_id, currency, kind, status, balance_minor, entry_count, last_entry_hash, created_at, updated_at)
      VALUES ($1, NULL, $2, 'settlement', 'active', 0, 0, $3, $4, $4)
@@ -234,7 +235,7 @@ impl LedgerStore {
             }
         }
         let group: Arc<[Proposal]> = proposals.into();
-        let (outcomes, books) = self
+        let (outcomes, remembered) = self
             .write_with_retries(|txn| {
                 let (group, currencies) = (Arc::clone(&group), Arc::clone(&currencies));
                 // Each attempt decides at its own moment unless the caller fixed it.
@@ -243,37 +244,38 @@ impl LedgerStore {
             })
             .await?;
         self.mark_settled(&currencies);
-        self.remember_books(books);
+        self.remember(remembered);
         metrics::counter!("ledger_commit_groups_total", "path" => "locked").increment(1);
         Ok(outcomes)
     }
 
-    /// The group written in one round trip (PostgreSQL): planned on the books as
-    /// this process last committed or locked them, with no request record or
-    /// hold to read, and written by one autocommit statement that locks the
-    /// books and checks them against what the plan read
+    /// The group written in one round trip (PostgreSQL): planned on the books and
+    /// pending holds as this process last committed or locked them, with no
+    /// request record to read, and written by one autocommit statement that
+    /// locks the books and checks them against what the plan read
     /// ([`WRITE_GUARDED_GROUP_POSTGRES`]). `None` when the group needs more than
-    /// that (a book not known yet, a hold to post or void, a reversal, a key
-    /// used before, a refusal for funds that an expired hold could change) or
-    /// when the statement failed, a book having changed meanwhile included:
-    /// nothing of it was written, or if the connection broke at the commit, what
-    /// was written is recorded under the group's keys. Either way the group then
-    /// takes the locked path, which reads those records and answers from them.
+    /// that (a book or a hold not known yet, a reversal, a key used before, a
+    /// refusal for funds that an expired hold could change) or when the
+    /// statement failed, a book having changed or a hold having been resolved
+    /// meanwhile included (its resolution's primary key): nothing of it was
+    /// written, or if the connection broke at the commit, what was written is
+    /// recorded under the group's keys. Either way the group then takes the
+    /// locked path, which reads those records and answers from them.
     async fn commit_on_known_books(
         &self,
         proposals: &[Proposal],
         now: DateTime<Utc>,
     ) -> Option<Vec<Outcome>> {
-        if self.backend() != DbBackend::Postgres
-            || !plan::holds_to_read(proposals).is_empty()
-            || !plan::reversals_to_read(proposals).is_empty()
-        {
+        if self.backend() != DbBackend::Postgres || !plan::reversals_to_read(proposals).is_empty() {
             return None;
         }
-        let ids = plan::books_to_lock(proposals, &std::collections::BTreeMap::new());
-        let books = self.known_books(&ids)?;
+        let resolved = plan::holds_to_read(proposals);
+        let holds = self.holds.known(&resolved)?;
+        let ids = plan::books_to_lock(proposals, &holds);
+        let books = self.books.known(&ids)?;
         let facts = Facts {
             books: books.clone(),
+            holds: holds.clone(),
             ..Facts::default()
         };
         let planned = plan::plan(proposals, facts, now);
@@ -284,65 +286,39 @@ impl LedgerStore {
         {
             return None;
         }
-        let after = books_after(books.clone(), &planned.writes.books);
+        let remembered = Remembered::after(books.clone(), &holds, &planned.writes);
         match write_guarded(&self.writes, &planned.writes, &books, now).await {
             Ok(()) => {
-                self.remember_books(after);
+                self.remember(remembered);
                 metrics::counter!("ledger_commit_groups_total", "path" => "known_books")
                     .increment(1);
                 Some(planned.outcomes)
             }
             Err(error) => {
-                self.forget_books(&ids);
+                self.books.forget(&ids);
+                self.holds.forget(&resolved);
                 tracing::debug!(error = %error, "commit group on known books not written; locking its books");
                 None
             }
         }
     }
 
-    /// The books of `ids` as this process last committed them, if it knows
-    /// every one.
-    fn known_books(
-        &self,
-        ids: &[AccountId],
-    ) -> Option<std::collections::BTreeMap<AccountId, LedgerAccount>> {
-        let known = self
-            .books
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        ids.iter()
-            .map(|id| known.get(id).map(|book| (*id, book.clone())))
-            .collect()
+    /// Keeps what a committed group left, for the next groups to plan on.
+    fn remember(&self, remembered: Remembered) {
+        self.books.keep(remembered.books);
+        self.holds.forget(&remembered.resolved);
+        self.holds.keep(
+            remembered
+                .pending
+                .into_iter()
+                .map(|hold| (hold.hold_id, hold)),
+        );
     }
 
-    /// Keeps `books` as committed, for the next groups to plan on.
-    pub(crate) fn remember_books(
-        &self,
-        books: impl IntoIterator<Item = (AccountId, LedgerAccount)>,
-    ) {
-        let mut known = self
-            .books
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        for (id, book) in books {
-            if known.len() >= KNOWN_BOOKS && !known.contains_key(&id) {
-                // Bounded memory; the books come back as groups lock them.
-                known.clear();
-            }
-            known.insert(id, book);
-        }
-    }
-
-    /// Drops what this process knew of `ids`: they were written outside a
-    /// commit group, or a group's write on them failed.
+    /// Drops what this process knew of the books `ids`: they were written
+    /// outside a commit group.
     pub(crate) fn forget_books(&self, ids: &[AccountId]) {
-        let mut known = self
-            .books
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
-        for id in ids {
-            known.remove(id);
-        }
+        self.books.forget(ids);
     }
 
     fn unsettled_currencies(&self, proposals: &[Proposal]) -> Vec<Currency> {
@@ -365,9 +341,78 @@ impl LedgerStore {
     }
 }
 
-/// At most this many books are remembered between groups (a few hundred bytes
-/// each); past it the ledger starts over, relearning books as groups lock them.
-const KNOWN_BOOKS: usize = 16_384;
+/// What the ledger remembers between groups, by id: books as the last group
+/// left them, pending holds. At most [`Memory::LIMIT`] of each (a few hundred
+/// bytes apiece); past it the memory starts over, and what it held comes back
+/// as groups lock and read it.
+pub(crate) struct Memory<K, V>(std::sync::Mutex<std::collections::HashMap<K, V>>);
+
+impl<K: std::hash::Hash + Ord + Copy, V: Clone> Memory<K, V> {
+    const LIMIT: usize = 16_384;
+
+    /// The values of `ids`, if every one is remembered.
+    fn known(&self, ids: &[K]) -> Option<std::collections::BTreeMap<K, V>> {
+        let known = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        ids.iter()
+            .map(|id| known.get(id).map(|value| (*id, value.clone())))
+            .collect()
+    }
+
+    fn keep(&self, values: impl IntoIterator<Item = (K, V)>) {
+        let mut known = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        for (id, value) in values {
+            if known.len() >= Self::LIMIT && !known.contains_key(&id) {
+                known.clear();
+            }
+            known.insert(id, value);
+        }
+    }
+
+    fn forget(&self, ids: &[K]) {
+        let mut known = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        for id in ids {
+            known.remove(id);
+        }
+    }
+}
+
+impl<K, V> Default for Memory<K, V> {
+    fn default() -> Self {
+        Memory(std::sync::Mutex::default())
+    }
+}
+
+/// What a committed group leaves for the next groups to plan on: its books as
+/// written, the holds it read or placed that are still pending, and the holds
+/// it resolved (which the next groups must read, to refuse them as no longer
+/// pending).
+struct Remembered {
+    books: std::collections::BTreeMap<AccountId, LedgerAccount>,
+    pending: Vec<Hold>,
+    resolved: Vec<TransferId>,
+}
+
+impl Remembered {
+    /// From the books and holds a group planned on and the rows it writes.
+    fn after(
+        books: std::collections::BTreeMap<AccountId, LedgerAccount>,
+        holds: &std::collections::BTreeMap<TransferId, Hold>,
+        writes: &Writes,
+    ) -> Remembered {
+        let resolved: Vec<TransferId> = writes.resolutions.iter().map(|(id, _)| *id).collect();
+        let pending = holds
+            .values()
+            .filter(|hold| hold.resolution.is_none() && !resolved.contains(&hold.hold_id))
+            .chain(&writes.holds)
+            .cloned()
+            .collect();
+        Remembered {
+            books: books_after(books, &writes.books),
+            pending,
+            resolved,
+        }
+    }
+}
 
 /// The books of a group once its writes are applied.
 fn books_after(
@@ -385,20 +430,14 @@ fn books_after(
     books
 }
 
-/// The group's transaction on its locked books: its outcomes, and its books as
-/// they are once it commits.
+/// The group's transaction on its locked books: its outcomes, and what it
+/// leaves for the next groups to plan on once it commits.
 async fn group_in(
     txn: &DatabaseTransaction,
     proposals: &[Proposal],
     currencies: &[Currency],
     now: DateTime<Utc>,
-) -> Result<
-    (
-        Vec<Outcome>,
-        std::collections::BTreeMap<AccountId, LedgerAccount>,
-    ),
-    StoreError,
-> {
+) -> Result<(Vec<Outcome>, Remembered), StoreError> {
     let backend = txn.get_database_backend();
     for currency in currencies {
         txn.execute_raw(statement(
@@ -424,7 +463,7 @@ async fn group_in(
         // Again, now that their books are locked: how each ended is settled.
         holds: read_holds(txn, &resolved).await?,
     };
-    let facts_books = facts.books.clone();
+    let (read_books, read_holds) = (facts.books.clone(), facts.holds.clone());
     let mut planned = plan::plan(proposals, facts.clone(), now);
     let short = short_of_funds(&planned.outcomes, &facts.books);
     if !short.is_empty() {
@@ -432,8 +471,8 @@ async fn group_in(
         planned = plan::plan(proposals, facts, now);
     }
     write(txn, &planned.writes, now).await?;
-    let after = books_after(facts_books, &planned.writes.books);
-    Ok((planned.outcomes, after))
+    let remembered = Remembered::after(read_books, &read_holds, &planned.writes);
+    Ok((planned.outcomes, remembered))
 }
 
 /// The books whose pending holds might have expired, when some request of the

@@ -9,7 +9,7 @@ use bank_kit::{ErrorCode, money::PositiveAmount};
 use bank_ledger::{
     domain::{
         AccountId, AccountStatus, Description, IdempotencyKey, TransferKind,
-        plan::{Movement, Outcome, PostingRequest, Proposal},
+        plan::{Action, Movement, Outcome, PostingRequest, Proposal},
     },
     engine::{GroupConfig, PostingEngine},
     store::LedgerStore,
@@ -242,6 +242,92 @@ async fn another_replica_changed_a_book(urls: Vec<String>) {
     assert_eq!(refusal_code(&last[1]), Some(ErrorCode::InsufficientFunds));
     assert_eq!(balance(&here, a).await, 0);
     assert_eq!(balance(&there, b).await, 100);
+    let report = here.verify().await.unwrap();
+    assert!(report.mismatches.is_empty(), "{report:?}");
+}
+
+/// Alice's request to do `action`, under `key`.
+fn alices(action: Action, key: &str) -> Proposal {
+    Proposal::new(PostingRequest {
+        action,
+        required_owner: Some("alice".to_owned()),
+        scope: "user:alice".into(),
+        idempotency_key: IdempotencyKey::parse(key).unwrap(),
+    })
+}
+
+db_test!(
+    a_hold_another_replica_resolved_is_not_posted_again,
+    databases = 1,
+    another_replica_resolved_a_hold
+);
+/// A ledger posts and voids the holds it placed without reading them first
+/// (PostgreSQL): here a second ledger on the same database voids one of them in
+/// between, and the first must answer `hold_not_pending`, not post it.
+async fn another_replica_resolved_a_hold(urls: Vec<String>) {
+    let here = store_at(&urls[0]).await;
+    let (a, b) = (funded_book(&here, 100).await, funded_book(&here, 0).await);
+    let there = store_at(&urls[0]).await;
+    let hold = |amount: i64, key: &str| {
+        let Proposal { request, .. } = transfer(a, b, amount, key);
+        let Action::Move(movement) = request.action else {
+            unreachable!("a transfer moves")
+        };
+        alices(
+            Action::Hold {
+                movement,
+                timeout_seconds: 600,
+            },
+            key,
+        )
+    };
+    let placed = |outcomes: Vec<Outcome>| outcomes[0].clone().transfer().unwrap().transfer_id;
+
+    let first = placed(here.commit_group(&[hold(60, "hold-1")]).await.unwrap());
+    let posted = here
+        .commit_group(&[alices(
+            Action::PostHold {
+                hold_id: first,
+                amount: Some(PositiveAmount::parse(40).unwrap()),
+            },
+            "post-1",
+        )])
+        .await
+        .unwrap();
+    assert_eq!(posted[0].clone().transfer().unwrap().amount_minor, 40);
+    let again = here
+        .commit_group(&[alices(
+            Action::PostHold {
+                hold_id: first,
+                amount: None,
+            },
+            "post-1-again",
+        )])
+        .await
+        .unwrap();
+    assert_eq!(refusal_code(&again[0]), Some(ErrorCode::HoldNotPending));
+
+    let second = placed(here.commit_group(&[hold(30, "hold-2")]).await.unwrap());
+    let voided = there
+        .commit_group(&[alices(Action::VoidHold { hold_id: second }, "void-2")])
+        .await
+        .unwrap();
+    assert!(voided[0].result.is_ok(), "{voided:?}");
+    let late = here
+        .commit_group(&[alices(
+            Action::PostHold {
+                hold_id: second,
+                amount: None,
+            },
+            "post-2",
+        )])
+        .await
+        .unwrap();
+    assert_eq!(refusal_code(&late[0]), Some(ErrorCode::HoldNotPending));
+
+    let book = here.account(a).await.unwrap().unwrap();
+    assert_eq!((book.balance_minor, book.pending_debits_minor), (60, 0));
+    assert_eq!(balance(&there, b).await, 40);
     let report = here.verify().await.unwrap();
     assert!(report.mismatches.is_empty(), "{report:?}");
 }
