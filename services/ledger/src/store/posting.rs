@@ -303,8 +303,12 @@ impl LedgerStore {
         }
     }
 
-    /// Keeps what a committed group left, for the next groups to plan on.
+    /// Keeps what a committed group left, for the next groups to plan on
+    /// (PostgreSQL: SQLite's writer holds the whole file, and reads in process).
     fn remember(&self, remembered: Remembered) {
+        if self.backend() != DbBackend::Postgres {
+            return;
+        }
         self.books.keep(remembered.books);
         self.holds.forget(&remembered.resolved);
         self.holds.keep(
