@@ -114,6 +114,10 @@ fn describe() {
         "Time to write and commit one commit group, retries included"
     );
     describe_counter!(
+        "ledger_commit_groups_unwritten_total",
+        "Commit groups whose one guarded statement wrote nothing (a book or hold changed meanwhile, a key decided before, or a failure), and which then took the locked path"
+    );
+    describe_counter!(
         "ledger_commit_groups_total",
         "Commit groups committed, by path: known_books (one guarded statement on the books as last committed) or locked (the books locked and read first)"
     );

@@ -142,6 +142,9 @@ pub struct LedgerStore {
     /// hold resolved meanwhile fails the group's write (its resolution's
     /// primary key), never gives a wrong answer.
     holds: posting::Memory<TransferId, Hold>,
+    /// How often groups try the one-statement path, which fails while other
+    /// replicas keep writing the same books (`store::posting`).
+    backoff: posting::Backoff,
 }
 
 impl LedgerStore {
@@ -157,6 +160,7 @@ impl LedgerStore {
             swept_until: std::sync::Mutex::default(),
             books: posting::Memory::default(),
             holds: posting::Memory::default(),
+            backoff: posting::Backoff::default(),
         }
     }
 

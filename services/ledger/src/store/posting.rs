@@ -266,7 +266,10 @@ impl LedgerStore {
         proposals: &[Proposal],
         now: DateTime<Utc>,
     ) -> Option<Vec<Outcome>> {
-        if self.backend() != DbBackend::Postgres || !plan::reversals_to_read(proposals).is_empty() {
+        if self.backend() != DbBackend::Postgres
+            || !plan::reversals_to_read(proposals).is_empty()
+            || !self.backoff.allows()
+        {
             return None;
         }
         let resolved = plan::holds_to_read(proposals);
@@ -289,12 +292,21 @@ impl LedgerStore {
         let remembered = Remembered::after(books.clone(), &holds, &planned.writes);
         match write_guarded(&self.writes, &planned.writes, &books, now).await {
             Ok(()) => {
+                self.backoff.succeeded();
                 self.remember(remembered);
                 metrics::counter!("ledger_commit_groups_total", "path" => "known_books")
                     .increment(1);
                 Some(planned.outcomes)
             }
             Err(error) => {
+                // A book changed meanwhile (or a deadlock): other writers are
+                // on these books. A key or hold decided before says nothing
+                // of the next groups.
+                if matches!(&error, StoreError::Database(cause) if bank_kit::db::is_retryable(cause))
+                {
+                    self.backoff.failed();
+                }
+                metrics::counter!("ledger_commit_groups_unwritten_total").increment(1);
                 self.books.forget(&ids);
                 self.holds.forget(&resolved);
                 tracing::debug!(error = %error, "commit group on known books not written; locking its books");
@@ -383,6 +395,48 @@ impl<K: std::hash::Hash + Ord + Copy, V: Clone> Memory<K, V> {
 impl<K, V> Default for Memory<K, V> {
     fn default() -> Self {
         Memory(std::sync::Mutex::default())
+    }
+}
+
+/// How often the ledger tries the one-statement path. Each failed try costs a
+/// round trip before the locked path; when other replicas keep writing the same
+/// books (a settlement book every deposit touches), most tries would fail. After
+/// a try fails because a book changed, the next groups go straight to the
+/// locked path, one after the first such failure in a row, then twice as many
+/// after each further one, up to [`Backoff::MAX_SKIP`]; a success starts over.
+/// At worst one group in `MAX_SKIP + 1` pays for a failed try.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff(std::sync::Mutex<BackoffState>);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct BackoffState {
+    /// Groups still to send straight to the locked path.
+    skip: u32,
+    /// How many the latest failure skipped (0: the latest try succeeded).
+    penalty: u32,
+}
+
+impl Backoff {
+    const MAX_SKIP: u32 = 64;
+
+    /// Whether the next group may try the one-statement path; counts a skip.
+    pub(crate) fn allows(&self) -> bool {
+        let mut state = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        if state.skip == 0 {
+            return true;
+        }
+        state.skip -= 1;
+        false
+    }
+
+    pub(crate) fn failed(&self) {
+        let mut state = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        state.penalty = (state.penalty * 2).clamp(1, Self::MAX_SKIP);
+        state.skip = state.penalty;
+    }
+
+    pub(crate) fn succeeded(&self) {
+        *self.0.lock().unwrap_or_else(|poison| poison.into_inner()) = BackoffState::default();
     }
 }
 
@@ -956,4 +1010,40 @@ pub(crate) fn strings(values: impl Iterator<Item = String>) -> Value {
 /// A PostgreSQL `bigint[]` parameter.
 fn integers(values: impl Iterator<Item = i64>) -> Value {
     Value::from(values.collect::<Vec<i64>>())
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::Backoff;
+
+    /// How many of the next `groups` groups the backoff lets try.
+    fn tries(backoff: &Backoff, groups: usize) -> usize {
+        (0..groups).filter(|_| backoff.allows()).count()
+    }
+
+    #[test]
+    fn failures_in_a_row_skip_twice_as_many_groups_each_up_to_the_cap_and_a_success_starts_over() {
+        let backoff = Backoff::default();
+        assert_eq!(tries(&backoff, 3), 3, "nothing failed yet");
+        backoff.failed();
+        assert!(
+            !backoff.allows(),
+            "one group skipped after the first failure"
+        );
+        assert!(backoff.allows());
+        backoff.failed();
+        assert_eq!(tries(&backoff, 3), 1, "two skipped after the second");
+        for _ in 0..10 {
+            backoff.failed();
+        }
+        assert_eq!(tries(&backoff, Backoff::MAX_SKIP as usize + 1), 1, "capped");
+        backoff.succeeded();
+        assert_eq!(tries(&backoff, 3), 3);
+        backoff.failed();
+        assert_eq!(
+            tries(&backoff, 2),
+            1,
+            "a success forgot the earlier failures"
+        );
+    }
 }
