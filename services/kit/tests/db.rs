@@ -201,7 +201,7 @@ async fn every_sqlite_connection_commits_durably_and_keeps_its_wal_in_bounds() {
     .await;
 }
 
-/// The one integer a SQLite query answers.
+/// The one integer a query answers, on either backend.
 async fn scalar(db: &impl ConnectionTrait, sql: &str) -> i64 {
     db.query_one_raw(sea_orm::Statement::from_string(
         db.get_database_backend(),

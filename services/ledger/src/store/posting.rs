@@ -266,10 +266,7 @@ impl LedgerStore {
         proposals: &[Proposal],
         now: DateTime<Utc>,
     ) -> Option<Vec<Outcome>> {
-        if self.backend() != DbBackend::Postgres
-            || !plan::reversals_to_read(proposals).is_empty()
-            || !self.backoff.allows()
-        {
+        if self.backend() != DbBackend::Postgres || !plan::reversals_to_read(proposals).is_empty() {
             return None;
         }
         let resolved = plan::holds_to_read(proposals);
@@ -287,6 +284,10 @@ impl LedgerStore {
         if planned.writes.requests.is_empty()
             || !short_of_funds(&planned.outcomes, &books).is_empty()
         {
+            return None;
+        }
+        // Only a group that would try counts against the backoff.
+        if !self.backoff.allows() {
             return None;
         }
         let remembered = Remembered::after(books.clone(), &holds, &planned.writes);
