@@ -11,6 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    bank_kit::memory::use_small_pages();
     let env = config::Env::from_process();
     if probe::requested() {
         probe::finish(

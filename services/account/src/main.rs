@@ -6,6 +6,7 @@ use bank_kit::{config, grpc, probe, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    bank_kit::memory::use_small_pages();
     let env = config::Env::from_process();
     if probe::requested() {
         probe::finish(

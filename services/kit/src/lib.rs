@@ -11,6 +11,7 @@ pub mod db;
 pub mod detach;
 pub mod error;
 pub mod grpc;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod probe;
