@@ -331,3 +331,45 @@ async fn another_replica_resolved_a_hold(urls: Vec<String>) {
     let report = here.verify().await.unwrap();
     assert!(report.mismatches.is_empty(), "{report:?}");
 }
+
+db_test!(
+    the_database_refuses_a_second_reversal_of_one_transfer,
+    databases = 1,
+    second_reversal_in_the_database
+);
+/// The plan refuses a second reversal of a transfer under its books' locks; the
+/// database refuses one all the same, from a writer that skipped the plan,
+/// while a transfer that reverses nothing is never in the way (on PostgreSQL
+/// the unique index covers only the transfers that reverse one).
+async fn second_reversal_in_the_database(urls: Vec<String>) {
+    use sea_orm::ConnectionTrait;
+    let store = store_at(&urls[0]).await;
+    let (a, b) = (funded_book(&store, 100).await, funded_book(&store, 0).await);
+    let mut posted = Vec::new();
+    for key in ["t-1", "t-2"] {
+        let outcomes = store
+            .commit_group(&[transfer(a, b, 10, key)])
+            .await
+            .unwrap();
+        posted.push(outcomes[0].clone().transfer().unwrap().transfer_id);
+    }
+    let reversal = |id: &str| {
+        format!(
+            "INSERT INTO ledger_transfers (transfer_id, kind, from_account_id, to_account_id, amount_minor, currency, description, reverses_transfer_id, status, initiated_by, created_at)
+             VALUES ('{id}', 'reversal', '{b}', '{a}', 10, 'EUR', 'forged', '{}', 'posted', 'operator', CURRENT_TIMESTAMP)",
+            posted[0]
+        )
+    };
+    let db = store.connection();
+
+    db.execute_unprepared(&reversal("forged-1")).await.unwrap();
+    let second = db.execute_unprepared(&reversal("forged-2")).await;
+
+    assert!(second.is_err(), "a second reversal was written: {second:?}");
+    assert_eq!(balance(&store, a).await, 80);
+    let third = store
+        .commit_group(&[transfer(a, b, 10, "t-3")])
+        .await
+        .unwrap();
+    assert!(third[0].clone().transfer().is_ok());
+}
