@@ -12,6 +12,7 @@ mod m20261204_000001_request_outcome_indexes;
 mod m20261205_000001_set_based_references;
 mod m20261207_000001_group_guard;
 mod m20261207_000002_sparse_indexes;
+mod m20261207_000003_entries_on_their_transfer;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000001_set_based_references::Migration),
             Box::new(m20261207_000001_group_guard::Migration),
             Box::new(m20261207_000002_sparse_indexes::Migration),
+            Box::new(m20261207_000003_entries_on_their_transfer::Migration),
         ]
     }
 }

@@ -153,7 +153,8 @@ db_test!(
 /// The journal's references are checked by the database, per statement on
 /// PostgreSQL and by foreign keys on SQLite: a row naming a book, transfer or
 /// hold that does not exist is refused, and so is anything that would take a
-/// referenced book away afterwards.
+/// referenced book away afterwards. On PostgreSQL an entry must also be on one
+/// of its transfer's two books.
 async fn journal_references_hold(urls: Vec<String>) {
     let stack = spawn(&urls, Parts::LEDGER).await;
     let operator = stack.operator().await;
@@ -170,16 +171,18 @@ async fn journal_references_hold(urls: Vec<String>) {
         sea_orm::DbBackend::Postgres => "now()",
         _ => "'2026-12-05T00:00:00Z'",
     };
-    let transfer_id: String = db
+    let deposited = db
         .query_one_raw(sea_orm::Statement::from_string(
             backend,
-            format!("SELECT transfer_id FROM ledger_transfers WHERE to_account_id = '{account}'"),
+            format!(
+                "SELECT transfer_id, from_account_id FROM ledger_transfers WHERE to_account_id = '{account}'"
+            ),
         ))
         .await
         .unwrap()
-        .unwrap()
-        .try_get("", "transfer_id")
         .unwrap();
+    let transfer_id: String = deposited.try_get("", "transfer_id").unwrap();
+    let settlement: String = deposited.try_get("", "from_account_id").unwrap();
     let missing = "00000000-0000-7000-8000-000000000000";
     let hold = uuid::Uuid::now_v7().to_string();
     let entry = |account_id: &str, transfer: &str| {
@@ -218,7 +221,10 @@ async fn journal_references_hold(urls: Vec<String>) {
     // their references and nothing else.
     let pairs = [
         (entry(&account, missing), entry(&account, &transfer_id)),
-        (entry(missing, &transfer_id), entry(&unused, &transfer_id)),
+        (
+            entry(missing, &transfer_id),
+            entry(&settlement, &transfer_id),
+        ),
         (transfer(missing, "NULL"), transfer(&unused, "NULL")),
         (
             transfer(&unused, &format!("'{missing}'")),
@@ -251,6 +257,8 @@ async fn journal_references_hold(urls: Vec<String>) {
     ]);
     if backend == sea_orm::DbBackend::Postgres {
         refused.extend([
+            // A book that exists, but not one of the entry's transfer.
+            entry(&unused, &transfer_id),
             "TRUNCATE ledger_accounts".to_owned(),
             "TRUNCATE ledger_accounts CASCADE".to_owned(),
         ]);
