@@ -332,10 +332,14 @@ impl LedgerStore {
         );
     }
 
-    /// Drops what this process knew of the books `ids`: they were written
-    /// outside a commit group.
+    /// Drops what this process knew of the books `ids` and of the holds on
+    /// them: they were written outside a commit group (a status change, the
+    /// hold sweep), which may have expired some of those holds too.
     pub(crate) fn forget_books(&self, ids: &[AccountId]) {
         self.books.forget(ids);
+        let books: HashSet<AccountId> = ids.iter().copied().collect();
+        self.holds
+            .forget_where(|hold| books.contains(&hold.from_account_id));
     }
 
     fn unsettled_currencies(&self, proposals: &[Proposal]) -> Vec<Currency> {
@@ -390,6 +394,12 @@ impl<K: std::hash::Hash + Ord + Copy, V: Clone> Memory<K, V> {
         for id in ids {
             known.remove(id);
         }
+    }
+
+    /// Forgets every value for which `gone` is true.
+    fn forget_where(&self, mut gone: impl FnMut(&V) -> bool) {
+        let mut known = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        known.retain(|_, value| !gone(value));
     }
 }
 
@@ -1046,5 +1056,23 @@ mod backoff_tests {
             1,
             "a success forgot the earlier failures"
         );
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::Memory;
+
+    #[test]
+    fn values_are_forgotten_by_id_or_by_what_they_hold() {
+        let memory = Memory::<u32, &str>::default();
+        memory.keep([(1, "book a"), (2, "book b"), (3, "book a")]);
+
+        memory.forget_where(|value| *value == "book a");
+        memory.forget(&[4]);
+
+        assert_eq!(memory.known(&[1]), None);
+        assert_eq!(memory.known(&[3]), None);
+        assert_eq!(memory.known(&[2]).map(|known| known[&2]), Some("book b"));
     }
 }
