@@ -7,8 +7,8 @@ use bank_kit::{config, grpc, probe, telemetry};
 /// mimalloc in place of the system allocator: under load, glibc's malloc and
 /// free (mostly their slow paths: fastbin consolidation and memory freed on
 /// another thread than the one that allocated it) were a fifth of the ledger's
-/// CPU. With huge pages off (`bank_kit::memory`) its peak RSS stays about
-/// where the system allocator's was.
+/// CPU. With huge pages off (`bank_kit::memory`) its peak RSS stays within
+/// budget: about 40 MiB under load, against 26 MiB on the system allocator.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

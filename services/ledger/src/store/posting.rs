@@ -1061,18 +1061,57 @@ mod backoff_tests {
 
 #[cfg(test)]
 mod memory_tests {
+    use bank_kit::money::Currency;
+    use chrono::Utc;
+
     use super::Memory;
+    use crate::{
+        domain::{AccountId, Hold, TransferId},
+        store::LedgerStore,
+    };
 
     #[test]
-    fn values_are_forgotten_by_id_or_by_what_they_hold() {
+    fn values_are_forgotten_by_what_they_hold() {
         let memory = Memory::<u32, &str>::default();
         memory.keep([(1, "book a"), (2, "book b"), (3, "book a")]);
 
         memory.forget_where(|value| *value == "book a");
-        memory.forget(&[4]);
 
         assert_eq!(memory.known(&[1]), None);
         assert_eq!(memory.known(&[3]), None);
         assert_eq!(memory.known(&[2]).map(|known| known[&2]), Some("book b"));
+    }
+
+    /// A status change or the hold sweep may have expired holds on the books
+    /// it wrote: those holds are no longer planned on from memory.
+    #[tokio::test]
+    async fn books_written_outside_a_group_take_their_holds_out_of_memory() {
+        let db = bank_kit::db::connect("sqlite::memory:")
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let store = LedgerStore::new(db);
+        let book = || AccountId::from_uuid(uuid::Uuid::now_v7());
+        let (written, untouched, payee) = (book(), book(), book());
+        let hold = |from: AccountId| Hold {
+            hold_id: TransferId::new(),
+            from_account_id: from,
+            to_account_id: payee,
+            held_minor: 10,
+            currency: Currency::parse("EUR").unwrap_or_else(|error| panic!("{error:?}")),
+            description: String::new(),
+            initiated_by: "alice".into(),
+            created_at: Utc::now(),
+            expires_at: Utc::now(),
+            resolution: None,
+        };
+        let (gone, kept) = (hold(written), hold(untouched));
+        store
+            .holds
+            .keep([(gone.hold_id, gone.clone()), (kept.hold_id, kept.clone())]);
+
+        store.forget_books(&[written]);
+
+        assert!(store.holds.known(&[gone.hold_id]).is_none());
+        assert!(store.holds.known(&[kept.hold_id]).is_some());
     }
 }

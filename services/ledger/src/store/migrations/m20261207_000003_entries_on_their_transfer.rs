@@ -26,7 +26,7 @@ const CHECK: &str = r"CREATE OR REPLACE FUNCTION ledger_entries_check_references
                           AND n.account_id IN (t.from_account_id, t.to_account_id)
                         LIMIT 1) IS NULL) THEN
         RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation',
-          MESSAGE = 'a row inserted into ledger_entries names a row that does not exist';
+          MESSAGE = 'a row inserted into ledger_entries names a transfer that does not exist or a book its transfer does not name';
       END IF;
       RETURN NULL;
     END
