@@ -214,7 +214,18 @@ pub async fn collation(db: &DatabaseConnection) -> Result<Option<Collation>, DbE
 pub async fn connect_and_migrate<M: MigratorTrait>(url: &str) -> Result<DatabaseConnection, DbErr> {
     let db = connect(url).await?;
     if db.get_database_backend() != DbBackend::Postgres {
-        migrate_unless_ahead::<M>(&db).await?;
+        // On one connection: each SQLite connection keeps its own copy of the
+        // schema, and a migration whose statements went to several of the
+        // pool's connections could meet one that had not yet seen a trigger
+        // dropped by another ("trigger … already exists").
+        match writer_connection(&db) {
+            Some(migrator) => {
+                let migrated = migrate_unless_ahead::<M>(&migrator).await;
+                migrator.close().await.ok();
+                migrated?;
+            }
+            None => migrate_unless_ahead::<M>(&db).await?,
+        }
         return Ok(db);
     }
     // One connection that the pool never recycles, so the session holding the
