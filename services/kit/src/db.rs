@@ -349,6 +349,20 @@ async fn migrate_unless_ahead<M: MigratorTrait>(db: &DatabaseConnection) -> Resu
 /// the statement has ended: its start is the end less what it took. Statements
 /// of background work outside any trace are not recorded.
 fn trace_statement(info: &sea_orm::metric::Info<'_>) {
+    trace_sql(
+        info.statement.db_backend,
+        &info.statement.sql,
+        info.elapsed,
+        info.failed,
+    );
+}
+
+/// Records one statement as a client span of the current span's trace, as
+/// `db.system`, `db.operation.name` and `db.collection.name` (the table), when
+/// that trace is sampled. Every statement run through a pool of [`connect`] or
+/// [`writer_connection`] is recorded this way; a statement run straight on a
+/// driver connection calls it itself.
+pub fn trace_sql(backend: DbBackend, sql: &str, elapsed: Duration, failed: bool) {
     use opentelemetry::{
         KeyValue,
         trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer},
@@ -358,10 +372,10 @@ fn trace_statement(info: &sea_orm::metric::Info<'_>) {
     if !parent.span().span_context().is_sampled() {
         return;
     }
-    let (operation, collection) = describe_statement(&info.statement.sql);
-    let system = db_system(info.statement.db_backend);
+    let (operation, collection) = describe_statement(sql);
+    let system = db_system(backend);
     let end = std::time::SystemTime::now();
-    let start = end.checked_sub(info.elapsed).unwrap_or(end);
+    let start = end.checked_sub(elapsed).unwrap_or(end);
     let name = match &collection {
         Some(collection) => format!("{operation} {collection}"),
         None => operation.clone(),
@@ -380,7 +394,7 @@ fn trace_statement(info: &sea_orm::metric::Info<'_>) {
         .with_start_time(start)
         .with_attributes(attributes)
         .start_with_context(&tracer, &parent);
-    if info.failed {
+    if failed {
         span.set_status(Status::error("the statement failed"));
     }
     span.end_with_timestamp(end);

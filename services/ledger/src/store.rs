@@ -145,6 +145,8 @@ pub struct LedgerStore {
     /// How often groups try the one-statement path, which fails while other
     /// replicas keep writing the same books (`store::posting`).
     backoff: posting::Backoff,
+    /// The one-statement path's own connection (PostgreSQL).
+    guarded: Option<posting::GuardedWriter>,
 }
 
 impl LedgerStore {
@@ -152,7 +154,11 @@ impl LedgerStore {
         let sqlite_writer =
             (db.get_database_backend() == DbBackend::Sqlite).then(|| Mutex::new(()));
         let writes = bank_kit::db::writer_connection(&db).unwrap_or_else(|| db.clone());
+        let guarded = (db.get_database_backend() == DbBackend::Postgres).then(|| {
+            posting::GuardedWriter::new(&db.get_postgres_connection_pool().connect_options())
+        });
         LedgerStore {
+            guarded,
             db,
             writes,
             sqlite_writer,

@@ -38,15 +38,17 @@
 //! fail) or any other failure leaves nothing written, and the group takes the
 //! locked way above, which reads what is committed.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Instant};
 
 use bank_domain::ledger::plan::{
     self, Facts, ItemRefusal, KnownRequest, Outcome, Proposal, RecordKey, RecordedOutcome, Refusal,
     Writes,
 };
-use bank_kit::{ErrorCode, money::Currency};
+use bank_kit::{ErrorCode, db, money::Currency};
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult, Statement, Value, sqlx,
+};
 use serde_json::json;
 
 use super::{
@@ -266,7 +268,8 @@ impl LedgerStore {
         proposals: &[Proposal],
         now: DateTime<Utc>,
     ) -> Option<Vec<Outcome>> {
-        if self.backend() != DbBackend::Postgres || !plan::reversals_to_read(proposals).is_empty() {
+        let guarded = self.guarded.as_ref()?;
+        if !plan::reversals_to_read(proposals).is_empty() {
             return None;
         }
         let resolved = plan::holds_to_read(proposals);
@@ -291,7 +294,7 @@ impl LedgerStore {
             return None;
         }
         let remembered = Remembered::after(books.clone(), &holds, &planned.writes);
-        match write_guarded(&self.writes, &planned.writes, &books, now).await {
+        match write_guarded(guarded, &planned.writes, &books, now).await {
             Ok(()) => {
                 self.backoff.succeeded();
                 self.remember(remembered);
@@ -785,16 +788,17 @@ async fn write_postgres(
     txn.execute_raw(Statement::from_sql_and_values(
         DbBackend::Postgres,
         WRITE_GROUP_POSTGRES,
-        write_parameters(writes, now),
+        write_parameters(writes, now).into_iter().map(Value::from),
     ))
     .await?;
     Ok(())
 }
 
 /// Writes a group planned on `books` in one autocommit statement that checks
-/// them first ([`WRITE_GUARDED_GROUP_POSTGRES`]).
+/// them first ([`WRITE_GUARDED_GROUP_POSTGRES`]), on the connection of
+/// `writer`.
 async fn write_guarded(
-    db: &impl ConnectionTrait,
+    writer: &GuardedWriter,
     writes: &Writes,
     books: &std::collections::BTreeMap<AccountId, LedgerAccount>,
     now: DateTime<Utc>,
@@ -802,24 +806,116 @@ async fn write_guarded(
     let books = || books.values();
     let mut params = write_parameters(writes, now);
     params.extend([
-        strings(books().map(|b| b.account_id.to_string())),
-        integers(books().map(|b| b.balance_minor)),
-        integers(books().map(|b| b.pending_debits_minor)),
-        integers(books().map(|b| b.entry_count)),
-        integers(books().map(|b| b.status_version)),
-        strings(books().map(|b| b.status.as_str().to_owned())),
+        texts(books().map(|b| b.account_id.to_string())),
+        bigints(books().map(|b| b.balance_minor)),
+        bigints(books().map(|b| b.pending_debits_minor)),
+        bigints(books().map(|b| b.entry_count)),
+        bigints(books().map(|b| b.status_version)),
+        texts(books().map(|b| b.status.as_str().to_owned())),
     ]);
-    db.execute_raw(Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        WRITE_GUARDED_GROUP_POSTGRES,
-        params,
-    ))
-    .await?;
-    Ok(())
+    writer.execute(WRITE_GUARDED_GROUP_POSTGRES, params).await
+}
+
+/// The connection the one-statement path writes on (PostgreSQL), held by the
+/// store between groups rather than taken from a pool.
+///
+/// A pooled connection goes back to its pool through a ping, one more round
+/// trip to the server after every statement; and sea-orm's statements carry
+/// their arrays as one boxed value per element, which were cloned and turned
+/// into the driver's arguments on the writer's path. This connection is bound
+/// straight from the plan's arrays (sqlx, under sea-orm) and never released:
+/// a group's statement is its only traffic. It is pinged first only after
+/// [`db::IDLE_BEFORE_PING`] without use, like the pools' connections. A
+/// statement the server refused leaves it usable; any other failure (the
+/// connection broke, the server ended the session, or the group's task was
+/// dropped mid-way) closes it, and the next group opens another.
+pub(crate) struct GuardedWriter {
+    options: sqlx::postgres::PgConnectOptions,
+    connection: tokio::sync::Mutex<Option<(sqlx::PgConnection, Instant)>>,
+}
+
+impl GuardedWriter {
+    /// A writer that opens its connection, on first use, with `options`.
+    pub(crate) fn new(options: &sqlx::postgres::PgConnectOptions) -> GuardedWriter {
+        GuardedWriter {
+            options: options
+                .clone()
+                .application_name(GUARDED_WRITER_APPLICATION_NAME),
+            connection: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn execute(&self, sql: &'static str, params: Vec<Param>) -> Result<(), StoreError> {
+        use sqlx::{Arguments, Connection, Executor};
+        let mut arguments = sqlx::postgres::PgArguments::default();
+        for param in params {
+            match param {
+                Param::Strings(values) => arguments.add(values),
+                Param::Integers(values) => arguments.add(values),
+                Param::Time(at) => arguments.add(at),
+            }
+            .map_err(|error| {
+                StoreError::Corrupt(format!("a parameter could not be encoded: {error}"))
+            })?;
+        }
+        let mut slot = self.connection.lock().await;
+        // Out of the slot while in use: dropped mid-statement, it is closed.
+        let mut connection = match slot.take() {
+            Some((connection, used)) if used.elapsed() < db::IDLE_BEFORE_PING => connection,
+            Some((mut connection, _)) => match connection.ping().await {
+                Ok(()) => connection,
+                Err(_) => self.connect().await?,
+            },
+            None => self.connect().await?,
+        };
+        let started = Instant::now();
+        let result = connection
+            .execute(sqlx::query_with(sql, arguments))
+            .await
+            .map(drop);
+        db::trace_sql(DbBackend::Postgres, sql, started.elapsed(), result.is_err());
+        match result {
+            Ok(()) => {
+                *slot = Some((connection, Instant::now()));
+                Ok(())
+            }
+            Err(error) => {
+                let answered = matches!(error, sqlx::Error::Database(_));
+                let error = exec_error(error);
+                // A refusal of the statement leaves the session as it was; the
+                // server ending the session (an administrator, a shutdown) does not.
+                if answered
+                    && !matches!(&error, StoreError::Database(cause) if db::is_unavailable(cause))
+                {
+                    *slot = Some((connection, Instant::now()));
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<sqlx::PgConnection, StoreError> {
+        use sqlx::ConnectOptions;
+        self.options.connect().await.map_err(|error| {
+            StoreError::Database(sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(
+                error.into(),
+            )))
+        })
+    }
+}
+
+/// The `application_name` of the one-statement path's connection, which tells
+/// it apart in `pg_stat_activity`.
+pub const GUARDED_WRITER_APPLICATION_NAME: &str = "bank-ledger guarded writes";
+
+fn exec_error(error: sqlx::Error) -> StoreError {
+    StoreError::Database(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
+        error.into(),
+    )))
 }
 
 /// The parameters `$1` to `$47` of a group's writes on PostgreSQL.
-fn write_parameters(writes: &Writes, now: DateTime<Utc>) -> Vec<Value> {
+fn write_parameters(writes: &Writes, now: DateTime<Utc>) -> Vec<Param> {
     let transfers = || writes.transfers.iter().map(|new| &new.transfer);
     let entries = || writes.entries.iter();
     let books = || writes.books.iter();
@@ -830,68 +926,102 @@ fn write_parameters(writes: &Writes, now: DateTime<Utc>) -> Vec<Value> {
         .iter()
         .map(|r| outcome_columns(&r.outcome))
         .collect();
-    let outcome = |n: usize| strings(outcomes.iter().map(|columns| columns[n].clone()));
+    let outcome = |n: usize| texts(outcomes.iter().map(|columns| columns[n].clone()));
     let requests = || writes.requests.iter();
     vec![
-        strings(transfers().map(|t| t.transfer_id.to_string())),
-        strings(transfers().map(|t| t.kind.as_str().to_owned())),
-        strings(transfers().map(|t| t.from_account_id.to_string())),
-        strings(transfers().map(|t| t.to_account_id.to_string())),
-        integers(transfers().map(|t| t.amount_minor)),
-        strings(transfers().map(|t| t.currency.as_str().to_owned())),
-        strings(transfers().map(|t| t.description.clone())),
-        strings(transfers().map(|t| {
+        texts(transfers().map(|t| t.transfer_id.to_string())),
+        texts(transfers().map(|t| t.kind.as_str().to_owned())),
+        texts(transfers().map(|t| t.from_account_id.to_string())),
+        texts(transfers().map(|t| t.to_account_id.to_string())),
+        bigints(transfers().map(|t| t.amount_minor)),
+        texts(transfers().map(|t| t.currency.as_str().to_owned())),
+        texts(transfers().map(|t| t.description.clone())),
+        texts(transfers().map(|t| {
             t.reverses_transfer_id
                 .map(|id| id.to_string())
                 .unwrap_or_default()
         })),
-        strings(writes.transfers.iter().map(|new| new.initiated_by.clone())),
-        strings(writes.transfers.iter().map(|new| {
+        texts(writes.transfers.iter().map(|new| new.initiated_by.clone())),
+        texts(writes.transfers.iter().map(|new| {
             new.batch
                 .map(|slot| slot.batch_id.to_string())
                 .unwrap_or_default()
         })),
-        integers(writes.transfers.iter().map(|new| {
+        bigints(writes.transfers.iter().map(|new| {
             new.batch
                 .map_or(-1, |slot| i64::try_from(slot.index).unwrap_or(i64::MAX))
         })),
-        strings(entries().map(|e| e.account_id.to_string())),
-        integers(entries().map(|e| e.account_seq)),
-        strings(entries().map(|e| e.transfer_id.to_string())),
-        integers(entries().map(|e| e.amount_minor)),
-        integers(entries().map(|e| e.balance_after_minor)),
-        strings(entries().map(|e| e.currency.as_str().to_owned())),
-        strings(entries().map(|e| e.counterparty_account_id.to_string())),
-        strings(entries().map(|e| e.description.clone())),
-        strings(entries().map(|e| e.prev_hash.clone())),
-        strings(entries().map(|e| e.entry_hash.clone())),
-        strings(books().map(|b| b.account_id.to_string())),
-        integers(books().map(|b| b.balance_minor)),
-        integers(books().map(|b| b.pending_debits_minor)),
-        integers(books().map(|b| b.entry_count)),
-        strings(books().map(|b| b.last_entry_hash.clone())),
-        strings(requests().map(|r| r.key.scope.clone())),
-        strings(requests().map(|r| r.key.idempotency_key.as_str().to_owned())),
-        strings(requests().map(|r| r.fingerprint.clone())),
+        texts(entries().map(|e| e.account_id.to_string())),
+        bigints(entries().map(|e| e.account_seq)),
+        texts(entries().map(|e| e.transfer_id.to_string())),
+        bigints(entries().map(|e| e.amount_minor)),
+        bigints(entries().map(|e| e.balance_after_minor)),
+        texts(entries().map(|e| e.currency.as_str().to_owned())),
+        texts(entries().map(|e| e.counterparty_account_id.to_string())),
+        texts(entries().map(|e| e.description.clone())),
+        texts(entries().map(|e| e.prev_hash.clone())),
+        texts(entries().map(|e| e.entry_hash.clone())),
+        texts(books().map(|b| b.account_id.to_string())),
+        bigints(books().map(|b| b.balance_minor)),
+        bigints(books().map(|b| b.pending_debits_minor)),
+        bigints(books().map(|b| b.entry_count)),
+        texts(books().map(|b| b.last_entry_hash.clone())),
+        texts(requests().map(|r| r.key.scope.clone())),
+        texts(requests().map(|r| r.key.idempotency_key.as_str().to_owned())),
+        texts(requests().map(|r| r.fingerprint.clone())),
         outcome(0),
         outcome(1),
         outcome(2),
         outcome(3),
         outcome(4),
         outcome(5),
-        strings(holds().map(|h| h.hold_id.to_string())),
-        strings(holds().map(|h| h.from_account_id.to_string())),
-        strings(holds().map(|h| h.to_account_id.to_string())),
-        integers(holds().map(|h| h.held_minor)),
-        strings(holds().map(|h| h.currency.as_str().to_owned())),
-        strings(holds().map(|h| h.description.clone())),
-        strings(holds().map(|h| h.initiated_by.clone())),
-        strings(holds().map(|h| bank_kit::time::to_rfc3339(h.expires_at))),
-        strings(resolutions().map(|(id, _)| id.to_string())),
-        strings(resolutions().map(|(_, r)| r.state.as_str().to_owned())),
-        integers(resolutions().map(|(_, r)| r.amount_minor)),
-        now.into(),
+        texts(holds().map(|h| h.hold_id.to_string())),
+        texts(holds().map(|h| h.from_account_id.to_string())),
+        texts(holds().map(|h| h.to_account_id.to_string())),
+        bigints(holds().map(|h| h.held_minor)),
+        texts(holds().map(|h| h.currency.as_str().to_owned())),
+        texts(holds().map(|h| h.description.clone())),
+        texts(holds().map(|h| h.initiated_by.clone())),
+        texts(holds().map(|h| bank_kit::time::to_rfc3339(h.expires_at))),
+        texts(resolutions().map(|(id, _)| id.to_string())),
+        texts(resolutions().map(|(_, r)| r.state.as_str().to_owned())),
+        bigints(resolutions().map(|(_, r)| r.amount_minor)),
+        Param::Time(now),
     ]
+}
+
+/// One parameter of a group's writes on PostgreSQL: a column's array, or the
+/// group's time. Nulls travel as empty strings (or -1) and are turned back by
+/// `NULLIF` in the statement, so no array ever holds a null element.
+enum Param {
+    Strings(Vec<String>),
+    Integers(Vec<i64>),
+    Time(DateTime<Utc>),
+}
+
+impl From<Param> for Value {
+    fn from(param: Param) -> Value {
+        match param {
+            Param::Strings(values) => Value::from(values),
+            Param::Integers(values) => Value::from(values),
+            Param::Time(at) => Value::from(at),
+        }
+    }
+}
+
+/// A PostgreSQL `text[]` parameter of a group's writes.
+fn texts(values: impl Iterator<Item = String>) -> Param {
+    Param::Strings(values.collect())
+}
+
+/// A PostgreSQL `bigint[]` parameter of a group's writes.
+fn bigints(values: impl Iterator<Item = i64>) -> Param {
+    Param::Integers(values.collect())
+}
+
+/// A PostgreSQL `text[]` parameter of a read.
+pub(crate) fn strings(values: impl Iterator<Item = String>) -> Value {
+    Value::from(values.collect::<Vec<String>>())
 }
 
 async fn write_sqlite(
@@ -1010,17 +1140,6 @@ fn sqlite_timestamp(at: DateTime<Utc>) -> String {
 /// A SQLite JSON array parameter, one element per row, read with `json_each`.
 pub(crate) fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> Value {
     Value::from(serde_json::Value::Array(rows.collect()).to_string())
-}
-
-/// A PostgreSQL `text[]` parameter. Nulls travel as empty strings and are turned
-/// back by `NULLIF` in the statement, so no array ever holds a null element.
-pub(crate) fn strings(values: impl Iterator<Item = String>) -> Value {
-    Value::from(values.collect::<Vec<String>>())
-}
-
-/// A PostgreSQL `bigint[]` parameter.
-fn integers(values: impl Iterator<Item = i64>) -> Value {
-    Value::from(values.collect::<Vec<i64>>())
 }
 
 #[cfg(test)]

@@ -372,3 +372,82 @@ async fn second_reversal_in_the_database(urls: Vec<String>) {
         .unwrap();
     assert!(next[0].clone().transfer().is_ok());
 }
+
+/// The one-statement path writes on a connection of its own, held between
+/// groups (PostgreSQL). Here the server ends that session between two groups:
+/// the group that meets the closed connection is written the locked way, and
+/// the next one opens a new connection and takes the one-statement path again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs BANK_TEST_POSTGRES_URL; make test runs it when that is set"]
+async fn a_guarded_connection_the_server_closed_is_opened_again() {
+    bank_kit::testing::run_with_databases(
+        bank_kit::testing::Backend::Postgres,
+        1,
+        guarded_connection_closed,
+    )
+    .await;
+}
+
+async fn guarded_connection_closed(urls: Vec<String>) {
+    use sea_orm::ConnectionTrait;
+    let store = store_at(&urls[0]).await;
+    let (a, b) = (funded_book(&store, 100).await, funded_book(&store, 0).await);
+    let guarded_backends = || async {
+        let rows = store
+            .connection()
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT pid FROM pg_stat_activity
+                 WHERE datname = current_database() AND application_name = $1",
+                [bank_ledger::store::posting::GUARDED_WRITER_APPLICATION_NAME.into()],
+            ))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|row| row.try_get::<i32>("", "pid").unwrap())
+            .collect::<Vec<i32>>()
+    };
+    let posted = |outcomes: Vec<Outcome>| outcomes[0].clone().transfer().unwrap();
+
+    // The first group reads both books; the next is planned on them, and is
+    // the guarded statement.
+    for (amount, key) in [(5, "k-0"), (5, "k-1")] {
+        posted(
+            store
+                .commit_group(&[transfer(a, b, amount, key)])
+                .await
+                .unwrap(),
+        );
+    }
+    let first = guarded_backends().await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    store
+        .connection()
+        .execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "SELECT pg_terminate_backend($1, 30000)",
+            [first[0].into()],
+        ))
+        .await
+        .unwrap();
+
+    posted(
+        store
+            .commit_group(&[transfer(a, b, 20, "k-2")])
+            .await
+            .unwrap(),
+    );
+    posted(
+        store
+            .commit_group(&[transfer(a, b, 30, "k-3")])
+            .await
+            .unwrap(),
+    );
+    let now = guarded_backends().await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0], first[0]);
+    assert_eq!(balance(&store, a).await, 40);
+    assert_eq!(balance(&store, b).await, 60);
+    let report = store.verify().await.unwrap();
+    assert!(report.mismatches.is_empty(), "{report:?}");
+}
