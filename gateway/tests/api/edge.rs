@@ -605,7 +605,13 @@ db_test!(
     databases = 3,
     jwks_cached
 );
+/// The variants of [`jwks_cached`] one at a time: a process's services share one
+/// metrics registry, so two stacks counting identity's `GetJwks` calls at once
+/// would each see the other's fetch.
+static JWKS_COUNTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn jwks_cached(urls: Vec<String>) {
+    let _alone = JWKS_COUNTING.lock().await;
     let stack = spawn(&urls, Parts::ALL).await;
     // Every other reader of the key set (the token verifiers of the gateway,
     // the account service and the ledger) fetches it on its first token, so a
@@ -637,8 +643,16 @@ async fn jwks_cached(urls: Vec<String>) {
         assert!(!document["keys"].as_array().unwrap().is_empty());
     }
 
-    let after = fetches(bank_e2e::scrape(identity_admin).await);
-    assert_eq!(after - before, 1.0, "20 requests, one fetch from identity");
+    // One fetch for the first request, none for the 19 after it. Other tests
+    // of the same process (`cargo test`) count in the same registry: a stack
+    // starting meanwhile fetches the key set once per verifier (three) and may
+    // ask its gateway for the document once, so up to four more may show;
+    // without the cache there would be 20.
+    let fetched = fetches(bank_e2e::scrape(identity_admin).await) - before;
+    assert!(
+        (1.0..=5.0).contains(&fetched),
+        "20 requests, {fetched} fetches from identity"
+    );
 }
 
 db_test!(
