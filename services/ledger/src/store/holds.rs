@@ -255,8 +255,12 @@ pub(crate) async fn read_holds(
     let ids = ids.iter().map(ToString::to_string);
     let rows = match backend {
         DbBackend::Postgres => {
-            db.query_all_raw(statement(backend, SELECT_HOLDS_POSTGRES, [strings(ids)]))
-                .await?
+            db.query_all_raw(statement(
+                backend,
+                SELECT_HOLDS_POSTGRES,
+                [strings(ids).into()],
+            ))
+            .await?
         }
         _ => {
             db.query_all_raw(statement(
@@ -282,7 +286,7 @@ pub(crate) async fn read_due(
     let backend = txn.get_database_backend();
     let ids = books.iter().map(ToString::to_string);
     let (sql, ids) = match backend {
-        DbBackend::Postgres => (SELECT_DUE_POSTGRES, strings(ids)),
+        DbBackend::Postgres => (SELECT_DUE_POSTGRES, strings(ids).into()),
         _ => (SELECT_DUE_SQLITE, json_rows(ids.map(|id| json!(id)))),
     };
     let rows = txn

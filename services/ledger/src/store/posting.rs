@@ -582,7 +582,7 @@ pub(crate) async fn lock_books(
             txn.query_all_raw(statement(
                 DbBackend::Postgres,
                 LOCK_BOOKS_POSTGRES,
-                [strings(ids.iter().map(ToString::to_string))],
+                [strings(ids.iter().map(ToString::to_string)).into()],
             ))
             .await?
         }
@@ -613,11 +613,12 @@ async fn read_requests(
                 backend,
                 SELECT_REQUESTS_POSTGRES,
                 [
-                    strings(keys.iter().map(|key| key.scope.clone())),
+                    strings(keys.iter().map(|key| key.scope.clone())).into(),
                     strings(
                         keys.iter()
                             .map(|key| key.idempotency_key.as_str().to_owned()),
-                    ),
+                    )
+                    .into(),
                 ],
             ))
             .await?
@@ -724,7 +725,7 @@ async fn read_reversed(
             txn.query_all_raw(statement(
                 backend,
                 SELECT_REVERSED_POSTGRES,
-                [strings(originals.iter().map(ToString::to_string))],
+                [strings(originals.iter().map(ToString::to_string)).into()],
             ))
             .await?
         }
@@ -806,12 +807,12 @@ async fn write_guarded(
     let books = || books.values();
     let mut params = write_parameters(writes, now);
     params.extend([
-        texts(books().map(|b| b.account_id.to_string())),
-        bigints(books().map(|b| b.balance_minor)),
-        bigints(books().map(|b| b.pending_debits_minor)),
-        bigints(books().map(|b| b.entry_count)),
-        bigints(books().map(|b| b.status_version)),
-        texts(books().map(|b| b.status.as_str().to_owned())),
+        strings(books().map(|b| b.account_id.to_string())),
+        integers(books().map(|b| b.balance_minor)),
+        integers(books().map(|b| b.pending_debits_minor)),
+        integers(books().map(|b| b.entry_count)),
+        integers(books().map(|b| b.status_version)),
+        strings(books().map(|b| b.status.as_str().to_owned())),
     ]);
     writer.execute(WRITE_GUARDED_GROUP_POSTGRES, params).await
 }
@@ -926,74 +927,74 @@ fn write_parameters(writes: &Writes, now: DateTime<Utc>) -> Vec<Param> {
         .iter()
         .map(|r| outcome_columns(&r.outcome))
         .collect();
-    let outcome = |n: usize| texts(outcomes.iter().map(|columns| columns[n].clone()));
+    let outcome = |n: usize| strings(outcomes.iter().map(|columns| columns[n].clone()));
     let requests = || writes.requests.iter();
     vec![
-        texts(transfers().map(|t| t.transfer_id.to_string())),
-        texts(transfers().map(|t| t.kind.as_str().to_owned())),
-        texts(transfers().map(|t| t.from_account_id.to_string())),
-        texts(transfers().map(|t| t.to_account_id.to_string())),
-        bigints(transfers().map(|t| t.amount_minor)),
-        texts(transfers().map(|t| t.currency.as_str().to_owned())),
-        texts(transfers().map(|t| t.description.clone())),
-        texts(transfers().map(|t| {
+        strings(transfers().map(|t| t.transfer_id.to_string())),
+        strings(transfers().map(|t| t.kind.as_str().to_owned())),
+        strings(transfers().map(|t| t.from_account_id.to_string())),
+        strings(transfers().map(|t| t.to_account_id.to_string())),
+        integers(transfers().map(|t| t.amount_minor)),
+        strings(transfers().map(|t| t.currency.as_str().to_owned())),
+        strings(transfers().map(|t| t.description.clone())),
+        strings(transfers().map(|t| {
             t.reverses_transfer_id
                 .map(|id| id.to_string())
                 .unwrap_or_default()
         })),
-        texts(writes.transfers.iter().map(|new| new.initiated_by.clone())),
-        texts(writes.transfers.iter().map(|new| {
+        strings(writes.transfers.iter().map(|new| new.initiated_by.clone())),
+        strings(writes.transfers.iter().map(|new| {
             new.batch
                 .map(|slot| slot.batch_id.to_string())
                 .unwrap_or_default()
         })),
-        bigints(writes.transfers.iter().map(|new| {
+        integers(writes.transfers.iter().map(|new| {
             new.batch
                 .map_or(-1, |slot| i64::try_from(slot.index).unwrap_or(i64::MAX))
         })),
-        texts(entries().map(|e| e.account_id.to_string())),
-        bigints(entries().map(|e| e.account_seq)),
-        texts(entries().map(|e| e.transfer_id.to_string())),
-        bigints(entries().map(|e| e.amount_minor)),
-        bigints(entries().map(|e| e.balance_after_minor)),
-        texts(entries().map(|e| e.currency.as_str().to_owned())),
-        texts(entries().map(|e| e.counterparty_account_id.to_string())),
-        texts(entries().map(|e| e.description.clone())),
-        texts(entries().map(|e| e.prev_hash.clone())),
-        texts(entries().map(|e| e.entry_hash.clone())),
-        texts(books().map(|b| b.account_id.to_string())),
-        bigints(books().map(|b| b.balance_minor)),
-        bigints(books().map(|b| b.pending_debits_minor)),
-        bigints(books().map(|b| b.entry_count)),
-        texts(books().map(|b| b.last_entry_hash.clone())),
-        texts(requests().map(|r| r.key.scope.clone())),
-        texts(requests().map(|r| r.key.idempotency_key.as_str().to_owned())),
-        texts(requests().map(|r| r.fingerprint.clone())),
+        strings(entries().map(|e| e.account_id.to_string())),
+        integers(entries().map(|e| e.account_seq)),
+        strings(entries().map(|e| e.transfer_id.to_string())),
+        integers(entries().map(|e| e.amount_minor)),
+        integers(entries().map(|e| e.balance_after_minor)),
+        strings(entries().map(|e| e.currency.as_str().to_owned())),
+        strings(entries().map(|e| e.counterparty_account_id.to_string())),
+        strings(entries().map(|e| e.description.clone())),
+        strings(entries().map(|e| e.prev_hash.clone())),
+        strings(entries().map(|e| e.entry_hash.clone())),
+        strings(books().map(|b| b.account_id.to_string())),
+        integers(books().map(|b| b.balance_minor)),
+        integers(books().map(|b| b.pending_debits_minor)),
+        integers(books().map(|b| b.entry_count)),
+        strings(books().map(|b| b.last_entry_hash.clone())),
+        strings(requests().map(|r| r.key.scope.clone())),
+        strings(requests().map(|r| r.key.idempotency_key.as_str().to_owned())),
+        strings(requests().map(|r| r.fingerprint.clone())),
         outcome(0),
         outcome(1),
         outcome(2),
         outcome(3),
         outcome(4),
         outcome(5),
-        texts(holds().map(|h| h.hold_id.to_string())),
-        texts(holds().map(|h| h.from_account_id.to_string())),
-        texts(holds().map(|h| h.to_account_id.to_string())),
-        bigints(holds().map(|h| h.held_minor)),
-        texts(holds().map(|h| h.currency.as_str().to_owned())),
-        texts(holds().map(|h| h.description.clone())),
-        texts(holds().map(|h| h.initiated_by.clone())),
-        texts(holds().map(|h| bank_kit::time::to_rfc3339(h.expires_at))),
-        texts(resolutions().map(|(id, _)| id.to_string())),
-        texts(resolutions().map(|(_, r)| r.state.as_str().to_owned())),
-        bigints(resolutions().map(|(_, r)| r.amount_minor)),
+        strings(holds().map(|h| h.hold_id.to_string())),
+        strings(holds().map(|h| h.from_account_id.to_string())),
+        strings(holds().map(|h| h.to_account_id.to_string())),
+        integers(holds().map(|h| h.held_minor)),
+        strings(holds().map(|h| h.currency.as_str().to_owned())),
+        strings(holds().map(|h| h.description.clone())),
+        strings(holds().map(|h| h.initiated_by.clone())),
+        strings(holds().map(|h| bank_kit::time::to_rfc3339(h.expires_at))),
+        strings(resolutions().map(|(id, _)| id.to_string())),
+        strings(resolutions().map(|(_, r)| r.state.as_str().to_owned())),
+        integers(resolutions().map(|(_, r)| r.amount_minor)),
         Param::Time(now),
     ]
 }
 
-/// One parameter of a group's writes on PostgreSQL: a column's array, or the
+/// One parameter of a statement on PostgreSQL: a column's array, or the
 /// group's time. Nulls travel as empty strings (or -1) and are turned back by
 /// `NULLIF` in the statement, so no array ever holds a null element.
-enum Param {
+pub(crate) enum Param {
     Strings(Vec<String>),
     Integers(Vec<i64>),
     Time(DateTime<Utc>),
@@ -1009,19 +1010,14 @@ impl From<Param> for Value {
     }
 }
 
-/// A PostgreSQL `text[]` parameter of a group's writes.
-fn texts(values: impl Iterator<Item = String>) -> Param {
+/// A PostgreSQL `text[]` parameter (a `Value` by `into` for sea-orm).
+pub(crate) fn strings(values: impl Iterator<Item = String>) -> Param {
     Param::Strings(values.collect())
 }
 
-/// A PostgreSQL `bigint[]` parameter of a group's writes.
-fn bigints(values: impl Iterator<Item = i64>) -> Param {
+/// A PostgreSQL `bigint[]` parameter.
+fn integers(values: impl Iterator<Item = i64>) -> Param {
     Param::Integers(values.collect())
-}
-
-/// A PostgreSQL `text[]` parameter of a read.
-pub(crate) fn strings(values: impl Iterator<Item = String>) -> Value {
-    Value::from(values.collect::<Vec<String>>())
 }
 
 async fn write_sqlite(
