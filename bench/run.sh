@@ -11,8 +11,9 @@
 #   2. on SQLite (files in a temporary directory): restarts the four components and
 #      runs REST uniform, then the SQLite anchor (bench/sqlite_anchor.py).
 # After every scenario GET /v1/admin/ledger/verify must answer "ok":true.
-# Prints one markdown table, peak RSS per service, the machine and the durability
-# settings (synchronous_commit and fsync must be on).
+# Prints one markdown table, the CPU each component spent per posting in each
+# scenario, peak RSS per service, the machine and the durability settings
+# (synchronous_commit and fsync must be on).
 #
 # Environment:
 #   BANK_TEST_POSTGRES_URL  server to use [postgres://postgres@127.0.0.1:5432/postgres]
@@ -365,14 +366,43 @@ ledger_groups() {
         END { printf "%s %s %s\n", size + 0, groups + 0, seconds + 0 }' || echo "0 0 0"
 }
 
+# CPU time (user + system, in clock ticks) each component has used so far, as
+# "name=ticks" words: the four services (from /proc/<pid>/stat), every process of
+# a PostgreSQL server on this machine ("postgres"; absent when the server is
+# elsewhere) and this shell's finished children, which over a scenario is the
+# load generator (bash's `times`, whose second line is the children's minutes
+# and seconds).
+cpu_ticks() {
+    local i ticks pg=0 pid
+    for i in "${!service_pids[@]}"; do
+        ticks=$(awk '{print $14 + $15}' "/proc/${service_pids[$i]}/stat" 2>/dev/null || echo "")
+        if [[ -n $ticks ]]; then printf '%s=%s ' "${service_names[$i]}" "$ticks"; fi
+    done
+    for pid in $(pgrep -x postgres 2>/dev/null); do
+        ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+        pg=$((pg + ticks))
+    done
+    if ((pg > 0)); then printf 'postgres=%s ' "$pg"; fi
+    times >"$work/times"
+    awk -v hz="$clock_ticks" 'NR == 2 {
+        n = split($1 " " $2, parts, " ")
+        for (i = 1; i <= n; i++) { split(parts[i], ms, "m"); sub("s", "", ms[2]); total += ms[1] * 60 + ms[2] }
+        printf "loadgen=%d\n", total * hz }' "$work/times"
+}
+clock_ticks=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
 # One scenario: bank-loadgen's JSON line, plus what the report needs to know.
 scenario() { # name title anchor loadgen-args...
-    local name=$1 title=$2 anchor_name=$3 line before after
+    local name=$1 title=$2 anchor_name=$3 line before after cpu_before cpu_after
     shift 3
     log "scenario $title"
     before=$(ledger_groups)
+    cpu_ticks >"$work/cpu.before"
     line=$("$loadgen" "$@" --duration "$duration" --warmup "$warmup") || die "bank-loadgen failed in $name"
+    cpu_ticks >"$work/cpu.after"
     after=$(ledger_groups)
+    cpu_before=$(<"$work/cpu.before")
+    cpu_after=$(<"$work/cpu.after")
     python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])
@@ -382,7 +412,14 @@ a = [float(x) for x in sys.argv[6].split()]
 groups = a[1] - b[1]
 if groups > 0:
     r.update(groups=int(groups), group_mean_size=(a[0] - b[0]) / groups, group_mean_ms=1000 * (a[2] - b[2]) / groups)
-print(json.dumps(r))' "$line" "$name" "$title" "$anchor_name" "$before" "$after" >"$work/results/scenario-$name.json"
+# CPU per posting committed, both over the same window (warmup included).
+ticks = lambda words: dict((k, int(float(v))) for k, v in (w.split("=") for w in words.split()))
+cb, ca, hz = ticks(sys.argv[7]), ticks(sys.argv[8]), float(sys.argv[9])
+postings = a[0] - b[0]
+if postings > 0:
+    r["cpu_us_per_posting"] = {k: 1e6 * (ca[k] - cb[k]) / hz / postings for k in ca if k in cb}
+print(json.dumps(r))' "$line" "$name" "$title" "$anchor_name" "$before" "$after" \
+        "$cpu_before" "$cpu_after" "$clock_ticks" >"$work/results/scenario-$name.json"
     verify "$name"
 }
 
@@ -528,6 +565,21 @@ storm_path = os.path.join(results, "storm.json")
 if os.path.exists(storm_path):
     s = load(storm_path)
     print(f'Login storm alongside scenario 5: {num(s["rate"])} logins/s, p50 {ms(s["p50_ms"])}, p99 {ms(s["p99_ms"])}, errors {errors(s)}.')
+costed = [r for r in rows if r.get("cpu_us_per_posting")]
+if costed:
+    print()
+    print("CPU per posting (µs of user and system time from /proc, over each scenario including its warmup,")
+    print("divided by the postings the ledger committed; PostgreSQL is every server process on this machine,")
+    print("the load generator the scenario's bank-loadgen):")
+    print()
+    columns = [("gateway", "gateway"), ("ledger", "ledger"), ("postgres", "PostgreSQL"),
+               ("identity", "identity"), ("account", "account"), ("loadgen", "load generator")]
+    print("| scenario | " + " | ".join(label for _, label in columns) + " | total |")
+    print("|---|" + "---|" * (len(columns) + 1))
+    for r in costed:
+        cpu = r["cpu_us_per_posting"]
+        cells = ["n/a" if key not in cpu else f"{cpu[key]:.0f}" for key, _ in columns]
+        print(f'| {r["title"]} | ' + " | ".join(cells) + f' | {sum(cpu.values()):.0f} |')
 grouped = [r for r in rows if r.get("groups")]
 if grouped:
     print()
