@@ -367,22 +367,21 @@ ledger_groups() {
 }
 
 # CPU time (user + system, in clock ticks) each component has used so far, as
-# "name=ticks" words: the four services (from /proc/<pid>/stat), every process of
-# a PostgreSQL server on this machine ("postgres"; absent when the server is
+# "name=ticks" words: the four services (from /proc/<pid>/stat), each process of
+# a PostgreSQL server on this machine ("postgres.<pid>"; none when the server is
 # elsewhere) and this shell's finished children, which over a scenario is the
 # load generator (bash's `times`, whose second line is the children's minutes
 # and seconds).
 cpu_ticks() {
-    local i ticks pg=0 pid
+    local i ticks pid
     for i in "${!service_pids[@]}"; do
         ticks=$(awk '{print $14 + $15}' "/proc/${service_pids[$i]}/stat" 2>/dev/null || echo "")
         if [[ -n $ticks ]]; then printf '%s=%s ' "${service_names[$i]}" "$ticks"; fi
     done
     for pid in $(pgrep -x postgres 2>/dev/null); do
-        ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-        pg=$((pg + ticks))
+        ticks=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo "")
+        if [[ -n $ticks ]]; then printf 'postgres.%s=%s ' "$pid" "$ticks"; fi
     done
-    if ((pg > 0)); then printf 'postgres=%s ' "$pg"; fi
     times >"$work/times"
     awk -v hz="$clock_ticks" 'NR == 2 {
         n = split($1 " " $2, parts, " ")
@@ -416,8 +415,15 @@ if groups > 0:
 ticks = lambda words: dict((k, int(float(v))) for k, v in (w.split("=") for w in words.split()))
 cb, ca, hz = ticks(sys.argv[7]), ticks(sys.argv[8]), float(sys.argv[9])
 postings = a[0] - b[0]
+# A server process counts from the first snapshot, or from its start if it
+# started later; one that ended meanwhile is missed.
+used = {}
+for k, v in ca.items():
+    if k in cb or k.startswith("postgres."):
+        name = k.split(".")[0]
+        used[name] = used.get(name, 0) + v - cb.get(k, 0)
 if postings > 0:
-    r["cpu_us_per_posting"] = {k: 1e6 * (ca[k] - cb[k]) / hz / postings for k in ca if k in cb}
+    r["cpu_us_per_posting"] = {k: 1e6 * v / hz / postings for k, v in used.items()}
 print(json.dumps(r))' "$line" "$name" "$title" "$anchor_name" "$before" "$after" \
         "$cpu_before" "$cpu_after" "$clock_ticks" >"$work/results/scenario-$name.json"
     verify "$name"
@@ -569,8 +575,8 @@ costed = [r for r in rows if r.get("cpu_us_per_posting")]
 if costed:
     print()
     print("CPU per posting (µs of user and system time from /proc, over each scenario including its warmup,")
-    print("divided by the postings the ledger committed; PostgreSQL is every server process on this machine,")
-    print("the load generator the scenario's bank-loadgen):")
+    print("divided by the postings the ledger committed; PostgreSQL is every server process on this machine")
+    print("that was running at the scenario's end, the load generator the scenario's bank-loadgen):")
     print()
     columns = [("gateway", "gateway"), ("ledger", "ledger"), ("postgres", "PostgreSQL"),
                ("identity", "identity"), ("account", "account"), ("loadgen", "load generator")]
