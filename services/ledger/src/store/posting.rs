@@ -836,8 +836,18 @@ async fn write_guarded(
 /// the small groups of a lightly loaded ledger: a connection opened at low load
 /// paid about 0.3 ms of planning per group, more than the statement's own
 /// execution for one posting. The generic plan is the same index lookups
-/// whatever the arrays hold (every table is reached through the group's ids),
-/// so nothing is lost by keeping it.
+/// whatever the arrays hold (every table is reached through the group's ids,
+/// and the next setting keeps it so), so nothing is lost by keeping it.
+///
+/// That plan must not depend on how large the tables were when it was made,
+/// and the session's `enable_seqscan = off` sees to it. The first group of a
+/// new ledger is planned on nearly empty tables, where reading the whole of
+/// `ledger_accounts` costs less than its index, and a generic plan is kept until
+/// an `ANALYZE` of a table it reads: on a server whose autovacuum is off (or
+/// long before it analyzes the books), every group then read every book to
+/// find its own, more of them with each account opened and each page the
+/// books' updates leave behind. Every table the statement reads it reaches
+/// through a key, so an index is always there to take instead.
 ///
 /// A statement the server refused leaves it usable; any other failure (the
 /// connection broke, the server ended the session, or the group's task was
@@ -854,24 +864,17 @@ impl GuardedWriter {
             options: options
                 .clone()
                 .application_name(GUARDED_WRITER_APPLICATION_NAME)
-                .options([("plan_cache_mode", "force_generic_plan")]),
+                .options([
+                    ("plan_cache_mode", "force_generic_plan"),
+                    ("enable_seqscan", "off"),
+                ]),
             connection: tokio::sync::Mutex::new(None),
         }
     }
 
     async fn execute(&self, sql: &'static str, params: Vec<Param>) -> Result<(), StoreError> {
-        use sqlx::{Arguments, Connection, Executor};
-        let mut arguments = sqlx::postgres::PgArguments::default();
-        for param in params {
-            match param {
-                Param::Strings(values) => arguments.add(values),
-                Param::Integers(values) => arguments.add(values),
-                Param::Time(at) => arguments.add(at),
-            }
-            .map_err(|error| {
-                StoreError::Corrupt(format!("a parameter could not be encoded: {error}"))
-            })?;
-        }
+        use sqlx::{Connection, Executor};
+        let arguments = pg_arguments(params)?;
         let mut slot = self.connection.lock().await;
         // Out of the slot while in use: dropped mid-statement, it is closed.
         let mut connection = match slot.take() {
@@ -916,6 +919,23 @@ impl GuardedWriter {
             )))
         })
     }
+}
+
+/// `params` bound for sqlx's PostgreSQL driver.
+fn pg_arguments(params: Vec<Param>) -> Result<sqlx::postgres::PgArguments, StoreError> {
+    use sqlx::Arguments;
+    let mut arguments = sqlx::postgres::PgArguments::default();
+    for param in params {
+        match param {
+            Param::Strings(values) => arguments.add(values),
+            Param::Integers(values) => arguments.add(values),
+            Param::Time(at) => arguments.add(at),
+        }
+        .map_err(|error| {
+            StoreError::Corrupt(format!("a parameter could not be encoded: {error}"))
+        })?;
+    }
+    Ok(arguments)
 }
 
 /// The `application_name` of the one-statement path's connection, which tells
@@ -1246,9 +1266,25 @@ mod memory_tests {
 
 #[cfg(test)]
 mod guarded_tests {
-    use sea_orm::sqlx::{Connection, Row};
+    use sea_orm::sqlx::{Connection, Executor, Row};
+    use sea_orm_migration::MigratorTrait;
 
-    use super::{GUARDED_WRITER_APPLICATION_NAME, GuardedWriter};
+    use super::{GUARDED_WRITER_APPLICATION_NAME, GuardedWriter, WRITE_GUARDED_GROUP_POSTGRES};
+
+    /// A connection opened as the guarded writer opens its own, to the
+    /// migrated ledger database at `url`.
+    async fn writer_connection(url: &str) -> sea_orm::sqlx::PgConnection {
+        let db = bank_kit::db::connect(url)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        crate::store::migrations::Migrator::up(&db, None)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        GuardedWriter::new(&db.get_postgres_connection_pool().connect_options())
+            .connect()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
 
     #[tokio::test]
     #[ignore = "needs BANK_TEST_POSTGRES_URL; make test runs it when that is set"]
@@ -1257,15 +1293,7 @@ mod guarded_tests {
             bank_kit::testing::Backend::Postgres,
             1,
             |urls| async move {
-                let db = bank_kit::db::connect(&urls[0])
-                    .await
-                    .unwrap_or_else(|error| panic!("{error}"));
-                let writer =
-                    GuardedWriter::new(&db.get_postgres_connection_pool().connect_options());
-                let mut connection = writer
-                    .connect()
-                    .await
-                    .unwrap_or_else(|error| panic!("{error}"));
+                let mut connection = writer_connection(&urls[0]).await;
                 let row = sea_orm::sqlx::query(
                     "SELECT current_setting('plan_cache_mode'), current_setting('application_name')",
                 )
@@ -1274,6 +1302,48 @@ mod guarded_tests {
                 .unwrap_or_else(|error| panic!("{error}"));
                 assert_eq!(row.get::<String, _>(0), "force_generic_plan");
                 assert_eq!(row.get::<String, _>(1), GUARDED_WRITER_APPLICATION_NAME);
+                connection.close().await.ok();
+            },
+        )
+        .await;
+    }
+
+    /// The plan the guarded connection makes of its statement on a new, empty
+    /// ledger, which it keeps while the tables grow, finds every row through
+    /// an index: none of it reads a whole table.
+    #[tokio::test]
+    #[ignore = "needs BANK_TEST_POSTGRES_URL; make test runs it when that is set"]
+    async fn the_guarded_statement_planned_on_empty_tables_reads_no_whole_table_on_postgresql() {
+        bank_kit::testing::run_with_databases(
+            bank_kit::testing::Backend::Postgres,
+            1,
+            |urls| async move {
+                let mut connection = writer_connection(&urls[0]).await;
+                // The generic plan, as the writer's session makes and keeps it
+                // (a statement prepared with its parameters would be planned
+                // on their values instead): every parameter is an array but
+                // `$47`, the group's time.
+                let prepare = format!("PREPARE guarded AS {WRITE_GUARDED_GROUP_POSTGRES}");
+                let values = (1..=53)
+                    .map(|n| if n == 47 { "now()" } else { "'{}'" })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                connection
+                    .execute(sea_orm::sqlx::AssertSqlSafe(prepare))
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"));
+                let plan: Vec<String> = sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(
+                    format!("EXPLAIN EXECUTE guarded({values})"),
+                ))
+                .fetch_all(&mut connection)
+                .await
+                .unwrap_or_else(|error| panic!("{error}"))
+                .iter()
+                .map(|row| row.get::<String, _>(0))
+                .collect();
+                let plan = plan.join("\n");
+                assert!(!plan.contains("Seq Scan"), "{plan}");
+                assert!(plan.contains("ledger_accounts_pkey"), "{plan}");
                 connection.close().await.ok();
             },
         )
