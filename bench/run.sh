@@ -153,6 +153,13 @@ sql "$pg_url" -c 'SELECT 1' >/dev/null || die "cannot connect to PostgreSQL at B
 synchronous_commit=$(sql "$pg_url" -c 'SHOW synchronous_commit')
 fsync=$(sql "$pg_url" -c 'SHOW fsync')
 pg_version=$(sql "$pg_url" -c 'SHOW server_version')
+# The server's settings that differ from PostgreSQL's defaults and move the
+# results (runs on servers set up differently do not compare), for the report.
+pg_settings=$(sql "$pg_url" -c "SELECT coalesce(string_agg(name || '=' || current_setting(name), ', ' ORDER BY name), 'none')
+    FROM pg_settings WHERE source NOT IN ('default', 'override', 'client', 'session')
+      AND (name LIKE 'autovacuum%' OR name LIKE '%wal%' OR name LIKE 'checkpoint%' OR name LIKE 'enable_%'
+           OR name IN ('shared_buffers', 'work_mem', 'effective_cache_size', 'random_page_cost',
+                       'synchronous_commit', 'fsync', 'full_page_writes', 'commit_delay', 'ssl', 'jit'))")
 [[ $synchronous_commit == on && $fsync == on ]] ||
     die "PostgreSQL must acknowledge only durable commits: synchronous_commit=$synchronous_commit, fsync=$fsync (both must be on)"
 
@@ -508,6 +515,7 @@ BENCH_REPORT_WARMUP=$warmup BENCH_REPORT_DURATION=$duration BENCH_REPORT_ANCHOR_
     BENCH_REPORT_API_LIMIT=$api_limit BENCH_REPORT_AUTH_LIMIT=$auth_limit \
     BENCH_REPORT_MACHINE="$(nproc) cores, $memory, $(uname -sr); PostgreSQL $pg_version" \
     BENCH_REPORT_DURABILITY="synchronous_commit=$synchronous_commit, fsync=$fsync" \
+    BENCH_REPORT_PG_SETTINGS="$pg_settings" \
     python3 - "$work/results" <<'EOF'
 
 import glob, json, os, sys
@@ -612,6 +620,7 @@ for r in rows:
     print(f'Ledger verified after {r["title"]}: ok, {v.get("accounts_checked")} accounts, {v.get("entries_checked")} entries.')
 print()
 print(f'Machine: {env["BENCH_REPORT_MACHINE"]}.')
+print(f'PostgreSQL settings away from their defaults that bear on the results: {env["BENCH_REPORT_PG_SETTINGS"]}.')
 print(f'Durability: PostgreSQL {env["BENCH_REPORT_DURABILITY"]} (read from the server);'
       " SQLite WAL with synchronous=FULL (the services' driver default; set explicitly by the anchor).")
 EOF
