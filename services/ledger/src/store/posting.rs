@@ -873,8 +873,18 @@ impl GuardedWriter {
     }
 
     async fn execute(&self, sql: &'static str, params: Vec<Param>) -> Result<(), StoreError> {
-        use sqlx::{Connection, Executor};
-        let arguments = pg_arguments(params)?;
+        use sqlx::{Arguments, Connection, Executor};
+        let mut arguments = sqlx::postgres::PgArguments::default();
+        for param in params {
+            match param {
+                Param::Strings(values) => arguments.add(values),
+                Param::Integers(values) => arguments.add(values),
+                Param::Time(at) => arguments.add(at),
+            }
+            .map_err(|error| {
+                StoreError::Corrupt(format!("a parameter could not be encoded: {error}"))
+            })?;
+        }
         let mut slot = self.connection.lock().await;
         // Out of the slot while in use: dropped mid-statement, it is closed.
         let mut connection = match slot.take() {
@@ -919,23 +929,6 @@ impl GuardedWriter {
             )))
         })
     }
-}
-
-/// `params` bound for sqlx's PostgreSQL driver.
-fn pg_arguments(params: Vec<Param>) -> Result<sqlx::postgres::PgArguments, StoreError> {
-    use sqlx::Arguments;
-    let mut arguments = sqlx::postgres::PgArguments::default();
-    for param in params {
-        match param {
-            Param::Strings(values) => arguments.add(values),
-            Param::Integers(values) => arguments.add(values),
-            Param::Time(at) => arguments.add(at),
-        }
-        .map_err(|error| {
-            StoreError::Corrupt(format!("a parameter could not be encoded: {error}"))
-        })?;
-    }
-    Ok(arguments)
 }
 
 /// The `application_name` of the one-statement path's connection, which tells
