@@ -1,5 +1,6 @@
-//! What the ledger tells its operators about itself: per-method call metrics and
-//! business counters, served at `GET /metrics` on the gRPC port.
+//! What the ledger tells its operators about itself: per-method call metrics,
+//! business counters and its background verification's results, served at
+//! `GET /metrics`.
 //!
 //! A test binary of its own: the metrics recorder is one per process, so under
 //! `cargo test` (every test of a binary in one process) these tests would count
@@ -15,7 +16,7 @@ mod helpers;
 
 use bank_e2e::{Parts, db_test, sample, scrape, spawn};
 
-use crate::helpers::{deposit, open_book, transfer, transfer_request};
+use crate::helpers::{deposit, open_book, tamper_with_balance, transfer, transfer_request};
 
 /// One metrics test at a time in this process.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -174,4 +175,61 @@ async fn unknown_methods(urls: Vec<String>) {
         3.0,
         "{text}"
     );
+}
+
+db_test!(
+    the_ledger_verifies_itself_in_the_background_and_exposes_the_result,
+    databases = 2,
+    background_verification
+);
+async fn background_verification(urls: Vec<String>) {
+    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let stack = spawn(&urls, Parts::LEDGER).await;
+    let admin = stack.admin_addrs["ledger"];
+    let metric = |text: &str, name: &str| sample(text, name, &[]);
+    let before = scrape(admin).await;
+    let operator = stack.operator().await;
+    let alice = stack.customer().await;
+    let account = open_book(&stack, &alice, "EUR").await;
+    deposit(&stack, &operator, &account, 1_000).await;
+    let deposited_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+
+    // The harness verifies every second. The gauges are the process's, and a
+    // test before this one may have left them set, so wait for a clean round
+    // of this stack's that ended after the deposit and replayed its entries.
+    let entries_checked = |text: &str| {
+        metric(text, "ledger_verify_entries_checked_total")
+            - metric(&before, "ledger_verify_entries_checked_total")
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(admin).await;
+        if metric(&text, "ledger_verify_last_success_timestamp_seconds") > deposited_at
+            && entries_checked(&text) >= 2.0
+        {
+            assert_eq!(metric(&text, "ledger_verify_mismatches"), 0.0, "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no clean round: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    tamper_with_balance(&stack, &account).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(admin).await;
+        if metric(&text, "ledger_verify_mismatches") >= 1.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the tampering went unseen: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -112,6 +112,20 @@ pub async fn set_book_status(
         .map(tonic::Response::into_inner)
 }
 
+/// Writes a book's balance behind the ledger's back, as a forger with database
+/// access would: 5,000 minor units that no entry explains.
+pub async fn tamper_with_balance(stack: &Stack, account_id: &str) {
+    use sea_orm::ConnectionTrait;
+    let db = bank_kit::db::connect(&stack.database_urls["ledger"])
+        .await
+        .unwrap();
+    db.execute_unprepared(&format!(
+        "UPDATE ledger_accounts SET balance_minor = 5000 WHERE account_id = '{account_id}'"
+    ))
+    .await
+    .unwrap();
+}
+
 pub async fn deposit(
     stack: &Stack,
     operator: &TestUser,
