@@ -98,6 +98,16 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
 /// [`IDLE_BEFORE_PING`] is pinged before it is handed out, as in `db`), and its
 /// statements are traced like `db`'s. `None` for a database that is neither.
 pub fn writer_connection(db: &DatabaseConnection) -> Option<DatabaseConnection> {
+    writer_connection_with(db, &[])
+}
+
+/// [`writer_connection`], whose PostgreSQL session also starts with
+/// `settings` (run-time parameters, as `SET name = value` would give them);
+/// SQLite has none to take.
+pub fn writer_connection_with(
+    db: &DatabaseConnection,
+    settings: &[(&str, &str)],
+) -> Option<DatabaseConnection> {
     let mut writer = match db.get_database_backend() {
         DbBackend::Sqlite => {
             let options = db.get_sqlite_connection_pool().connect_options();
@@ -113,7 +123,12 @@ pub fn writer_connection(db: &DatabaseConnection) -> Option<DatabaseConnection> 
             SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)
         }
         DbBackend::Postgres => {
-            let options = db.get_postgres_connection_pool().connect_options();
+            let options = db
+                .get_postgres_connection_pool()
+                .connect_options()
+                .as_ref()
+                .clone()
+                .options(settings.iter().copied());
             let pool = PgPoolOptions::new()
                 .max_connections(1)
                 .min_connections(0)
@@ -127,7 +142,7 @@ pub fn writer_connection(db: &DatabaseConnection) -> Option<DatabaseConnection> 
                         Ok(true)
                     })
                 })
-                .connect_lazy_with((*options).clone());
+                .connect_lazy_with(options);
             SqlxPostgresConnector::from_sqlx_postgres_pool(pool)
         }
         _ => return None,

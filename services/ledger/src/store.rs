@@ -114,6 +114,10 @@ impl DomainError for StoreError {
     }
 }
 
+/// The PostgreSQL session settings of the ledger's write connection (see
+/// [`LedgerStore`]'s `writes`).
+pub const WRITES_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
+
 /// The ledger database.
 pub struct LedgerStore {
     db: DatabaseConnection,
@@ -121,6 +125,18 @@ pub struct LedgerStore {
     /// (`bank_kit::db::writer_connection`), whose caches stay warm from one
     /// commit group to the next (SQLite's pages; PostgreSQL's backend with its
     /// plans and compiled trigger functions).
+    ///
+    /// On PostgreSQL its session plans without sequential scans
+    /// ([`WRITES_SETTINGS`]), as the guarded writer's does: sqlx prepares each
+    /// statement once per connection and PostgreSQL settles on one generic
+    /// plan of it after a few executions, replaced only when an `ANALYZE`
+    /// changes what it knows of the tables. Planned while a new ledger's
+    /// tables were nearly empty, that plan locked the group's books by reading
+    /// all of `ledger_accounts`, and went on doing so on a server whose
+    /// autovacuum is off. Every statement of a write transaction finds its rows
+    /// through a key (books, request keys, holds by id or book), so an index is
+    /// always there to take instead; the verification's whole-table queries run
+    /// on the pool.
     writes: DatabaseConnection,
     /// SQLite allows one writer per file. Serialising writers in process turns
     /// what would be SQLITE_BUSY failures into an orderly queue.
@@ -153,7 +169,8 @@ impl LedgerStore {
     pub fn new(db: DatabaseConnection) -> LedgerStore {
         let sqlite_writer =
             (db.get_database_backend() == DbBackend::Sqlite).then(|| Mutex::new(()));
-        let writes = bank_kit::db::writer_connection(&db).unwrap_or_else(|| db.clone());
+        let writes = bank_kit::db::writer_connection_with(&db, WRITES_SETTINGS)
+            .unwrap_or_else(|| db.clone());
         let guarded = (db.get_database_backend() == DbBackend::Postgres).then(|| {
             posting::GuardedWriter::new(&db.get_postgres_connection_pool().connect_options())
         });

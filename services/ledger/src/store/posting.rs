@@ -1342,4 +1342,61 @@ mod guarded_tests {
         )
         .await;
     }
+    /// The locked path's statements run on the store's write connection, where
+    /// PostgreSQL settles on one generic plan of each after a few executions:
+    /// made on a new, empty ledger, those plans too must find the group's rows
+    /// through an index, not read whole tables while the ledger grows.
+    #[tokio::test]
+    #[ignore = "needs BANK_TEST_POSTGRES_URL; make test runs it when that is set"]
+    async fn the_locked_path_planned_on_empty_tables_reads_no_whole_table_on_postgresql() {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        bank_kit::testing::run_with_databases(
+            bank_kit::testing::Backend::Postgres,
+            1,
+            |urls| async move {
+                let db = bank_kit::db::connect_and_migrate::<crate::store::migrations::Migrator>(
+                    &urls[0],
+                )
+                .await
+                .unwrap_or_else(|error| panic!("{error}"));
+                let store = crate::store::LedgerStore::new(db);
+                let txn = store
+                    .begin_write()
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"));
+                let run = |sql: String| {
+                    let txn = &txn;
+                    async move {
+                        txn.query_all_raw(Statement::from_string(DbBackend::Postgres, sql))
+                            .await
+                            .unwrap_or_else(|error| panic!("{error}"))
+                    }
+                };
+                // The plan that the connection's session keeps, made now.
+                run("SET LOCAL plan_cache_mode = force_generic_plan".into()).await;
+                for (name, sql, arguments) in [
+                    ("lock_books", super::LOCK_BOOKS_POSTGRES, "'{}'"),
+                    ("requests", super::SELECT_REQUESTS_POSTGRES, "'{}', '{}'"),
+                    ("reversed", super::SELECT_REVERSED_POSTGRES, "'{}'"),
+                ] {
+                    run(format!("PREPARE {name} AS {sql}")).await;
+                    let plan = run(format!("EXPLAIN EXECUTE {name}({arguments})"))
+                        .await
+                        .iter()
+                        .map(|row| {
+                            row.try_get_by_index::<String>(0)
+                                .unwrap_or_else(|error| panic!("{error}"))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n");
+                    assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
+                    run(format!("DEALLOCATE {name}")).await;
+                }
+                txn.rollback()
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"));
+            },
+        )
+        .await;
+    }
 }
