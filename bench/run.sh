@@ -6,8 +6,8 @@
 #      measures the anchors with pgbench (bench/anchor.sql: the same transfer done the
 #      plain way, one SQL function call per transfer), starts identity, ledger,
 #      account and gateway, and runs the scenarios: REST uniform, REST hot, ledger
-#      gRPC direct, deposits, holds placed then posted, transfers during a login
-#      storm, one client;
+#      gRPC direct (at REST's concurrency, then at its own best), deposits, holds
+#      placed then posted, transfers during a login storm, one client;
 #   2. on SQLite (files in a temporary directory): restarts the four components and
 #      runs REST uniform, then the SQLite anchor (bench/sqlite_anchor.py).
 # After every scenario GET /v1/admin/ledger/verify must answer "ok":true.
@@ -19,7 +19,10 @@
 #   BANK_TEST_POSTGRES_URL  server to use [postgres://postgres@127.0.0.1:5432/postgres]
 #   BENCH_SECONDS           measured seconds per scenario [20; short mode 3]
 #   BENCH_WARMUP            warmup seconds per scenario [3; short mode 1]
-#   BENCH_CLIENTS           concurrent clients of the multi-client scenarios [128]
+#   BENCH_CLIENTS           concurrent clients of the REST scenarios on PostgreSQL [128]
+#   BENCH_GRPC_CLIENTS      concurrent clients of the second ledger gRPC direct scenario [512]
+#   BENCH_SQLITE_CLIENTS    concurrent clients of the SQLite scenario [512]
+#   BENCH_GATEWAY_WORKERS   the gateway's runtime worker threads (TOKIO_WORKER_THREADS) [1]
 #   BENCH_ACCOUNTS          accounts of the uniform scenarios [100; short mode 50]
 #   BENCH_SHORT=1           short mode, for CI
 #   CARGO_TARGET_DIR        where the release binaries are [target]
@@ -38,7 +41,18 @@ else
     warmup=${BENCH_WARMUP:-3}
     n_accounts=${BENCH_ACCOUNTS:-100}
 fi
+# Each scenario runs at the concurrency that served it best on a 2-core machine:
+# REST on PostgreSQL is CPU-bound by 128 clients (more only queue), while gRPC
+# direct and SQLite are bound by their one writer's commit cycle, whose groups
+# grow with the clients waiting (BENCHMARKS.md has the measurements). gRPC
+# direct also runs at the REST scenarios' concurrency, for what the gateway costs.
 clients=${BENCH_CLIENTS:-128}
+grpc_clients=${BENCH_GRPC_CLIENTS:-512}
+sqlite_clients=${BENCH_SQLITE_CLIENTS:-512}
+# The gateway only relays: on two cores shared with the other services,
+# PostgreSQL and the load generator, its second worker thread cost more in
+# wakeups than it added (one worker is also what its k8s CPU limit of one gives it).
+gateway_workers=${BENCH_GATEWAY_WORKERS:-1}
 storm_clients=4
 grpc_connections=4
 anchor_clients=8
@@ -63,10 +77,11 @@ die() {
 }
 log() { echo "bench: [${SECONDS}s] $*" >&2; }
 
-for value in "$duration" "$warmup" "$clients" "$n_accounts"; do
-    [[ $value =~ ^[0-9]+$ ]] || die "BENCH_SECONDS, BENCH_WARMUP, BENCH_CLIENTS and BENCH_ACCOUNTS must be whole numbers"
+for value in "$duration" "$warmup" "$clients" "$grpc_clients" "$sqlite_clients" "$gateway_workers" "$n_accounts"; do
+    [[ $value =~ ^[0-9]+$ ]] || die "BENCH_SECONDS, BENCH_WARMUP, BENCH_CLIENTS, BENCH_GRPC_CLIENTS, BENCH_SQLITE_CLIENTS, BENCH_GATEWAY_WORKERS and BENCH_ACCOUNTS must be whole numbers"
 done
-((duration > 0 && clients > 0 && n_accounts >= 2)) || die "need BENCH_SECONDS > 0, BENCH_CLIENTS > 0, BENCH_ACCOUNTS >= 2"
+((duration > 0 && clients > 0 && grpc_clients > 0 && sqlite_clients > 0 && gateway_workers > 0 && n_accounts >= 2)) ||
+    die "need BENCH_SECONDS > 0, BENCH_CLIENTS, BENCH_GRPC_CLIENTS, BENCH_SQLITE_CLIENTS and BENCH_GATEWAY_WORKERS > 0, BENCH_ACCOUNTS >= 2"
 
 # A PostgreSQL client tool: on the PATH, else from the newest server installation.
 pg_tool() {
@@ -270,8 +285,13 @@ start_services() { # label
     service_pids=()
     service_names=()
     for component in identity ledger account gateway; do
-        # From the work directory, so no .env file of the checkout is read.
-        (cd "$work" && exec "$bin/bank-$component") >>"$work/logs/$label-$component.log" 2>&1 &
+        # From the work directory, so no .env file of the checkout is read; the
+        # other services keep tokio's default of one worker per core.
+        (
+            cd "$work"
+            if [[ $component == gateway ]]; then export TOKIO_WORKER_THREADS=$gateway_workers; fi
+            exec "$bin/bank-$component"
+        ) >>"$work/logs/$label-$component.log" 2>&1 &
         service_pids+=($!)
         service_names+=("$component")
     done
@@ -442,7 +462,7 @@ print(json.dumps(r))' "$line" "$name" "$title" "$anchor_name" "$before" "$after"
 export IDENTITY_DATABASE_URL=$(db_url "${prefix}_identity")
 export ACCOUNT_DATABASE_URL=$(db_url "${prefix}_account")
 export LEDGER_DATABASE_URL=$(db_url "${prefix}_ledger")
-log "starting the components on PostgreSQL; rate limiter out of the way (GATEWAY_RATE_LIMIT_PER_MINUTE=$api_limit, GATEWAY_AUTH_RATE_LIMIT_PER_MINUTE=$auth_limit)"
+log "starting the components on PostgreSQL; rate limiter out of the way (GATEWAY_RATE_LIMIT_PER_MINUTE=$api_limit, GATEWAY_AUTH_RATE_LIMIT_PER_MINUTE=$auth_limit); gateway with $gateway_workers runtime worker(s)"
 start_services pg
 log "setup: $n_accounts + 2 accounts, funded by operator deposits"
 setup pg
@@ -457,10 +477,16 @@ token=$(login "$customer_email" "$user_password")
 scenario 2-rest-hot "REST hot (2 accounts)" pg-hot \
     rest-transfer --target "$G" --token "$token" --accounts-file "$hot" --hot --clients "$clients"
 
+# gRPC direct at the REST scenarios' concurrency (what the gateway costs), then
+# at the concurrency that serves the ledger best.
 token=$(login "$customer_email" "$user_password")
 scenario 3-grpc-uniform "ledger gRPC direct, uniform ($grpc_connections HTTP/2 connections)" pg-uniform \
     grpc-transfer --target "http://127.0.0.1:$ledger_port" --token "$token" --accounts-file "$uniform" \
     --clients "$clients" --connections "$grpc_connections"
+token=$(login "$customer_email" "$user_password")
+scenario 3b-grpc-uniform-best "ledger gRPC direct, uniform, its best concurrency ($grpc_connections HTTP/2 connections)" pg-uniform \
+    grpc-transfer --target "http://127.0.0.1:$ledger_port" --token "$token" --accounts-file "$uniform" \
+    --clients "$grpc_clients" --connections "$grpc_connections"
 
 operator=$(login "$operator_email" "$operator_password")
 scenario 4-deposits "REST deposits (settlement account)" pg-hot \
@@ -499,7 +525,7 @@ start_services sqlite
 setup sqlite
 token=$(login "$customer_email" "$user_password")
 scenario 7-sqlite-uniform "SQLite, REST uniform ($n_accounts accounts)" sqlite \
-    rest-transfer --target "$G" --token "$token" --accounts-file "$work/sqlite-uniform.txt" --clients "$clients"
+    rest-transfer --target "$G" --token "$token" --accounts-file "$work/sqlite-uniform.txt" --clients "$sqlite_clients"
 record_rss sqlite
 stop_services
 
@@ -512,6 +538,7 @@ python3 "$root/bench/sqlite_anchor.py" --db "$work/sqlite/anchor.db" --accounts 
 
 memory=$(awk '/^MemTotal:/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 BENCH_REPORT_WARMUP=$warmup BENCH_REPORT_DURATION=$duration BENCH_REPORT_ANCHOR_CLIENTS=$anchor_clients \
+    BENCH_REPORT_GATEWAY_WORKERS=$gateway_workers \
     BENCH_REPORT_API_LIMIT=$api_limit BENCH_REPORT_AUTH_LIMIT=$auth_limit \
     BENCH_REPORT_MACHINE="$(nproc) cores, $memory, $(uname -sr); PostgreSQL $pg_version" \
     BENCH_REPORT_DURABILITY="synchronous_commit=$synchronous_commit, fsync=$fsync" \
@@ -548,6 +575,8 @@ print("## make bench")
 print()
 print(f'Each scenario: {env["BENCH_REPORT_WARMUP"]} s warmup, then {env["BENCH_REPORT_DURATION"]} s measured; closed loop; load generator on the same machine.')
 print(f'Rate limiter out of the way: GATEWAY_RATE_LIMIT_PER_MINUTE={env["BENCH_REPORT_API_LIMIT"]}, GATEWAY_AUTH_RATE_LIMIT_PER_MINUTE={env["BENCH_REPORT_AUTH_LIMIT"]}.')
+print(f'The gateway runs {env["BENCH_REPORT_GATEWAY_WORKERS"]} runtime worker thread(s) (TOKIO_WORKER_THREADS); the other services one per core.'
+      " Each scenario runs at the concurrency that served it best here (the clients column).")
 print("Latencies of successful requests; ratio = transfers/s of the scenario over the anchor's, measured in this run on the same server.")
 print()
 print("| scenario | clients | transfers/s | p50 | p99 | p99.9 | errors | anchor/s | ratio |")

@@ -295,7 +295,7 @@ required = {
     "IDENTITY_SIGNING_KEYS_DIR", "IDENTITY_SERVICE_CLIENTS",
     "IDENTITY_SESSION_IDLE_MINUTES", "IDENTITY_SESSION_LIFETIME_HOURS",
     "ACCOUNT_SERVICE_CLIENT_ID", "ACCOUNT_SERVICE_CLIENT_SECRET",
-    "GATEWAY_REQUEST_TIMEOUT_SECONDS",
+    "GATEWAY_REQUEST_TIMEOUT_SECONDS", "TOKIO_WORKER_THREADS",
 }
 # Whatever the sources read through the configuration helpers counts as well
 # (test code excepted: tests/ directories, testing.rs, and what follows #[cfg(test)]).
