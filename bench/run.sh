@@ -587,6 +587,48 @@ for r in rows:
     anchor_text = f'{num(a.get("rate"))} ({anchor_label.get(r["anchor"], r["anchor"])})'
     print(f'| {r["title"]} | {r["clients"]} | {num(r["rate"])} | {ms(r["p50_ms"])} | {ms(r["p99_ms"])} '
           f'| {ms(r["p999_ms"])} | {errors(r)} | {anchor_text} | {ratio} |')
+# The targets, checked against this run.
+by_name = {r["name"]: r for r in rows}
+def ratio_of(name):
+    r, a = by_name.get(name), anchors.get(by_name.get(name, {}).get("anchor"), {})
+    if not r or not a.get("rate") or r.get("rate") is None:
+        return None
+    return r["rate"] / a["rate"]
+checks = []
+for name, label, floor in (("1-rest-uniform", "REST uniform", 2.0), ("2-rest-hot", "REST hot", 1.5),
+                           ("4-deposits", "REST deposits (settlement account)", 1.5),
+                           ("7-sqlite-uniform", "SQLite, REST uniform", 2.0)):
+    value = ratio_of(name)
+    if value is not None:
+        checks.append((f"{label} >= {floor:g}x its anchor", f"{value:.2f}x", value >= floor))
+grpc = [(ratio_of(n), by_name[n]["clients"]) for n in ("3-grpc-uniform", "3b-grpc-uniform-best") if ratio_of(n) is not None]
+if grpc:
+    value, at = max(grpc)
+    checks.append(("ledger gRPC direct >= 3x the uniform anchor", f"{value:.2f}x ({at} clients)", value >= 3.0))
+rest, same = by_name.get("1-rest-uniform"), by_name.get("3-grpc-uniform")
+if rest and same and same.get("rate"):
+    share = rest["rate"] / same["rate"]
+    checks.append(("REST uniform >= two thirds of gRPC direct at the same concurrency",
+                   f"{100 * share:.0f} %", share >= 2 / 3))
+one, a1 = by_name.get("6-one-client"), anchors.get("pg-one-client", {})
+if one and one.get("p50_ms") and a1.get("p50_ms"):
+    times = one["p50_ms"] / a1["p50_ms"]
+    checks.append(("one client: p50 <= 2x the anchor's", f"{times:.1f}x", times <= 2.0))
+peaks = []
+for label in ("pg", "sqlite"):
+    path = os.path.join(results, f"rss-{label}.json")
+    if os.path.exists(path):
+        peaks += [kib for kib in load(path).values() if kib is not None]
+if peaks:
+    checks.append(("each service <= 64 MiB peak RSS", f"{max(peaks) / 1024:.0f} MiB at most", max(peaks) <= 64 * 1024))
+if checks:
+    print()
+    print("Targets (the ledger issue's, checked against this run):")
+    print()
+    print("| target | this run | met |")
+    print("|---|---|---|")
+    for label, value, met in checks:
+        print(f"| {label} | {value} | {'yes' if met else 'no'} |")
 print()
 print("Anchors (the same transfer done the plain way: idempotency key, transfer row, two entries,")
 print("two guarded balance updates, one transaction per transfer; pgbench latencies from --log):")
