@@ -9,8 +9,6 @@ use std::net::{IpAddr, SocketAddr};
 use axum::{
     extract::{ConnectInfo, Request},
     http::HeaderMap,
-    middleware::Next,
-    response::Response,
 };
 use ipnet::IpNet;
 
@@ -84,7 +82,7 @@ impl ClientAddress {
 
 /// Resolves the client address once per request for the layers and handlers
 /// that need it.
-pub async fn resolve(trusted: TrustedProxies, mut request: Request, next: Next) -> Response {
+pub fn resolve(trusted: &TrustedProxies, request: &mut Request) {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -93,7 +91,6 @@ pub async fn resolve(trusted: TrustedProxies, mut request: Request, next: Next) 
         let client = trusted.resolve(peer, request.headers());
         request.extensions_mut().insert(ClientAddress(client));
     }
-    next.run(request).await
 }
 
 #[cfg(test)]

@@ -379,12 +379,15 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
         .fallback(not_found)
         .with_state(state);
 
-    let timeout = config.request_timeout;
-    let trusted_proxies = config.trusted_proxies.clone();
-    let quotas = Quotas {
-        api: config.api_quota,
-        auth: config.auth_quota,
-    };
+    let guards = Arc::new(Guards {
+        timeout: config.request_timeout,
+        trusted_proxies: config.trusted_proxies.clone(),
+        limiter,
+        quotas: Quotas {
+            api: config.api_quota,
+            auth: config.auth_quota,
+        },
+    });
     // One layer stack for every route: `Router::layer` boxes each layer it is
     // given again, and a request clones the whole stack of its route, so the
     // layers are stacked once here (outermost first) and given to the router
@@ -420,15 +423,8 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
         .layer(middleware::map_response(security_headers))
         .layer(cors(&config.cors_allowed_origins))
         // Inside the header layers, so the documents it writes get them too.
-        .layer(middleware::from_fn(problem_fallback))
         .layer(middleware::from_fn(move |request, next| {
-            deadline(timeout, request, next)
-        }))
-        .layer(middleware::from_fn(move |request, next| {
-            crate::client::resolve(trusted_proxies.clone(), request, next)
-        }))
-        .layer(middleware::from_fn(move |request, next| {
-            rate_limit(limiter.clone(), quotas, request, next)
+            guard(Arc::clone(&guards), request, next)
         }))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     api.layer(layers)
@@ -509,38 +505,66 @@ async fn trace_scope(request: Request, next: Next) -> Response {
     telemetry::TRACE_ID.scope(trace_id, next.run(request)).await
 }
 
+/// What [`guard`] needs, shared by every request.
+struct Guards {
+    timeout: Duration,
+    trusted_proxies: crate::client::TrustedProxies,
+    limiter: RateLimiter,
+    quotas: Quotas,
+}
+
+/// The guards every route runs inside the header layers, in one layer (each
+/// `from_fn` layer costs a request an allocation and a clone of the stack
+/// below it), outermost first: any error answer becomes a problem document
+/// ([`as_problem`]), the request's deadline ([`deadline`]), the client's
+/// address ([`crate::client::resolve`]) and its quota ([`rate_limit`]).
+async fn guard(guards: Arc<Guards>, mut request: Request, next: Next) -> Response {
+    crate::client::resolve(&guards.trusted_proxies, &mut request);
+    let guarded = async {
+        let quota = quota_of(guards.quotas, &request);
+        match rate_limit(&guards.limiter, quota).await {
+            Some(refusal) => refusal,
+            None => next.run(request).await,
+        }
+    };
+    as_problem(deadline(guards.timeout, guarded).await)
+}
+
 #[derive(Clone, Copy)]
 struct Quotas {
     api: Quota,
     auth: Quota,
 }
 
-/// Refuses a client that exceeds its quota with 429 and `Retry-After`. Clients are
-/// told apart by their resolved address (see [`crate::client`]).
-async fn rate_limit(
-    limiter: RateLimiter,
-    quotas: Quotas,
-    request: Request,
-    next: Next,
-) -> Response {
-    use axum::response::IntoResponse;
+/// The quota a request counts against and the key of its client there, `None`
+/// for a path no quota covers. Clients are told apart by their resolved address
+/// (see [`crate::client`]).
+fn quota_of(quotas: Quotas, request: &Request) -> Option<(String, Quota)> {
     let path = request.uri().path();
     let (class, quota) = if path.starts_with("/v1/auth/") {
         ("auth", quotas.auth)
     } else if path.starts_with("/v1/") {
         ("api", quotas.api)
     } else {
-        return next.run(request).await;
+        return None;
     };
     let client = request
         .extensions()
         .get::<ClientAddress>()
         .map(|client| client.bucket())
         .unwrap_or_default();
-    match limiter.check(&format!("{class}:{client}"), quota).await {
-        Decision::Allowed => next.run(request).await,
+    Some((format!("{class}:{client}"), quota))
+}
+
+/// The 429 answer, with `Retry-After`, for a client that has exceeded its
+/// quota; `None` to let the request through.
+async fn rate_limit(limiter: &RateLimiter, quota: Option<(String, Quota)>) -> Option<Response> {
+    use axum::response::IntoResponse;
+    let (key, quota) = quota?;
+    match limiter.check(&key, quota).await {
+        Decision::Allowed => None,
         Decision::Limited { retry_after } => {
-            ApiError::rate_limited(retry_after.as_secs_f64().ceil() as u64).into_response()
+            Some(ApiError::rate_limited(retry_after.as_secs_f64().ceil() as u64).into_response())
         }
     }
 }
@@ -549,9 +573,9 @@ async fn rate_limit(
 /// deadline also travels with every call the request makes (`grpc-timeout`, see
 /// [`routes::anonymous`]), so a service stops working on it when the gateway has
 /// stopped waiting.
-async fn deadline(limit: Duration, request: Request, next: Next) -> Response {
+async fn deadline(limit: Duration, run: impl std::future::Future<Output = Response>) -> Response {
     let ends_at = tokio::time::Instant::now() + limit;
-    let run = problem::DEADLINE.scope(ends_at, next.run(request));
+    let run = problem::DEADLINE.scope(ends_at, run);
     match tokio::time::timeout_at(ends_at, run).await {
         Ok(response) => response,
         Err(_) => {
@@ -577,9 +601,8 @@ fn cors(origins: &[HeaderValue]) -> CorsLayer {
 
 /// Turns any error response that is not yet a problem document (from a layer or
 /// extractor outside our control) into one, so every error has the same shape.
-async fn problem_fallback(request: Request, next: Next) -> Response {
+fn as_problem(response: Response) -> Response {
     use axum::response::IntoResponse;
-    let response = next.run(request).await;
     let status = response.status();
     let is_problem = response
         .headers()
@@ -614,4 +637,52 @@ async fn problem_fallback(request: Request, next: Next) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::*;
+
+    /// A request still running at its deadline is answered 503 with a problem
+    /// document; one done in time is answered as it ended, its deadline known
+    /// to what it calls.
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_answered_unavailable() {
+        use axum::response::IntoResponse;
+        let late = deadline(Duration::from_millis(20), std::future::pending()).await;
+        assert_eq!(late.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let late = as_problem(late);
+        assert!(
+            late.headers()[header::CONTENT_TYPE]
+                .as_bytes()
+                .starts_with(b"application/problem+json")
+        );
+
+        let on_time = deadline(Duration::from_secs(5), async {
+            assert!(problem::DEADLINE.try_with(|_| ()).is_ok());
+            StatusCode::CREATED.into_response()
+        })
+        .await;
+        assert_eq!(on_time.status(), StatusCode::CREATED);
+    }
+
+    /// An error answer that is not a problem document becomes one with the
+    /// matching code; a success or a problem already is left as it is.
+    #[test]
+    fn error_answers_become_problem_documents() {
+        use axum::response::IntoResponse;
+        let plain = (StatusCode::PAYLOAD_TOO_LARGE, "too big").into_response();
+        let problem = as_problem(plain);
+        assert_eq!(problem.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(
+            problem.headers()[header::CONTENT_TYPE]
+                .as_bytes()
+                .starts_with(b"application/problem+json")
+        );
+        let fine = as_problem(StatusCode::OK.into_response());
+        assert_eq!(fine.status(), StatusCode::OK);
+        assert!(fine.headers().get(header::CONTENT_TYPE).is_none());
+    }
 }
