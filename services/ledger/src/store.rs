@@ -114,9 +114,10 @@ impl DomainError for StoreError {
     }
 }
 
-/// The PostgreSQL session settings of the ledger's write connection (see
-/// [`LedgerStore`]'s `writes`).
-pub const WRITES_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
+/// The PostgreSQL session settings of both of the ledger's write connections,
+/// the store's `writes` and the guarded writer's (see [`LedgerStore`]'s
+/// `writes`): plans without sequential scans.
+pub(crate) const WRITES_SETTINGS: &[(&str, &str)] = &[("enable_seqscan", "off")];
 
 /// The ledger database.
 pub struct LedgerStore {

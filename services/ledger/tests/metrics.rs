@@ -183,7 +183,7 @@ db_test!(
     background_verification
 );
 async fn background_verification(urls: Vec<String>) {
-    use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+    use std::time::{SystemTime, UNIX_EPOCH};
 
     let _alone = ONE_AT_A_TIME.lock().await;
     let stack = spawn(&urls, Parts::LEDGER).await;
@@ -206,30 +206,35 @@ async fn background_verification(urls: Vec<String>) {
         metric(text, "ledger_verify_entries_checked_total")
             - metric(&before, "ledger_verify_entries_checked_total")
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = scrape(admin).await;
-        if metric(&text, "ledger_verify_last_success_timestamp_seconds") > deposited_at
-            && entries_checked(&text) >= 2.0
-        {
-            assert_eq!(metric(&text, "ledger_verify_mismatches"), 0.0, "{text}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "no clean round: {text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let text = scrape_until(admin, "clean round after the deposit", |text| {
+        metric(text, "ledger_verify_last_success_timestamp_seconds") > deposited_at
+            && entries_checked(text) >= 2.0
+    })
+    .await;
+    assert_eq!(metric(&text, "ledger_verify_mismatches"), 0.0, "{text}");
 
     tamper_with_balance(&stack, &account).await;
+    scrape_until(admin, "round that saw the tampering", |text| {
+        metric(text, "ledger_verify_mismatches") >= 1.0
+    })
+    .await;
+}
+
+/// Scrapes `addr` until its metrics satisfy `done` (20 s at most, or the test
+/// fails waiting for `what`), and returns them.
+async fn scrape_until(
+    addr: std::net::SocketAddr,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    use std::time::{Duration, Instant};
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let text = scrape(admin).await;
-        if metric(&text, "ledger_verify_mismatches") >= 1.0 {
-            break;
+        let text = scrape(addr).await;
+        if done(&text) {
+            return text;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the tampering went unseen: {text}"
-        );
+        assert!(Instant::now() < deadline, "no {what}: {text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

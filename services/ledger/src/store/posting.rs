@@ -840,7 +840,8 @@ async fn write_guarded(
 /// and the next setting keeps it so), so nothing is lost by keeping it.
 ///
 /// That plan must not depend on how large the tables were when it was made,
-/// and the session's `enable_seqscan = off` sees to it. The first group of a
+/// and the session's `enable_seqscan = off` (`store::WRITES_SETTINGS`, which
+/// the store's write connection shares) sees to it. The first group of a
 /// new ledger is planned on nearly empty tables, where reading the whole of
 /// `ledger_accounts` costs less than its index, and a generic plan is kept until
 /// an `ANALYZE` of a table it reads: on a server whose autovacuum is off (or
@@ -864,10 +865,12 @@ impl GuardedWriter {
             options: options
                 .clone()
                 .application_name(GUARDED_WRITER_APPLICATION_NAME)
-                .options([
-                    ("plan_cache_mode", "force_generic_plan"),
-                    ("enable_seqscan", "off"),
-                ]),
+                .options(
+                    super::WRITES_SETTINGS
+                        .iter()
+                        .copied()
+                        .chain([("plan_cache_mode", "force_generic_plan")]),
+                ),
             connection: tokio::sync::Mutex::new(None),
         }
     }
@@ -1279,6 +1282,14 @@ mod guarded_tests {
             .unwrap_or_else(|error| panic!("{error}"))
     }
 
+    /// The lines of `name`'s plan, as one text, once checked that no step of it
+    /// reads a whole table.
+    fn indexed_plan(name: &str, lines: impl Iterator<Item = String>) -> String {
+        let plan = lines.collect::<Vec<_>>().join("\n");
+        assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
+        plan
+    }
+
     #[tokio::test]
     #[ignore = "needs BANK_TEST_POSTGRES_URL; make test runs it when that is set"]
     async fn the_guarded_connection_keeps_one_generic_plan_on_postgresql() {
@@ -1325,23 +1336,24 @@ mod guarded_tests {
                     .execute(sea_orm::sqlx::AssertSqlSafe(prepare))
                     .await
                     .unwrap_or_else(|error| panic!("{error}"));
-                let plan: Vec<String> = sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(
-                    format!("EXPLAIN EXECUTE guarded({values})"),
-                ))
-                .fetch_all(&mut connection)
-                .await
-                .unwrap_or_else(|error| panic!("{error}"))
-                .iter()
-                .map(|row| row.get::<String, _>(0))
-                .collect();
-                let plan = plan.join("\n");
-                assert!(!plan.contains("Seq Scan"), "{plan}");
+                let plan = indexed_plan(
+                    "guarded",
+                    sea_orm::sqlx::query(sea_orm::sqlx::AssertSqlSafe(format!(
+                        "EXPLAIN EXECUTE guarded({values})"
+                    )))
+                    .fetch_all(&mut connection)
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"))
+                    .iter()
+                    .map(|row| row.get::<String, _>(0)),
+                );
                 assert!(plan.contains("ledger_accounts_pkey"), "{plan}");
                 connection.close().await.ok();
             },
         )
         .await;
     }
+
     /// The locked path's statements run on the store's write connection, where
     /// PostgreSQL settles on one generic plan of each after a few executions:
     /// made on a new, empty ledger, those plans too must find the group's rows
@@ -1380,16 +1392,14 @@ mod guarded_tests {
                     ("reversed", super::SELECT_REVERSED_POSTGRES, "'{}'"),
                 ] {
                     run(format!("PREPARE {name} AS {sql}")).await;
-                    let plan = run(format!("EXPLAIN EXECUTE {name}({arguments})"))
-                        .await
-                        .iter()
-                        .map(|row| {
+                    let plan = run(format!("EXPLAIN EXECUTE {name}({arguments})")).await;
+                    indexed_plan(
+                        name,
+                        plan.iter().map(|row| {
                             row.try_get_by_index::<String>(0)
                                 .unwrap_or_else(|error| panic!("{error}"))
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    assert!(!plan.contains("Seq Scan"), "{name}:\n{plan}");
+                        }),
+                    );
                     run(format!("DEALLOCATE {name}")).await;
                 }
                 txn.rollback()
