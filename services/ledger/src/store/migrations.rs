@@ -13,6 +13,7 @@ mod m20261205_000001_set_based_references;
 mod m20261207_000001_group_guard;
 mod m20261207_000002_sparse_indexes;
 mod m20261207_000003_entries_on_their_transfer;
+mod m20261208_000001_fewer_journal_indexes;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_group_guard::Migration),
             Box::new(m20261207_000002_sparse_indexes::Migration),
             Box::new(m20261207_000003_entries_on_their_transfer::Migration),
+            Box::new(m20261208_000001_fewer_journal_indexes::Migration),
         ]
     }
 }

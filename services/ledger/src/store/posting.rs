@@ -1290,6 +1290,50 @@ mod guarded_tests {
         plan
     }
 
+    /// A posting writes seven index entries: its transfer's key, and each of its
+    /// two entries' place in its book and transfer, and its record's key and
+    /// transfer. The sparse indexes take none of a plain transfer's rows.
+    #[tokio::test]
+    #[ignore = "needs BANK_TEST_POSTGRES_URL; make test runs it when that is set"]
+    async fn a_posting_writes_seven_index_entries_on_postgresql() {
+        bank_kit::testing::run_with_databases(
+            bank_kit::testing::Backend::Postgres,
+            1,
+            |urls| async move {
+                let mut connection = writer_connection(&urls[0]).await;
+                let indexes: Vec<(String, String)> = connection
+                    .fetch_all(
+                        "SELECT indexname, indexdef FROM pg_indexes
+                         WHERE tablename IN ('ledger_transfers', 'ledger_entries', 'ledger_requests')
+                           AND indexdef NOT LIKE '% WHERE %'
+                         ORDER BY indexname",
+                    )
+                    .await
+                    .unwrap_or_else(|error| panic!("{error}"))
+                    .iter()
+                    .map(|row| (row.get(0), row.get(1)))
+                    .collect();
+                let names: Vec<&str> = indexes.iter().map(|(name, _)| name.as_str()).collect();
+                assert_eq!(
+                    names,
+                    [
+                        "ledger_entries_pkey",
+                        "ledger_entries_transfer",
+                        "ledger_requests_pkey",
+                        "ledger_requests_transfer",
+                        "ledger_transfers_pkey",
+                    ]
+                );
+                assert!(
+                    indexes[0].1.ends_with("(account_id, account_seq)"),
+                    "{}",
+                    indexes[0].1
+                );
+            },
+        )
+        .await;
+    }
+
     #[tokio::test]
     #[ignore = "needs BANK_TEST_POSTGRES_URL; make test runs it when that is set"]
     async fn the_guarded_connection_keeps_one_generic_plan_on_postgresql() {
