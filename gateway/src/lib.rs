@@ -393,12 +393,9 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
     // layers are stacked once here (outermost first) and given to the router
     // together, after routing (the request span names the matched route).
     let layers = tower::ServiceBuilder::new()
-        // Outermost, so that the request's id, span and deadline all live in the
-        // task: a client that hangs up never cancels the call it started (see
-        // `bank_kit::detach`).
-        .layer(middleware::from_fn(|request, next| {
-            bank_kit::detach::detach_with(request, next, internal_problem)
-        }))
+        // Outermost, so that the request's span and deadline live in the task
+        // it runs the rest in: a client that hangs up never cancels the call it
+        // started (see `bank_kit::detach`).
         .layer(middleware::from_fn(request_id))
         .layer(
             TraceLayer::new_for_http()
@@ -420,7 +417,6 @@ pub fn router(state: AppState, config: &Config, limiter: RateLimiter) -> Router 
                 ),
         )
         .layer(middleware::from_fn(trace_scope))
-        .layer(middleware::map_response(security_headers))
         .layer(cors(&config.cors_allowed_origins))
         // Inside the header layers, so the documents it writes get them too.
         .layer(middleware::from_fn(move |request, next| {
@@ -447,13 +443,12 @@ const SECURITY_HEADERS: [(HeaderName, &str); 6] = [
     (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
 ];
 
-/// Sets [`SECURITY_HEADERS`] on every answer, replacing what a handler set.
-async fn security_headers(mut response: Response) -> Response {
+/// Sets [`SECURITY_HEADERS`] on an answer, replacing what a handler set.
+fn set_security_headers(response: &mut Response) {
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
         headers.insert(name, HeaderValue::from_static(value));
     }
-    response
 }
 
 /// The answer of a handler that panicked.
@@ -465,7 +460,8 @@ fn internal_problem() -> Response {
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Gives every request an id (the client's `x-request-id` when it is sane), makes
-/// it available to problem bodies, and echoes it in the response.
+/// it available to problem bodies, and echoes it in the response; the rest of
+/// the stack runs detached (see `bank_kit::detach`), with the id.
 async fn request_id(mut request: Request, next: Next) -> Response {
     let id = request
         .headers()
@@ -483,7 +479,8 @@ async fn request_id(mut request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         request.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
+    let handler = REQUEST_ID.scope(id.clone(), next.run(request));
+    let mut response = bank_kit::detach::detach(handler, internal_problem).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
@@ -493,7 +490,8 @@ async fn request_id(mut request: Request, next: Next) -> Response {
 /// Makes the request's trace id available to problem bodies and outgoing calls,
 /// inside the request's span: its OpenTelemetry trace's, or where no spans are
 /// recorded the client's `traceparent`'s or a fresh one, which the request's
-/// span then records for the logs.
+/// span then records for the logs. Sets [`SECURITY_HEADERS`] on the answer,
+/// CORS preflights' included.
 async fn trace_scope(request: Request, next: Next) -> Response {
     use bank_kit::telemetry;
     let trace_id = telemetry::current_trace_id()
@@ -502,7 +500,9 @@ async fn trace_scope(request: Request, next: Next) -> Response {
     if !telemetry::recording_spans() {
         tracing::Span::current().record("trace_id", trace_id.as_str());
     }
-    telemetry::TRACE_ID.scope(trace_id, next.run(request)).await
+    let mut response = telemetry::TRACE_ID.scope(trace_id, next.run(request)).await;
+    set_security_headers(&mut response);
+    response
 }
 
 /// What [`guard`] needs, shared by every request.

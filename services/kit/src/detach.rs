@@ -17,10 +17,19 @@ use crate::telemetry::{self, TRACE_ID};
 /// Middleware running the rest of the stack in a task of its own. A panic there
 /// becomes `on_panic`'s answer instead of a dropped connection.
 pub async fn detach_with(request: Request, next: Next, on_panic: fn() -> Response) -> Response {
+    detach(next.run(request), on_panic).await
+}
+
+/// Runs `handler`, the rest of a request's stack, in a task of its own, for a
+/// middleware that does its own work around it (see [`detach_with`]).
+pub async fn detach(
+    handler: impl std::future::Future<Output = Response> + Send + 'static,
+    on_panic: fn() -> Response,
+) -> Response {
     // The task goes on in the request's span, so what it does joins the trace,
     // and with its trace id, so the calls it makes carry that on.
     let span = tracing::Span::current();
-    let handler = tracing::Instrument::instrument(next.run(request), span);
+    let handler = tracing::Instrument::instrument(handler, span);
     let task = match TRACE_ID.try_with(Clone::clone) {
         Ok(trace_id) => tokio::spawn(TRACE_ID.scope(trace_id, handler)),
         Err(_) => tokio::spawn(handler),

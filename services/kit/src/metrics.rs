@@ -153,15 +153,17 @@ pub fn instrument(routes: Routes) -> Routes {
         .into_axum_router()
         .layer(axum::middleware::from_fn(track))
         .route("/metrics", get(render))
-        .layer(axum::middleware::from_fn(http2_only))
-        .layer(axum::middleware::from_fn(crate::detach::detach_grpc));
+        .layer(axum::middleware::from_fn(http2_only_detached));
     Routes::from(router)
 }
 
-async fn http2_only(request: Request, next: Next) -> Response {
+/// Refuses what is neither HTTP/2 nor the scrape, and runs the rest detached
+/// ([`crate::detach::detach_grpc`]): one layer, as each `from_fn` layer costs a
+/// call a boxed future and a clone of the stack below it.
+async fn http2_only_detached(request: Request, next: Next) -> Response {
     let scrape = request.method() == axum::http::Method::GET && request.uri().path() == "/metrics";
     if request.version() == axum::http::Version::HTTP_2 || scrape {
-        next.run(request).await
+        crate::detach::detach_grpc(request, next).await
     } else {
         axum::http::StatusCode::NOT_FOUND.into_response()
     }
