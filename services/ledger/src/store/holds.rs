@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, QueryResult};
-use serde_json::json;
 
 use super::{
     LedgerStore, StoreError, corrupt,
@@ -263,12 +262,8 @@ pub(crate) async fn read_holds(
             .await?
         }
         _ => {
-            db.query_all_raw(statement(
-                backend,
-                SELECT_HOLDS_SQLITE,
-                [json_rows(ids.map(|id| json!(id)))],
-            ))
-            .await?
+            db.query_all_raw(statement(backend, SELECT_HOLDS_SQLITE, [json_rows(ids)?]))
+                .await?
         }
     };
     holds_from_rows(&rows)
@@ -287,7 +282,7 @@ pub(crate) async fn read_due(
     let ids = books.iter().map(ToString::to_string);
     let (sql, ids) = match backend {
         DbBackend::Postgres => (SELECT_DUE_POSTGRES, strings(ids).into()),
-        _ => (SELECT_DUE_SQLITE, json_rows(ids.map(|id| json!(id)))),
+        _ => (SELECT_DUE_SQLITE, json_rows(ids)?),
     };
     let rows = txn
         .query_all_raw(statement(

@@ -590,7 +590,7 @@ pub(crate) async fn lock_books(
             txn.query_all_raw(statement(
                 backend,
                 LOCK_BOOKS_SQLITE,
-                [json_rows(ids.iter().map(|id| json!(id.to_string())))],
+                [json_rows(ids.iter().map(ToString::to_string))?],
             ))
             .await?
         }
@@ -628,8 +628,8 @@ async fn read_requests(
                 backend,
                 SELECT_REQUESTS_SQLITE,
                 [json_rows(keys.iter().map(|key| {
-                    json!([key.scope, key.idempotency_key.as_str()])
-                }))],
+                    (key.scope.as_str(), key.idempotency_key.as_str())
+                }))?],
             ))
             .await?
         }
@@ -733,7 +733,7 @@ async fn read_reversed(
             txn.query_all_raw(statement(
                 backend,
                 SELECT_REVERSED_SQLITE,
-                [json_rows(originals.iter().map(|id| json!(id.to_string())))],
+                [json_rows(originals.iter().map(ToString::to_string))?],
             ))
             .await?
         }
@@ -1055,24 +1055,26 @@ async fn write_sqlite(
     now: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let backend = DbBackend::Sqlite;
+    // Rows as tuples, serialized straight to JSON text: no value tree, and the
+    // texts borrowed, not copied, on the writer's serial path.
     let transfers = json_rows(writes.transfers.iter().map(|new| {
         let t = &new.transfer;
-        json!([
+        (
             t.transfer_id.to_string(),
             t.kind.as_str(),
             t.from_account_id.to_string(),
             t.to_account_id.to_string(),
             t.amount_minor,
             t.currency.as_str(),
-            t.description,
+            t.description.as_str(),
             t.reverses_transfer_id.map(|id| id.to_string()),
-            new.initiated_by,
+            new.initiated_by.as_str(),
             new.batch.map(|slot| slot.batch_id.to_string()),
             new.batch.map(|slot| slot.index),
-        ])
-    }));
+        )
+    }))?;
     let entries = json_rows(writes.entries.iter().map(|e| {
-        json!([
+        (
             e.account_id.to_string(),
             e.account_seq,
             e.transfer_id.to_string(),
@@ -1080,55 +1082,56 @@ async fn write_sqlite(
             e.balance_after_minor,
             e.currency.as_str(),
             e.counterparty_account_id.to_string(),
-            e.description,
-            e.prev_hash,
-            e.entry_hash,
-        ])
-    }));
+            e.description.as_str(),
+            e.prev_hash.as_str(),
+            e.entry_hash.as_str(),
+        )
+    }))?;
     let books = json_rows(writes.books.iter().map(|b| {
-        json!([
+        (
             b.account_id.to_string(),
             b.balance_minor,
             b.pending_debits_minor,
             b.entry_count,
-            b.last_entry_hash,
-        ])
-    }));
+            b.last_entry_hash.as_str(),
+        )
+    }))?;
     let holds = json_rows(writes.holds.iter().map(|h| {
-        json!([
+        (
             h.hold_id.to_string(),
             h.from_account_id.to_string(),
             h.to_account_id.to_string(),
             h.held_minor,
             h.currency.as_str(),
-            h.description,
-            h.initiated_by,
+            h.description.as_str(),
+            h.initiated_by.as_str(),
             // The same text sqlx gives a timestamp, so comparisons hold.
             sqlite_timestamp(h.expires_at),
-        ])
-    }));
+        )
+    }))?;
     let resolutions = json_rows(
         writes
             .resolutions
             .iter()
-            .map(|(id, r)| json!([id.to_string(), r.state.as_str(), r.amount_minor])),
-    );
+            .map(|(id, r)| (id.to_string(), r.state.as_str(), r.amount_minor)),
+    )?;
     let requests = json_rows(writes.requests.iter().map(|r| {
-        let nullable = |value: &String| (!value.is_empty()).then(|| value.clone());
         let [transfer_id, hold_id, batch_id, code, detail, items] = outcome_columns(&r.outcome);
-        json!([
-            r.key.scope,
+        let nullable = |value: String| (!value.is_empty()).then_some(value);
+        // A refusal's detail is kept even when empty.
+        let detail = (!code.is_empty()).then_some(detail);
+        (
+            r.key.scope.as_str(),
             r.key.idempotency_key.as_str(),
-            r.fingerprint,
-            nullable(&transfer_id),
-            nullable(&hold_id),
-            nullable(&batch_id),
-            nullable(&code),
-            // A refusal's detail is kept even when empty.
-            (!code.is_empty()).then_some(detail),
-            nullable(&items),
-        ])
-    }));
+            r.fingerprint.as_str(),
+            nullable(transfer_id),
+            nullable(hold_id),
+            nullable(batch_id),
+            nullable(code),
+            detail,
+            nullable(items),
+        )
+    }))?;
     for (sql, rows, any) in [
         (
             INSERT_TRANSFERS_SQLITE,
@@ -1162,9 +1165,15 @@ fn sqlite_timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, false)
 }
 
-/// A SQLite JSON array parameter, one element per row, read with `json_each`.
-pub(crate) fn json_rows(rows: impl Iterator<Item = serde_json::Value>) -> Value {
-    Value::from(serde_json::Value::Array(rows.collect()).to_string())
+/// A SQLite JSON array parameter, one element per row (a tuple is an array), read
+/// with `json_each`.
+pub(crate) fn json_rows<T: serde::Serialize>(
+    rows: impl Iterator<Item = T>,
+) -> Result<Value, StoreError> {
+    let rows: Vec<T> = rows.collect();
+    serde_json::to_string(&rows)
+        .map(Value::from)
+        .map_err(|error| StoreError::Corrupt(format!("rows not written as JSON: {error}")))
 }
 
 #[cfg(test)]
