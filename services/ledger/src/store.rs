@@ -956,10 +956,27 @@ fn entry_from_row(row: &QueryResult) -> Result<Entry, StoreError> {
 mod tests {
     use super::*;
 
+    /// The steps of SQLite's plan for `sql`.
+    async fn plan_steps(db: &DatabaseConnection, sql: &str) -> Vec<String> {
+        db.query_all_raw(Statement::from_string(
+            DbBackend::Sqlite,
+            format!("EXPLAIN QUERY PLAN {sql}"),
+        ))
+        .await
+        .unwrap_or_else(|error| panic!("{error}"))
+        .iter()
+        .map(|row| {
+            row.try_get::<String>("", "detail")
+                .unwrap_or_else(|error| panic!("{error}"))
+        })
+        .collect()
+    }
+
     /// Verification reads whole tables under live traffic: each statement may
     /// scan at most the one table it walks, and must find everything else by index, or
     /// it grows with the square of the journal (on SQLite, whose planner has no
-    /// hash joins, a lookup without an index is a scan per row).
+    /// hash joins, a lookup without an index is a scan per row). Lookups by batch
+    /// use the batch columns' partial indexes.
     #[tokio::test]
     async fn verification_walks_one_table_and_finds_the_rest_by_index() {
         bank_kit::testing::run_with_databases(
@@ -991,22 +1008,36 @@ mod tests {
                     SELECT_OVERDRAWN,
                     SELECT_UNMATCHED_POSTED_HOLDS,
                 ] {
-                    let plan = db
-                        .query_all_raw(Statement::from_string(
-                            DbBackend::Sqlite,
-                            format!("EXPLAIN QUERY PLAN {sql}"),
-                        ))
-                        .await
-                        .unwrap_or_else(|error| panic!("{error}"));
-                    let steps: Vec<String> = plan
-                        .iter()
-                        .map(|row| {
-                            row.try_get::<String>("", "detail")
-                                .unwrap_or_else(|error| panic!("{error}"))
-                        })
-                        .collect();
+                    let steps = plan_steps(&db, sql).await;
                     let scans = steps.iter().filter(|step| step.starts_with("SCAN")).count();
                     assert!(scans <= 1, "{sql}\n{steps:#?}");
+                }
+                // The batch columns' indexes are partial (no row outside a batch
+                // is in them), and the lookups by batch still find them.
+                for (sql, index) in [
+                    (SELECT_BATCH, "ledger_transfers_batch"),
+                    (SELECT_UNRECORDED_TRANSFERS, "ledger_requests_batch"),
+                ] {
+                    let steps = plan_steps(&db, sql).await;
+                    let by_index = format!("INDEX {index} ");
+                    assert!(
+                        steps.iter().any(|step| step.contains(&by_index)),
+                        "{sql}\n{steps:#?}"
+                    );
+                    let definition = db
+                        .query_one_raw(Statement::from_sql_and_values(
+                            DbBackend::Sqlite,
+                            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = $1",
+                            [index.into()],
+                        ))
+                        .await
+                        .unwrap_or_else(|error| panic!("{error}"))
+                        .and_then(|row| row.try_get::<String>("", "sql").ok())
+                        .unwrap_or_default();
+                    assert!(
+                        definition.ends_with("WHERE batch_id IS NOT NULL"),
+                        "{definition}"
+                    );
                 }
             },
         )

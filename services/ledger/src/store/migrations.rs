@@ -14,6 +14,7 @@ mod m20261207_000001_group_guard;
 mod m20261207_000002_sparse_indexes;
 mod m20261207_000003_entries_on_their_transfer;
 mod m20261208_000001_fewer_journal_indexes;
+mod m20261208_000002_sparse_batch_indexes_on_sqlite;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000002_sparse_indexes::Migration),
             Box::new(m20261207_000003_entries_on_their_transfer::Migration),
             Box::new(m20261208_000001_fewer_journal_indexes::Migration),
+            Box::new(m20261208_000002_sparse_batch_indexes_on_sqlite::Migration),
         ]
     }
 }
