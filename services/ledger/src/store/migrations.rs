@@ -1,7 +1,8 @@
 //! Schema of the ledger database. One migration per module, as sea-orm-migration
 //! names migrations after their module.
 
-use sea_orm_migration::{MigrationTrait, MigratorTrait};
+use sea_orm::{ConnectionTrait, DbBackend, DbErr};
+use sea_orm_migration::{MigrationTrait, MigratorTrait, SchemaManager};
 
 mod m20261128_000001_create_journal;
 mod m20261201_000001_request_records;
@@ -36,4 +37,20 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000002_sparse_batch_indexes_on_sqlite::Migration),
         ]
     }
+}
+
+/// Runs `statements` in order on a database of `backend`, and nothing on the
+/// other: what a migration that concerns one backend does.
+async fn run_on(
+    manager: &SchemaManager<'_>,
+    backend: DbBackend,
+    statements: &[&str],
+) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    if db.get_database_backend() == backend {
+        for statement in statements {
+            db.execute_unprepared(statement).await?;
+        }
+    }
+    Ok(())
 }

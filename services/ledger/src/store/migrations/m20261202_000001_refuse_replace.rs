@@ -10,7 +10,7 @@
 //! PostgreSQL needs nothing here: it has no `REPLACE`, and `ON CONFLICT DO UPDATE`
 //! and `MERGE` fire the row's update and delete triggers.
 
-use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm::DbBackend;
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
@@ -36,12 +36,6 @@ const SQLITE_TRIGGERS: &[&str] = &[
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        if db.get_database_backend() == DbBackend::Sqlite {
-            for statement in SQLITE_TRIGGERS {
-                db.execute_unprepared(statement).await?;
-            }
-        }
-        Ok(())
+        super::run_on(manager, DbBackend::Sqlite, SQLITE_TRIGGERS).await
     }
 }

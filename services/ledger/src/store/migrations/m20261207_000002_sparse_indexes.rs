@@ -15,7 +15,7 @@
 //! the same lookups. The indexes are built in the migration's transaction, which
 //! holds off writes to the two tables for as long as that takes.
 
-use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm::DbBackend;
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
@@ -35,12 +35,6 @@ const POSTGRES: &[&str] = &[
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        if db.get_database_backend() == DbBackend::Postgres {
-            for statement in POSTGRES {
-                db.execute_unprepared(statement).await?;
-            }
-        }
-        Ok(())
+        super::run_on(manager, DbBackend::Postgres, POSTGRES).await
     }
 }

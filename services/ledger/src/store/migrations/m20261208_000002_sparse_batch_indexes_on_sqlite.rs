@@ -16,7 +16,7 @@
 //! Expand-only: the previous release runs the same lookups. The indexes are
 //! built in the migration's transaction.
 
-use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm::DbBackend;
 use sea_orm_migration::prelude::*;
 
 #[derive(DeriveMigrationName)]
@@ -33,12 +33,6 @@ const SQLITE: &[&str] = &[
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let db = manager.get_connection();
-        if db.get_database_backend() == DbBackend::Sqlite {
-            for statement in SQLITE {
-                db.execute_unprepared(statement).await?;
-            }
-        }
-        Ok(())
+        super::run_on(manager, DbBackend::Sqlite, SQLITE).await
     }
 }
