@@ -8,8 +8,9 @@
 //! uniqueness moves to a partial unique index, which refuses a second reversal
 //! of one transfer with the same unique violation as the constraint did.
 //!
-//! SQLite keeps its whole indexes: its planner uses a partial one only where it
-//! can prove the column is not null, and its inserts are cheap in process.
+//! SQLite kept its whole indexes here; its batch indexes became partial later
+//! (`m20261208_000002_sparse_batch_indexes_on_sqlite`), its reversal column
+//! keeps its constraint.
 //!
 //! Expand-only: the previous release reads and writes the same rows, and runs
 //! the same lookups. The indexes are built in the migration's transaction, which
@@ -21,10 +22,15 @@ use sea_orm_migration::prelude::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-const POSTGRES: &[&str] = &[
+const POSTGRES_REVERSAL: &[&str] = &[
     "CREATE UNIQUE INDEX ledger_transfers_one_reversal ON ledger_transfers (reverses_transfer_id)
        WHERE reverses_transfer_id IS NOT NULL",
     "ALTER TABLE ledger_transfers DROP CONSTRAINT ledger_transfers_reverses_transfer_id_key",
+];
+
+/// The batch columns' indexes made partial: the same statements on both
+/// backends (SQLite's run in `m20261208_000002_sparse_batch_indexes_on_sqlite`).
+pub(super) const BATCH_INDEXES: &[&str] = &[
     "DROP INDEX ledger_transfers_batch",
     "CREATE INDEX ledger_transfers_batch ON ledger_transfers (batch_id, batch_index)
        WHERE batch_id IS NOT NULL",
@@ -35,6 +41,7 @@ const POSTGRES: &[&str] = &[
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        super::run_on(manager, DbBackend::Postgres, POSTGRES).await
+        super::run_on(manager, DbBackend::Postgres, POSTGRES_REVERSAL).await?;
+        super::run_on(manager, DbBackend::Postgres, BATCH_INDEXES).await
     }
 }

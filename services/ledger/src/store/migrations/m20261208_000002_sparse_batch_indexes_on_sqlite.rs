@@ -22,17 +22,14 @@ use sea_orm_migration::prelude::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-const SQLITE: &[&str] = &[
-    "DROP INDEX ledger_transfers_batch",
-    "CREATE INDEX ledger_transfers_batch ON ledger_transfers (batch_id, batch_index)
-       WHERE batch_id IS NOT NULL",
-    "DROP INDEX ledger_requests_batch",
-    "CREATE INDEX ledger_requests_batch ON ledger_requests (batch_id) WHERE batch_id IS NOT NULL",
-];
-
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        super::run_on(manager, DbBackend::Sqlite, SQLITE).await
+        super::run_on(
+            manager,
+            DbBackend::Sqlite,
+            super::m20261207_000002_sparse_indexes::BATCH_INDEXES,
+        )
+        .await
     }
 }
