@@ -94,19 +94,23 @@ impl<'a> Rest<'a> {
             "{:?}",
             registered.body
         );
-        let login = self
-            .post(
-                "/v1/auth/login",
-                None,
-                None,
-                json!({"email": email, "password": USER_PASSWORD}),
-            )
-            .await;
+        let login = self.login(&email, USER_PASSWORD).await;
         assert_eq!(login.status, StatusCode::OK);
         (
             registered.body["id"].as_str().unwrap().to_owned(),
             login.body["access_token"].as_str().unwrap().to_owned(),
         )
+    }
+
+    /// `POST /v1/auth/login` with `email` and `password`.
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post(
+            "/v1/auth/login",
+            None,
+            None,
+            json!({"email": email, "password": password}),
+        )
+        .await
     }
 
     pub async fn operator_token(&self) -> String {
